@@ -1,0 +1,181 @@
+"""The `satscale` command line: upscale files and folders, list models, serve the app."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from sr_core.device import Precision
+from sr_core.errors import SatscaleError
+from sr_core.imageio import FORMAT_EXTENSIONS, OUTPUT_EXTENSIONS, ImageLimits, OutputOptions, output_format
+from sr_core.registry import ModelRegistry
+from sr_core.upscale import UpscaleOptions, upscale_file
+
+DEFAULT_MODEL = "realesrgan-x4plus"
+
+
+@dataclass(frozen=True)
+class Job:
+    source: Path
+    target: Path
+
+
+def _images_in(folder: Path) -> list[Path]:
+    return sorted(
+        p
+        for p in folder.rglob("*")
+        if p.is_file() and p.suffix.lower() in OUTPUT_EXTENSIONS and not p.name.startswith(".")
+    )
+
+
+def plan_jobs(inputs: Sequence[Path], output: Path | None, scale: int, fmt: str | None) -> list[Job]:
+    """Map inputs (files or folders) to output paths.
+
+    One input file and an -o that is not a folder: write exactly there. Otherwise
+    -o is a folder (folder inputs keep their sub-folders) or, without -o, outputs
+    go beside their inputs as NAME_xSCALE.EXT.
+    """
+    missing = [str(p) for p in inputs if not p.exists()]
+    if missing:
+        raise SatscaleError(f"no such file or folder: {', '.join(missing)}")
+
+    def name_for(path: Path) -> str:
+        extension = FORMAT_EXTENSIONS[output_format(path, fmt)] if fmt else path.suffix
+        return f"{path.stem}_x{scale}{extension}"
+
+    single_file = len(inputs) == 1 and inputs[0].is_file()
+    if single_file and output is not None and not output.is_dir() and output.suffix:
+        return [Job(inputs[0], output)]
+    jobs = []
+    for item in inputs:
+        files = [(f, f.relative_to(item).parent) for f in _images_in(item)] if item.is_dir() else [(item, Path())]
+        for source, sub in files:
+            folder = (output / sub) if output is not None else source.parent
+            jobs.append(Job(source, folder / name_for(source)))
+    if not jobs:
+        raise SatscaleError("no images found in the given folders (PNG, JPEG, WebP, TIFF)")
+    return jobs
+
+
+def _progress_bar(total_files: int, position: int, name: str):
+    from tqdm import tqdm
+
+    bar = tqdm(total=0, desc=f"[{position}/{total_files}] {name}", unit="tile", leave=False, file=sys.stderr)
+
+    def update(done: int, total: int) -> None:
+        bar.total = total
+        bar.n = done
+        bar.refresh()
+
+    return bar, update
+
+
+def cmd_upscale(args: argparse.Namespace) -> int:
+    registry = ModelRegistry()
+    engine = registry.load_engine(args.model, device=args.device, precision=args.precision)
+    scale = args.scale or engine.info.native_scale
+    jobs = plan_jobs([Path(p) for p in args.inputs], Path(args.output) if args.output else None, scale, args.format)
+    options = UpscaleOptions(scale=scale, tile=args.tile, batch=args.batch)
+    output_options = OutputOptions(format=args.format, quality=args.quality, lossless=args.lossless)
+    limits = ImageLimits(max_pixels=int(args.max_megapixels * 1_000_000))
+    failures = skipped = 0
+    for position, job in enumerate(jobs, start=1):
+        if job.target.exists() and not args.overwrite:
+            skipped += 1
+            print(f"skip {job.target} (exists; --overwrite to redo)", file=sys.stderr)
+            continue
+        bar, update = _progress_bar(len(jobs), position, job.source.name)
+        try:
+            result = upscale_file(engine, job.source, job.target, options, output_options, limits, update)
+        except SatscaleError as exc:
+            failures += 1
+            print(f"error: {exc}", file=sys.stderr)
+            continue
+        finally:
+            bar.close()
+        print(
+            f"{job.source} -> {job.target} ({result.input.width}x{result.input.height} -> "
+            f"{result.width}x{result.height}, {result.tiles} tiles, {result.seconds:.1f} s)"
+        )
+    done = len(jobs) - failures - skipped
+    print(
+        f"{done} upscaled, {skipped} skipped, {failures} failed with {args.model} x{scale} "
+        f"({engine.info.precision.value} on {engine.info.device})",
+        file=sys.stderr,
+    )
+    return 1 if failures else 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    rows = [description.to_dict() for description in ModelRegistry().describe_all()]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    for row in rows:
+        if "error" in row:
+            print(f"{row['name']:<28} BROKEN  {row['error']}")
+            continue
+        scales = ",".join(f"x{s}" for s in row["scales"])
+        print(
+            f"{row['name']:<28} {row['architecture']:<8} {scales:<10} {row['parameters'] / 1e6:6.2f}M  "
+            f"{row['source']:<7} sha256:{row['weights_sha256'][:12]}  {row['description']}"
+        )
+    return 1 if any("error" in row for row in rows) else 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    uvicorn.run("app:create_app", factory=True, host=args.host, port=args.port)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="satscale", description="Self-hosted AI image upscaling.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    up = commands.add_parser("upscale", help="upscale image files or folders")
+    up.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders (PNG, JPEG, WebP, TIFF)")
+    up.add_argument("-o", "--output", help="output file (one input) or folder; default: beside each input")
+    up.add_argument("-m", "--model", default=DEFAULT_MODEL, help=f"model name (default {DEFAULT_MODEL})")
+    up.add_argument("-s", "--scale", type=int, help="output scale (default: the model's own)")
+    up.add_argument("-t", "--tile", type=int, help="tile size in input pixels (default: from memory)")
+    up.add_argument("--batch", type=int, help="tiles per forward pass (default: from memory)")
+    up.add_argument("-p", "--precision", default="auto", choices=[p.value for p in Precision])
+    up.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: CUDA if available)")
+    up.add_argument("-f", "--format", choices=["png", "jpeg", "jpg", "webp", "tiff", "tif"], help="output format")
+    up.add_argument("-q", "--quality", type=int, default=95, help="JPEG/WebP quality (default 95)")
+    up.add_argument("--lossless", action="store_true", help="lossless WebP")
+    up.add_argument("--overwrite", action="store_true", help="redo outputs that already exist")
+    up.add_argument("--max-megapixels", type=float, default=64.0, help="refuse larger inputs (default 64)")
+    up.set_defaults(func=cmd_upscale)
+
+    models = commands.add_parser("models", help="list the available models")
+    models.add_argument("--json", action="store_true", help="machine-readable output")
+    models.set_defaults(func=cmd_models)
+
+    serve = commands.add_parser("serve", help="run the web app and API")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=7860)
+    serve.set_defaults(func=cmd_serve)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except SatscaleError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,49 @@
+"""Upscaling engines. An engine describes itself with `EngineInfo`; callers read that
+description (scales, precision, memory, cost) and never branch on architecture names."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import torch
+
+from ..device import Precision
+
+# Price classes by multiply-accumulates per input pixel (see EngineInfo.price_class).
+LIGHT_MACS_PER_PIXEL = 5_000_000
+HEAVY_MACS_PER_PIXEL = 100_000_000
+
+
+@dataclass(frozen=True)
+class EngineInfo:
+    family: str  # engine family, e.g. "esrgan" (feed-forward models via spandrel)
+    architecture: str  # detected architecture, e.g. "ESRGAN", "Compact"
+    native_scale: int  # the network's own upscaling factor
+    scales: tuple[int, ...]  # output scales offered (smaller ones resize the native output)
+    precision: Precision  # the precision this engine instance runs in
+    precisions: tuple[Precision, ...]  # precisions the model supports on this device
+    device: str
+    parameters: int
+    context: int  # input pixels of context a tile needs on each side for seamless output
+    multiple_of: int  # tile sides are padded up to a multiple of this
+    bytes_per_pixel: int  # peak activation bytes per input pixel, in this precision
+    macs_per_pixel: int  # multiply-accumulates per input pixel at the native scale
+    weights_sha256: str
+
+    @property
+    def price_class(self) -> str:
+        if self.macs_per_pixel < LIGHT_MACS_PER_PIXEL:
+            return "light"
+        return "standard" if self.macs_per_pixel < HEAVY_MACS_PER_PIXEL else "heavy"
+
+
+class TiledEngine(ABC):
+    """A feed-forward image-to-image network that can run on tiles independently."""
+
+    info: EngineInfo
+
+    @abstractmethod
+    def run(self, batch: torch.Tensor) -> torch.Tensor:
+        """Upscale a batch: NCHW float32 RGB in [0, 1] on the CPU -> NCHW float32 at
+        the native scale on the CPU, not clamped (callers clamp after any resize)."""

@@ -1,0 +1,238 @@
+"""The tiled upscaling pipeline: reader -> tiles -> engine -> rows -> writer.
+
+Memory is bounded by one band of output rows plus one batch of tiles, whatever
+the image size. Scales below the network's own are made the way the official
+ncnn x2/x3 models do it: the native output is downscaled bicubically with
+antialiasing off (per window, on a pixel grid aligned with the whole image).
+Alpha is upscaled by the network too (as grey), as Real-ESRGAN does; a window
+whose alpha is constant skips that pass.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .engines import EngineInfo, TiledEngine
+from .errors import ParameterError
+from .imageio import ImageInfo, ImageLimits, ImageReader, OutputOptions, OutputSpec, StreamingWriter
+from .tiling import DEFAULT_MEMORY_BUDGET, Tile, TilePlan, auto_tile_size, batch_size, iter_batches, plan_tiles
+
+#: called after every batch with (tiles done, tiles total)
+ProgressCallback = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class UpscaleOptions:
+    scale: int | None = None  # None: the network's native scale
+    tile: int | None = None  # core tile side in input pixels; None: from the memory budget
+    context: int | None = None  # None: what the engine says it needs
+    batch: int | None = None  # tiles per forward pass; None: from the memory budget
+    memory_budget: int = DEFAULT_MEMORY_BUDGET
+
+
+@dataclass(frozen=True)
+class UpscaleResult:
+    input: ImageInfo
+    output_path: Path | None
+    width: int
+    height: int
+    scale: int
+    tiles: int
+    tile: int
+    batch: int
+    seconds: float
+    engine: EngineInfo
+
+
+@dataclass(frozen=True)
+class _Plan:
+    scale: int
+    tiles: TilePlan
+    batch: int
+
+
+def _make_plan(info: EngineInfo, width: int, height: int, options: UpscaleOptions) -> _Plan:
+    scale = options.scale or info.native_scale
+    if scale not in info.scales:
+        offered = ", ".join(f"x{s}" for s in info.scales)
+        raise ParameterError(f"scale x{scale} is not offered by this model ({offered})")
+    context = info.context if options.context is None else options.context
+    on_cuda = info.device.startswith("cuda")
+    tile = options.tile or auto_tile_size(
+        info.bytes_per_pixel, context, on_cuda=on_cuda, budget=options.memory_budget, multiple_of=info.multiple_of
+    )
+    plan = plan_tiles(width, height, tile, context)
+    batch = options.batch or batch_size(info.bytes_per_pixel, plan.window_size, options.memory_budget)
+    if batch < 1:
+        raise ParameterError("batch size must be at least 1")
+    return _Plan(scale, plan, batch)
+
+
+def resize_to_scale(output: torch.Tensor, native: int, scale: int) -> torch.Tensor:
+    """Native-scale network output (NCHW) -> `scale`, as ncnn's x2/x3 models do it:
+    bicubic, antialiasing off. Unclamped; callers clamp after."""
+    if scale == native:
+        return output
+    height, width = output.shape[-2] // native * scale, output.shape[-1] // native * scale
+    return F.interpolate(output, size=(height, width), mode="bicubic", align_corners=False, antialias=False)
+
+
+def _to_tensor(windows: list[np.ndarray], peak: float) -> torch.Tensor:
+    """(H, W, C) integer windows -> NCHW float32 in [0, 1], grey replicated to RGB."""
+    batch = torch.from_numpy(np.stack(windows).astype(np.float32)).div_(peak).permute(0, 3, 1, 2)
+    return batch.expand(-1, 3, -1, -1) if batch.shape[1] == 1 else batch
+
+
+class _Runner:
+    def __init__(self, engine: TiledEngine, plan: _Plan, image: ImageInfo) -> None:
+        self.engine = engine
+        self.plan = plan
+        self.image = image
+        self.peak = 65535.0 if image.bit_depth == 16 else 255.0
+        self.dtype = np.uint16 if image.bit_depth == 16 else np.uint8
+
+
+    def _quantise(self, values: torch.Tensor) -> np.ndarray:
+        return values.mul(self.peak).round_().numpy().astype(self.dtype)
+
+    def run_batch(self, tiles: tuple[Tile, ...], windows: list[np.ndarray]) -> list[np.ndarray]:
+        """Upscale windows and return each tile's core, (H, W, C) integers."""
+        info = self.image
+        colour = [w[..., : info.colour_channels] for w in windows]
+        alpha_needed = [info.has_alpha and w[..., -1].min() != w[..., -1].max() for w in windows]
+        inputs = colour + [w[..., -1:] for w, needed in zip(windows, alpha_needed, strict=True) if needed]
+        native = self.engine.run(_to_tensor(inputs, self.peak))
+        outputs = resize_to_scale(native, self.engine.info.native_scale, self.plan.scale).clamp_(0.0, 1.0)
+        scale = self.plan.scale
+        cores = []
+        alpha_index = len(windows)
+        for index, (tile, window) in enumerate(zip(tiles, windows, strict=True)):
+            top = (tile.y.start - tile.y.window_start) * scale
+            left = (tile.x.start - tile.x.window_start) * scale
+            height = (tile.y.stop - tile.y.start) * scale
+            width = (tile.x.stop - tile.x.start) * scale
+            rgb = outputs[index, :, top : top + height, left : left + width]
+            planes = [rgb.mean(0, keepdim=True)] if info.colour_channels == 1 else [rgb]
+            if info.has_alpha:
+                if alpha_needed[index]:
+                    planes.append(outputs[alpha_index, :, top : top + height, left : left + width].mean(0, keepdim=True))
+                    alpha_index += 1
+                else:
+                    planes.append(torch.full((1, height, width), float(window[0, 0, -1]) / self.peak))
+            cores.append(self._quantise(torch.cat(planes).permute(1, 2, 0)))
+        return cores
+
+
+def run_tiles(
+    engine: TiledEngine,
+    read: Callable[[int, int, int, int], np.ndarray],
+    image: ImageInfo,
+    write_rows: Callable[[np.ndarray], None],
+    options: UpscaleOptions,
+    progress: ProgressCallback | None = None,
+) -> _Plan:
+    """Drive the engine over the image tile by tile, handing finished rows to `write_rows`."""
+    plan = _make_plan(engine.info, image.width, image.height, options)
+    runner = _Runner(engine, plan, image)
+    scale = plan.scale
+    done = 0
+    total = plan.tiles.count
+    out_width = image.width * scale
+    for row in plan.tiles.rows:
+        band = np.empty(((row.y.stop - row.y.start) * scale, out_width, image.channels), dtype=runner.dtype)
+        for tiles in iter_batches(row, plan.batch):
+            windows = [
+                read(
+                    t.x.window_start,
+                    t.y.window_start,
+                    t.x.window_stop - t.x.window_start,
+                    t.y.window_stop - t.y.window_start,
+                )
+                for t in tiles
+            ]
+            for tile, core in zip(tiles, runner.run_batch(tiles, windows), strict=True):
+                band[:, tile.x.start * scale : tile.x.stop * scale] = core
+            done += len(tiles)
+            if progress:
+                progress(done, total)
+        write_rows(band)
+    return plan
+
+
+def output_spec(image: ImageInfo, scale: int, exif: bytes | None = None) -> OutputSpec:
+    return OutputSpec(
+        width=image.width * scale,
+        height=image.height * scale,
+        channels=image.channels,
+        bit_depth=image.bit_depth,
+        icc_profile=image.icc_profile,
+        exif=exif,
+    )
+
+
+def upscale_file(
+    engine: TiledEngine,
+    source: Path | bytes,
+    output: Path,
+    options: UpscaleOptions | None = None,
+    output_options: OutputOptions | None = None,
+    limits: ImageLimits | None = None,
+    progress: ProgressCallback | None = None,
+) -> UpscaleResult:
+    """Upscale an image file (or encoded bytes) into `output`, streaming rows to disk."""
+    options = options or UpscaleOptions()
+    started = time.perf_counter()
+    reader = ImageReader(source, limits, source=str(source) if isinstance(source, Path) else "image")
+    info = reader.info
+    scale = options.scale or engine.info.native_scale
+    spec = output_spec(info, scale, reader.exif)
+    with StreamingWriter(output, spec, output_options) as writer:
+        plan = run_tiles(engine, reader.read, info, writer.write_rows, options, progress)
+        writer.close()
+    return UpscaleResult(
+        input=info,
+        output_path=output,
+        width=spec.width,
+        height=spec.height,
+        scale=plan.scale,
+        tiles=plan.tiles.count,
+        tile=plan.tiles.tile,
+        batch=plan.batch,
+        seconds=time.perf_counter() - started,
+        engine=engine.info,
+    )
+
+
+def upscale_array(
+    engine: TiledEngine,
+    pixels: np.ndarray,
+    options: UpscaleOptions | None = None,
+    progress: ProgressCallback | None = None,
+) -> np.ndarray:
+    """In-memory variant: (H, W, C) uint8/uint16 array in, upscaled array out."""
+    if pixels.ndim == 2:
+        pixels = pixels[..., None]
+    if pixels.dtype not in (np.uint8, np.uint16) or pixels.shape[2] not in (1, 2, 3, 4):
+        raise ParameterError("pixels must be an (H, W, C) uint8 or uint16 array with 1 to 4 channels")
+    height, width, channels = pixels.shape
+    info = ImageInfo(
+        format="array",
+        width=width,
+        height=height,
+        channels=channels,
+        has_alpha=channels in (2, 4),
+        bit_depth=16 if pixels.dtype == np.uint16 else 8,
+        icc_profile=None,
+        orientation=1,
+        byte_size=pixels.nbytes,
+    )
+    rows: list[np.ndarray] = []
+    run_tiles(engine, lambda x, y, w, h: pixels[y : y + h, x : x + w], info, rows.append, options or UpscaleOptions(), progress)
+    return np.concatenate(rows, axis=0)
