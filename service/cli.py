@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sr_core.device import Precision
-from sr_core.errors import SatscaleError
+from sr_core.errors import ParameterError, SatscaleError
 from sr_core.imageio import FORMAT_EXTENSIONS, OUTPUT_EXTENSIONS, ImageLimits, OutputOptions, output_format
 from sr_core.registry import ModelRegistry
 from sr_core.upscale import UpscaleOptions, upscale_file
@@ -78,6 +78,9 @@ def cmd_upscale(args: argparse.Namespace) -> int:
     registry = ModelRegistry()
     engine = registry.load_engine(args.model, device=args.device, precision=args.precision)
     scale = args.scale or engine.info.native_scale
+    if scale not in engine.info.scales:
+        offered = ", ".join(f"x{s}" for s in engine.info.scales)
+        raise ParameterError(f"scale x{scale} is not offered by {args.model} ({offered})")
     jobs = plan_jobs([Path(p) for p in args.inputs], Path(args.output) if args.output else None, scale, args.format)
     options = UpscaleOptions(scale=scale, tile=args.tile, batch=args.batch)
     output_options = OutputOptions(format=args.format, quality=args.quality, lossless=args.lossless)
@@ -94,6 +97,10 @@ def cmd_upscale(args: argparse.Namespace) -> int:
         except SatscaleError as exc:
             failures += 1
             print(f"error: {exc}", file=sys.stderr)
+            continue
+        except Exception as exc:  # one bad file (or an out-of-memory) must not stop the batch
+            failures += 1
+            print(f"error: {job.source}: {type(exc).__name__}: {exc}", file=sys.stderr)
             continue
         finally:
             bar.close()

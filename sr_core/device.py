@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import functools
 import os
-from enum import Enum
+from enum import StrEnum
 
 import torch
 
 from .errors import ParameterError
 
 
-class Precision(str, Enum):
+class Precision(StrEnum):
     AUTO = "auto"
     FP32 = "fp32"
     BF16 = "bf16"

@@ -8,8 +8,8 @@
   then a full streaming decode that catches truncated or damaged files.
 - `ImageReader` serves tiles of the oriented, normalised image (RGB/grey, 8 or
   16 bit, optional alpha); `StreamingWriter` takes output rows band by band into
-  a raw file on disk and encodes it with libvips in sequential mode, so memory
-  does not grow with the output size. The final file appears atomically.
+  an uncompressed TIFF on disk and encodes it with libvips in sequential mode, so
+  memory does not grow with the output size. The final file appears atomically.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import pyvips
+import tifffile
 
 from .errors import CorruptImageError, ImageTooLargeError, OutputError, UnsupportedImageError
 
@@ -86,8 +87,8 @@ def _vips_message(exc: pyvips.Error) -> str:
 def _open_vips(data: bytes | Path, fmt: str, access: str) -> pyvips.Image:
     """Open with the one loader of the sniffed format (header only; pixels stay lazy)."""
     if isinstance(data, Path):
-        return getattr(pyvips.Image, f"{fmt}load")(str(data), access=access, fail_on="truncated")
-    return getattr(pyvips.Image, f"{fmt}load_buffer")(data, access=access, fail_on="truncated")
+        return getattr(pyvips.Image, f"{fmt}load")(str(data), access=access, fail_on="error")
+    return getattr(pyvips.Image, f"{fmt}load_buffer")(data, access=access, fail_on="error")
 
 
 def _check_limits(source: str, width: int, height: int, byte_size: int, limits: ImageLimits) -> None:
@@ -189,6 +190,7 @@ class ImageReader:
         self._region = pyvips.Region.new(self.image)
         # EXIF travels to the output; libvips rewrites its orientation and size on save
         self.exif = bytes(self.image.get("exif-data")) if self.image.get_typeof("exif-data") else None
+        self.resolution = (self.image.xres, self.image.yres)
         self._dtype = np.uint16 if self.info.bit_depth == 16 else np.uint8
 
     def read(self, x: int, y: int, width: int, height: int) -> np.ndarray:
@@ -227,6 +229,7 @@ class OutputSpec:
     bit_depth: int  # bit depth of the rows handed to the writer
     icc_profile: bytes | None = None
     exif: bytes | None = None
+    resolution: tuple[float, float] | None = None  # pixels per mm, as libvips counts
 
 
 def check_output(spec: OutputSpec, fmt: str, path: Path) -> None:
@@ -241,9 +244,11 @@ def check_output(spec: OutputSpec, fmt: str, path: Path) -> None:
 class StreamingWriter:
     """Accepts an image as consecutive bands of rows; encodes at `close()`.
 
-    Rows go to a raw temporary file next to the output (page cache, not process
-    memory); libvips then reads it sequentially and encodes. The output file only
-    appears, complete, when encoding succeeded; `abort()` leaves nothing behind.
+    Rows are appended to an uncompressed BigTIFF next to the output, whose header
+    tifffile writes up front (pixel data stays in the page cache, not in process
+    memory). libvips then reads it strip by strip (sequential access) and encodes
+    the final format, so peak memory is independent of the image size. The output
+    file only appears, complete, when encoding succeeded; `abort()` leaves nothing.
     """
 
     def __init__(self, path: Path, spec: OutputSpec, options: OutputOptions | None = None) -> None:
@@ -254,10 +259,35 @@ class StreamingWriter:
         check_output(spec, self.format, path)
         self.dtype = np.uint16 if spec.bit_depth == 16 else np.uint8
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, raw_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".raw")
-        self._raw_path = Path(raw_name)
-        self._raw = os.fdopen(fd, "wb")
+        fd, staging = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".staging.tif")
+        os.close(fd)
+        self._staging = Path(staging)
+        try:
+            self._file = self._reserve()
+        except BaseException:
+            self._staging.unlink(missing_ok=True)
+            raise
         self.rows_written = 0
+
+    def _reserve(self):
+        """Write the TIFF header and directory; return a handle positioned at the pixel data."""
+        spec = self.spec
+        grey = spec.channels <= 2
+        shape = (spec.height, spec.width) + ((spec.channels,) if spec.channels > 1 else ())
+        with tifffile.TiffWriter(self._staging, bigtiff=True) as tiff:
+            offset, _ = tiff.write(
+                shape=shape,
+                dtype=self.dtype,
+                photometric="minisblack" if grey else "rgb",
+                planarconfig="contig" if spec.channels > 1 else None,
+                extrasamples=["unassalpha"] if spec.channels in (2, 4) else None,
+                rowsperstrip=64,
+                metadata=None,  # no tifffile JSON description to leak into the output
+                returnoffset=True,
+            )
+        handle = self._staging.open("r+b")
+        handle.seek(offset)
+        return handle
 
     def write_rows(self, rows: np.ndarray) -> None:
         expected = (self.spec.width, self.spec.channels)
@@ -265,18 +295,17 @@ class StreamingWriter:
             raise ValueError(f"rows of shape {rows.shape} {rows.dtype} do not fit {self.spec}")
         if self.rows_written + rows.shape[0] > self.spec.height:
             raise ValueError("more rows than the image height")
-        self._raw.write(np.ascontiguousarray(rows).tobytes())
+        self._file.write(np.ascontiguousarray(rows).data)
         self.rows_written += rows.shape[0]
 
     def _image(self) -> pyvips.Image:
         spec = self.spec
-        vips_format = "ushort" if spec.bit_depth == 16 else "uchar"
-        image = pyvips.Image.rawload(
-            str(self._raw_path), spec.width, spec.height, spec.channels, format=vips_format
-        )
+        image = pyvips.Image.tiffload(str(self._staging), access="sequential", fail_on="error")
         grey = spec.channels <= 2
         interpretation = ("grey16" if grey else "rgb16") if spec.bit_depth == 16 else ("b-w" if grey else "srgb")
         image = image.copy(interpretation=interpretation)
+        if spec.resolution:
+            image = image.copy(xres=spec.resolution[0], yres=spec.resolution[1])
         if spec.bit_depth == 16 and self.format not in SIXTEEN_BIT_FORMATS:
             image = image.colourspace("b-w" if grey else "srgb")  # 16 -> 8 bit
         if self.format == "jpeg" and image.bands in (2, 4):
@@ -285,6 +314,8 @@ class StreamingWriter:
             image.set_type(pyvips.GValue.blob_type, "icc-profile-data", spec.icc_profile)
         if spec.exif:
             image.set_type(pyvips.GValue.blob_type, "exif-data", spec.exif)
+            # pixels are upright now; libvips rewrites the EXIF tag from this field on save
+            image.set_type(pyvips.GValue.gint_type, "orientation", 1)
         return image
 
     def _save(self, image: pyvips.Image, target: Path) -> None:
@@ -303,7 +334,7 @@ class StreamingWriter:
 
     def close(self) -> Path:
         """Encode and move the finished file into place; returns its path."""
-        self._raw.close()
+        self._file.close()
         if self.rows_written != self.spec.height:
             self.abort()
             raise ValueError(f"only {self.rows_written} of {self.spec.height} rows were written")
@@ -319,12 +350,12 @@ class StreamingWriter:
             Path(temp_name).unlink(missing_ok=True)
             raise
         finally:
-            self._raw_path.unlink(missing_ok=True)
+            self._staging.unlink(missing_ok=True)
         return self.path
 
     def abort(self) -> None:
-        self._raw.close()
-        self._raw_path.unlink(missing_ok=True)
+        self._file.close()
+        self._staging.unlink(missing_ok=True)
 
     def __enter__(self) -> StreamingWriter:
         return self

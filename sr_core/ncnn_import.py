@@ -62,7 +62,9 @@ def _fill(graph: NcnnGraph, slots: list[_Slot]) -> dict[str, torch.Tensor]:
     state: dict[str, torch.Tensor] = {}
     for layer, slot in zip(weighted, slots, strict=True):
         if layer.type != slot.layer_type:
-            raise NcnnFormatError(f"{graph.source}: {layer.name} is {layer.type}, expected {slot.layer_type} ({slot.key})")
+            raise NcnnFormatError(
+                f"{graph.source}: {layer.name} is {layer.type}, expected {slot.layer_type} ({slot.key})"
+            )
         slope = _leaky_slope(layer) if layer.type == "Convolution" else None
         if slope is not None and slot.leaky_slope is not None:
             matches = abs(slope - slot.leaky_slope) < 1e-6
@@ -115,10 +117,8 @@ def _compact(graph: NcnnGraph) -> ImportedModel | None:
         return None
     scale = int(shuffles[0].param(0, 1))
     weighted = graph.weighted_layers
-    slots = []
-    for index, layer in enumerate(weighted):
-        expected = "Convolution" if index % 2 == 0 else "PReLU"
-        slots.append(_Slot(f"body.{index}", expected))
+    # conv, PReLU, conv, PReLU, ..., conv: module index = position in the chain
+    slots = [_Slot(f"body.{index}", "Convolution" if index % 2 == 0 else "PReLU") for index in range(len(weighted))]
     if len(weighted) < 3 or weighted[-1].type != "Convolution":
         raise NcnnFormatError(f"{graph.source}: a compact network must end with a convolution")
     interps = [_interp(i) for i in graph.of_type("Interp")]

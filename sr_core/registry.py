@@ -97,7 +97,9 @@ class ModelRegistry:
         with self._lock:
             engine = self._engines.get(key)
             if engine is None:
-                engine = SpandrelEngine(load_descriptor(path), weights_sha256=digest, device=device, precision=precision)
+                engine = SpandrelEngine(
+                    load_descriptor(path), weights_sha256=digest, device=device, precision=precision
+                )
                 self._engines = {k: v for k, v in self._engines.items() if k[0] != name}
                 self._engines[key] = engine
             return engine

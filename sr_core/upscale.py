@@ -22,7 +22,17 @@ import torch.nn.functional as F
 from .engines import EngineInfo, TiledEngine
 from .errors import ParameterError
 from .imageio import ImageInfo, ImageLimits, ImageReader, OutputOptions, OutputSpec, StreamingWriter
-from .tiling import DEFAULT_MEMORY_BUDGET, Tile, TilePlan, auto_tile_size, batch_size, iter_batches, plan_tiles
+from .tiling import (
+    MAX_TILE_CPU,
+    MAX_TILE_CUDA,
+    Tile,
+    TilePlan,
+    auto_tile_size,
+    batch_size,
+    default_memory_budget,
+    iter_batches,
+    plan_tiles,
+)
 
 #: called after every batch with (tiles done, tiles total)
 ProgressCallback = Callable[[int, int], None]
@@ -34,7 +44,7 @@ class UpscaleOptions:
     tile: int | None = None  # core tile side in input pixels; None: from the memory budget
     context: int | None = None  # None: what the engine says it needs
     batch: int | None = None  # tiles per forward pass; None: from the memory budget
-    memory_budget: int = DEFAULT_MEMORY_BUDGET
+    memory_budget: int | None = None  # bytes for one batch of tiles; None: per device default
 
 
 @dataclass(frozen=True)
@@ -58,18 +68,22 @@ class _Plan:
     batch: int
 
 
-def _make_plan(info: EngineInfo, width: int, height: int, options: UpscaleOptions) -> _Plan:
+def _make_plan(info: EngineInfo, image: ImageInfo, options: UpscaleOptions) -> _Plan:
     scale = options.scale or info.native_scale
     if scale not in info.scales:
         offered = ", ".join(f"x{s}" for s in info.scales)
         raise ParameterError(f"scale x{scale} is not offered by this model ({offered})")
     context = info.context if options.context is None else options.context
+    budget = options.memory_budget or default_memory_budget(info.device)
     on_cuda = info.device.startswith("cuda")
+    # a band of output rows is held until written: keep it to a quarter of the budget
+    band_row_bytes = scale * scale * image.width * image.channels * (image.bit_depth // 8)
+    cap = min(MAX_TILE_CUDA if on_cuda else MAX_TILE_CPU, budget // 4 // band_row_bytes)
     tile = options.tile or auto_tile_size(
-        info.bytes_per_pixel, context, on_cuda=on_cuda, budget=options.memory_budget, multiple_of=info.multiple_of
+        info.bytes_per_pixel, context, budget=budget, cap=cap, multiple_of=info.multiple_of
     )
-    plan = plan_tiles(width, height, tile, context)
-    batch = options.batch or batch_size(info.bytes_per_pixel, plan.window_size, options.memory_budget)
+    plan = plan_tiles(image.width, image.height, tile, context)
+    batch = options.batch or batch_size(info.bytes_per_pixel, plan.window_size, budget)
     if batch < 1:
         raise ParameterError("batch size must be at least 1")
     return _Plan(scale, plan, batch)
@@ -86,8 +100,8 @@ def resize_to_scale(output: torch.Tensor, native: int, scale: int) -> torch.Tens
 
 def _to_tensor(windows: list[np.ndarray], peak: float) -> torch.Tensor:
     """(H, W, C) integer windows -> NCHW float32 in [0, 1], grey replicated to RGB."""
-    batch = torch.from_numpy(np.stack(windows).astype(np.float32)).div_(peak).permute(0, 3, 1, 2)
-    return batch.expand(-1, 3, -1, -1) if batch.shape[1] == 1 else batch
+    rgb = [w if w.shape[2] == 3 else np.repeat(w, 3, axis=2) for w in windows]
+    return torch.from_numpy(np.stack(rgb).astype(np.float32)).div_(peak).permute(0, 3, 1, 2)
 
 
 class _Runner:
@@ -97,7 +111,6 @@ class _Runner:
         self.image = image
         self.peak = 65535.0 if image.bit_depth == 16 else 255.0
         self.dtype = np.uint16 if image.bit_depth == 16 else np.uint8
-
 
     def _quantise(self, values: torch.Tensor) -> np.ndarray:
         return values.mul(self.peak).round_().numpy().astype(self.dtype)
@@ -122,7 +135,9 @@ class _Runner:
             planes = [rgb.mean(0, keepdim=True)] if info.colour_channels == 1 else [rgb]
             if info.has_alpha:
                 if alpha_needed[index]:
-                    planes.append(outputs[alpha_index, :, top : top + height, left : left + width].mean(0, keepdim=True))
+                    planes.append(
+                        outputs[alpha_index, :, top : top + height, left : left + width].mean(0, keepdim=True)
+                    )
                     alpha_index += 1
                 else:
                     planes.append(torch.full((1, height, width), float(window[0, 0, -1]) / self.peak))
@@ -139,7 +154,7 @@ def run_tiles(
     progress: ProgressCallback | None = None,
 ) -> _Plan:
     """Drive the engine over the image tile by tile, handing finished rows to `write_rows`."""
-    plan = _make_plan(engine.info, image.width, image.height, options)
+    plan = _make_plan(engine.info, image, options)
     runner = _Runner(engine, plan, image)
     scale = plan.scale
     done = 0
@@ -166,7 +181,9 @@ def run_tiles(
     return plan
 
 
-def output_spec(image: ImageInfo, scale: int, exif: bytes | None = None) -> OutputSpec:
+def output_spec(
+    image: ImageInfo, scale: int, exif: bytes | None = None, resolution: tuple[float, float] | None = None
+) -> OutputSpec:
     return OutputSpec(
         width=image.width * scale,
         height=image.height * scale,
@@ -174,6 +191,7 @@ def output_spec(image: ImageInfo, scale: int, exif: bytes | None = None) -> Outp
         bit_depth=image.bit_depth,
         icc_profile=image.icc_profile,
         exif=exif,
+        resolution=resolution,
     )
 
 
@@ -192,7 +210,7 @@ def upscale_file(
     reader = ImageReader(source, limits, source=str(source) if isinstance(source, Path) else "image")
     info = reader.info
     scale = options.scale or engine.info.native_scale
-    spec = output_spec(info, scale, reader.exif)
+    spec = output_spec(info, scale, reader.exif, reader.resolution)
     with StreamingWriter(output, spec, output_options) as writer:
         plan = run_tiles(engine, reader.read, info, writer.write_rows, options, progress)
         writer.close()
@@ -234,5 +252,12 @@ def upscale_array(
         byte_size=pixels.nbytes,
     )
     rows: list[np.ndarray] = []
-    run_tiles(engine, lambda x, y, w, h: pixels[y : y + h, x : x + w], info, rows.append, options or UpscaleOptions(), progress)
+    run_tiles(
+        engine,
+        lambda x, y, w, h: pixels[y : y + h, x : x + w],
+        info,
+        rows.append,
+        options or UpscaleOptions(),
+        progress,
+    )
     return np.concatenate(rows, axis=0)

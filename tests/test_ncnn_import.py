@@ -93,7 +93,9 @@ def test_a_wrong_mapping_is_caught(registry) -> None:
         )
     transposed = dict(imported.state_dict)
     transposed["conv_first.weight"] = imported.state_dict["conv_first.weight"].transpose(2, 3).contiguous()
-    right = SpandrelEngine(descriptor_from_state_dict(imported.state_dict, "right"), weights_sha256="", precision="fp32")
+    right = SpandrelEngine(
+        descriptor_from_state_dict(imported.state_dict, "right"), weights_sha256="", precision="fp32"
+    )
     assert psnr(ours(right, image, 4), reference) >= REQUIRED_DB
     for wrong_state in (swapped, transposed):
         wrong = SpandrelEngine(descriptor_from_state_dict(wrong_state, "wrong"), weights_sha256="", precision="fp32")

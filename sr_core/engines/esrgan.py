@@ -28,6 +28,8 @@ from . import EngineInfo, TiledEngine
 #: context cap: 32 px gave 54 dB tiled-vs-whole for x4plus (16 px: 47 dB)
 MAX_CONTEXT = 32
 PROBE_SIZE = 16
+#: float32 copies of a tile's upscaled output the pipeline holds at once (network output, resize, quantise)
+OUTPUT_COPIES = 4
 
 # Leaf modules whose spatial reach the receptive-field count understands.
 _LOCAL_MODULES = (
@@ -65,7 +67,9 @@ def load_descriptor(path: Path) -> ImageModelDescriptor:
         zipfile.BadZipFile,
         SafetensorError,
     ) as exc:
-        raise WeightsError(f"{path}: cannot read the file, it is truncated or not a checkpoint ({_short(exc)})") from None
+        raise WeightsError(
+            f"{path}: cannot read the file, it is truncated or not a checkpoint ({_short(exc)})"
+        ) from None
     return descriptor_from_state_dict(state_dict, str(path))
 
 
@@ -177,7 +181,7 @@ class SpandrelEngine(TiledEngine):
             parameters=sum(p.numel() for p in model.parameters()),
             context=context,
             multiple_of=self.multiple_of,
-            bytes_per_pixel=probe.activation_floats_per_pixel * element,
+            bytes_per_pixel=probe.activation_floats_per_pixel * element + OUTPUT_COPIES * 3 * scale * scale * 4,
             macs_per_pixel=probe.macs_per_pixel,
             weights_sha256=weights_sha256,
         )
