@@ -119,13 +119,13 @@ def main() -> None:
     peaks = {Precision.FP32: matmul_peak(torch.float32)}
     if any(p is Precision.BF16 for *_, p in rows):
         peaks[Precision.BF16] = matmul_peak(torch.bfloat16)
-    print(f"{'run':<40} {'seconds':>8} {'vs ncnn':>8} {'PSNR vs fp32':>13} {'GFLOP/s':>8} {'of peak':>8}")
+    print(f"{'run':<40} {'seconds':>8} {'vs ncnn':>8} {'PSNR vs fp32':>13} {'GFLOP/s':>8} {'of matmul':>9}")
     for name, seconds, out, precision in rows:
         flops = 2 * macs / seconds
-        share = f"{flops / peaks[precision]:7.0%}" if precision in peaks else "-"
+        share = f"{flops / peaks[precision]:8.0%}" if precision in peaks else "-"
         print(
             f"{name:<40} {seconds:8.2f} {ncnn_seconds / seconds:7.2f}x {psnr(out, reference):10.1f} dB "
-            f"{flops / 1e9:8.1f} {share:>8}"
+            f"{flops / 1e9:8.1f} {share:>9}"
         )
     print("\nmatmul peak here: " + ", ".join(f"{p.value} {v / 1e9:.0f} GFLOP/s" for p, v in peaks.items()))
     print(f"network cost: {reference_engine.info.macs_per_pixel / 1e6:.1f} M MAC per input pixel")

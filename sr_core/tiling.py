@@ -69,7 +69,8 @@ class TilePlan:
 
 
 def _spans(length: int, tile: int, context: int) -> list[Span]:
-    count = max(1, math.ceil(length / tile))
+    # an axis that fits in one window needs no split: borders need no context
+    count = 1 if length <= tile + 2 * context else math.ceil(length / tile)
     # equal cores (differing by at most one pixel) instead of one thin remainder tile
     bounds = [round(i * length / count) for i in range(count + 1)]
     core_max = max(b - a for a, b in pairwise(bounds))
@@ -83,7 +84,8 @@ def _spans(length: int, tile: int, context: int) -> list[Span]:
 
 
 def plan_tiles(width: int, height: int, tile: int, context: int) -> TilePlan:
-    """Cover a width x height image with cores of at most `tile` pixels per side."""
+    """Cover a width x height image with cores of at most `tile` pixels per side
+    (an axis up to tile + 2 * context long is one core: it fits in one window)."""
     if width < 1 or height < 1:
         raise ParameterError(f"image size {width}x{height} is empty")
     if tile < MIN_TILE:

@@ -83,7 +83,9 @@ def _make_plan(info: EngineInfo, image: ImageInfo, options: UpscaleOptions) -> _
         info.bytes_per_pixel, context, budget=budget, cap=cap, multiple_of=info.multiple_of
     )
     plan = plan_tiles(image.width, image.height, tile, context)
-    batch = options.batch or batch_size(info.bytes_per_pixel, plan.window_size, budget)
+    # an image with alpha sends up to two windows per tile through the network
+    passes = 2 if image.has_alpha else 1
+    batch = options.batch or max(1, batch_size(info.bytes_per_pixel, plan.window_size, budget) // passes)
     if batch < 1:
         raise ParameterError("batch size must be at least 1")
     return _Plan(scale, plan, batch)
