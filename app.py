@@ -1,45 +1,96 @@
-"""Satscale's ASGI app: the API under /v1 (the Gradio UI and the IPFS gateway join it here).
+"""Satscale's ASGI app: the paid API under /v1 (the Gradio UI and the IPFS gateway join it here).
 
-Run `python app.py` (or `satscale serve`); host and port come from SATSCALE_HOST and
-SATSCALE_PORT (default 127.0.0.1:7860).
+`python app.py` (or `satscale serve`) runs it on the embedded defaults: a simulated
+Lightning node (no real money), a data folder in the project, the default weights.
+Settings: SATSCALE_* environment variables or a TOML file named by SATSCALE_CONFIG
+(see service/config.py and the README).
 """
 
 from __future__ import annotations
 
-import os
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from fastapi.responses import RedirectResponse
 
+from payments.backend import LightningBackend
+from service import problems
+from service.api import build_router, dev_router
+from service.config import Settings
+from service.store import SqliteJobStore
+from service.worker import JobService
 from sr_core.registry import ModelRegistry
 
 
-def create_app(registry: ModelRegistry | None = None) -> FastAPI:
+def make_backend(settings: Settings) -> LightningBackend:
+    if settings.backend == "lnd":
+        from payments.lnd import LndBackend, LndConfig
+
+        if settings.lnd_tls_cert is None or settings.lnd_macaroon is None:
+            from payments.backend import BackendConfigError
+
+            raise BackendConfigError("backend 'lnd' needs SATSCALE_LND_TLS_CERT and SATSCALE_LND_MACAROON")
+        return LndBackend(
+            LndConfig(
+                host=settings.lnd_host,
+                port=settings.lnd_port,
+                tls_cert_path=settings.lnd_tls_cert,
+                macaroon_path=settings.lnd_macaroon,
+                network=settings.lnd_network,
+            )
+        )
+    from payments.dev import DevNode
+
+    return DevNode(settings.data_dir / "dev-node.sqlite3")
+
+
+def create_app(settings: Settings | None = None, registry: ModelRegistry | None = None) -> FastAPI:
+    settings = settings or Settings()
     registry = registry or ModelRegistry()
-    app = FastAPI(title="Satscale", description="Self-hosted AI image upscaling.", version="0.1.0")
+    store = SqliteJobStore(settings.database_path)
+    backend = make_backend(settings)
+    service = JobService(settings, store, backend, registry)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await service.start()
+        try:
+            yield
+        finally:
+            await service.stop()
+            store.close()
+
+    app = FastAPI(
+        title="Satscale",
+        description="Self-hosted AI image upscaling, paid per image over Lightning (L402).",
+        version="0.2.0",
+        lifespan=lifespan,
+    )
+    app.state.service = service
+    problems.install(app)
+    app.include_router(build_router(service, registry))
+    if settings.backend == "dev":
+        app.include_router(dev_router(service))
 
     @app.get("/", include_in_schema=False)
     def root() -> RedirectResponse:
         return RedirectResponse("/docs")
 
-    @app.get("/healthz")
+    @app.get("/healthz", tags=["health"])
     def health() -> dict:
-        return {"status": "ok"}
-
-    @app.get("/v1/models")
-    def models() -> list[dict]:
-        """Every model the server can run, with the scales and precisions it offers."""
-        return [description.to_dict() for description in registry.describe_all()]
+        return {"status": "ok", "lightning": "up" if service.backend_available else "down", "backend": backend.name}
 
     return app
 
 
-def main() -> None:
+def main(**overrides: object) -> None:
     import uvicorn
 
-    host = os.environ.get("SATSCALE_HOST", "127.0.0.1")
-    port = int(os.environ.get("SATSCALE_PORT", "7860"))
-    uvicorn.run(create_app(), host=host, port=port)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = Settings(**overrides)
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port)
 
 
 if __name__ == "__main__":

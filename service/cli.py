@@ -135,9 +135,34 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    import uvicorn
+    from app import main as serve
 
-    uvicorn.run("app:create_app", factory=True, host=args.host, port=args.port)
+    overrides = {key: value for key, value in (("host", args.host), ("port", args.port)) if value is not None}
+    serve(**overrides)
+    return 0
+
+
+def cmd_dev_pay(args: argparse.Namespace) -> int:
+    """Pay with the simulated wallet of a running server's dev node (no real money)."""
+    import httpx
+
+    url = args.server.rstrip("/") + "/v1/dev/pay"
+    try:
+        response = httpx.post(
+            url,
+            json={"payment_request": args.invoice, "wait": args.wait, "timeout": args.timeout},
+            timeout=args.timeout + 10,
+        )
+    except httpx.HTTPError as exc:
+        raise SatscaleError(f"cannot reach {url}: {exc}") from None
+    if response.status_code == 404:
+        raise SatscaleError(f"{args.server} has no dev wallet: its Lightning backend is not the simulated one")
+    body = response.json()
+    if response.status_code != 200:
+        raise SatscaleError(body.get("detail", response.text))
+    print(f"paid (simulated, not real money): {body['state']}, payment hash {body['payment_hash']}")
+    if body.get("preimage"):
+        print(f"preimage {body['preimage']}")
     return 0
 
 
@@ -165,9 +190,18 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("--json", action="store_true", help="machine-readable output")
     models.set_defaults(func=cmd_models)
 
+    dev = commands.add_parser("dev", help="simulated Lightning wallet of the dev backend (not real money)")
+    dev_commands = dev.add_subparsers(dest="dev_command", required=True)
+    dev_pay = dev_commands.add_parser("pay", help="pay an invoice of a running server's dev node")
+    dev_pay.add_argument("invoice", help="the BOLT11 payment request (lnbcrt...)")
+    dev_pay.add_argument("--server", default="http://127.0.0.1:7860", help="the Satscale server")
+    dev_pay.add_argument("--wait", action="store_true", help="wait for settlement and print the preimage")
+    dev_pay.add_argument("--timeout", type=float, default=300.0)
+    dev_pay.set_defaults(func=cmd_dev_pay)
+
     serve = commands.add_parser("serve", help="run the web app and API")
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=7860)
+    serve.add_argument("--host", help="default: SATSCALE_HOST or 127.0.0.1")
+    serve.add_argument("--port", type=int, help="default: SATSCALE_PORT or 7860")
     serve.set_defaults(func=cmd_serve)
     return parser
 

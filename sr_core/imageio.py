@@ -201,12 +201,17 @@ class ImageReader:
         return np.frombuffer(raw, dtype=self._dtype).reshape(height, width, self.info.channels)
 
 
+def normalise_format(name: str) -> str:
+    """'JPG' -> 'jpeg', 'tif' -> 'tiff'; refuses anything we cannot write."""
+    fmt = {"jpg": "jpeg", "tif": "tiff"}.get(name.lower(), name.lower())
+    if fmt not in ACCEPTED_FORMATS:
+        raise OutputError(f"output format {name!r} is not one of png, jpeg, webp, tiff")
+    return fmt
+
+
 def output_format(path: Path, requested: str | None = None) -> str:
     if requested:
-        fmt = {"jpg": "jpeg", "tif": "tiff"}.get(requested.lower(), requested.lower())
-        if fmt not in ACCEPTED_FORMATS:
-            raise OutputError(f"output format {requested!r} is not one of png, jpeg, webp, tiff")
-        return fmt
+        return normalise_format(requested)
     fmt = OUTPUT_EXTENSIONS.get(path.suffix.lower())
     if fmt is None:
         raise OutputError(f"{path}: cannot tell the output format from the extension (use .png .jpg .webp .tiff)")

@@ -1,0 +1,74 @@
+"""Settings: embedded defaults, then an optional TOML file, then SATSCALE_* environment variables.
+
+`python app.py` needs none of it: the dev Lightning node, a data folder in the project
+and the default weights. `SATSCALE_CONFIG=/path/satscale.toml` names a TOML file whose
+keys are the field names below (e.g. `backend = "lnd"`, `[prices]`); environment
+variables win over the file (`SATSCALE_BACKEND=lnd`, `SATSCALE_PORT=8080`).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
+
+from sr_core.weights import PROJECT_ROOT
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SATSCALE_", extra="forbid")
+
+    host: str = "127.0.0.1"
+    port: int = 7860
+    #: jobs database, stored inputs and outputs
+    data_dir: Path = PROJECT_ROOT / "data"
+    #: base URL clients see (for result links); default: the request's own
+    public_url: str | None = None
+
+    #: "dev" is an embedded simulated node (no real money); "lnd" talks to a real LND
+    backend: Literal["dev", "lnd"] = "dev"
+    lnd_host: str = "127.0.0.1"
+    lnd_port: int = 10009
+    lnd_tls_cert: Path | None = None
+    lnd_macaroon: Path | None = None  # an invoice macaroon is enough
+    lnd_network: str = "mainnet"
+
+    #: how long a paid (held) job may take before the payment is returned
+    hold_budget_seconds: int = 180
+    invoice_expiry_seconds: int = 600
+    token_validity_seconds: int = 24 * 3600
+
+    #: price in msat per output megapixel, by the engine's price class ...
+    price_per_megapixel_msat: dict[str, int] = Field(
+        default_factory=lambda: {"light": 2_000, "standard": 10_000, "heavy": 50_000}
+    )
+    #: ... or per model name, which wins
+    model_prices_msat: dict[str, int] = Field(default_factory=dict)
+    minimum_price_msat: int = 10_000
+
+    max_upload_bytes: int = 50 * 1024 * 1024
+    max_input_megapixels: float = 16.0
+    device: str | None = None
+    precision: str = "auto"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        config_file = os.environ.get("SATSCALE_CONFIG")
+        if config_file:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(config_file)))
+        return tuple(sources)
+
+    @property
+    def database_path(self) -> Path:
+        return self.data_dir / "satscale.sqlite3"

@@ -1,0 +1,107 @@
+"""The job state machine: states, allowed transitions and the job record.
+
+    awaiting_payment -> payment_held -> processing -> succeeded
+           |                 |              |
+           v                 v              v
+        expired            failed         failed        (processing -> payment_held on crash recovery)
+
+The invoice has its own state beside the job's (none/open/accepted/settled/canceled):
+a job's state is written first, then the invoice is settled or cancelled, so a crash
+between the two is repaired by the reconciler (succeeded + accepted -> settle;
+failed/expired + open/accepted -> cancel).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class JobState(StrEnum):
+    AWAITING_PAYMENT = "awaiting_payment"
+    PAYMENT_HELD = "payment_held"
+    PROCESSING = "processing"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    EXPIRED = "expired"
+
+    @property
+    def final(self) -> bool:
+        return self in (JobState.SUCCEEDED, JobState.FAILED, JobState.EXPIRED)
+
+
+class InvoiceStatus(StrEnum):
+    NONE = "none"  # the row exists, the invoice is being created
+    OPEN = "open"
+    ACCEPTED = "accepted"
+    SETTLED = "settled"
+    CANCELED = "canceled"
+
+
+TRANSITIONS: dict[JobState, frozenset[JobState]] = {
+    JobState.AWAITING_PAYMENT: frozenset({JobState.PAYMENT_HELD, JobState.EXPIRED, JobState.FAILED}),
+    JobState.PAYMENT_HELD: frozenset({JobState.PROCESSING, JobState.FAILED}),
+    JobState.PROCESSING: frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.PAYMENT_HELD}),
+    JobState.SUCCEEDED: frozenset(),
+    JobState.FAILED: frozenset(),
+    JobState.EXPIRED: frozenset(),
+}
+
+
+class TransitionError(Exception):
+    """A transition the state machine does not allow."""
+
+
+def check_transition(current: JobState, target: JobState) -> None:
+    if target not in TRANSITIONS[current]:
+        raise TransitionError(f"a job cannot go from {current.value} to {target.value}")
+
+
+@dataclass(frozen=True)
+class JobRequest:
+    """What the client asked for; its hash binds the L402 token to this request."""
+
+    model: str
+    scale: int
+    output_format: str
+
+
+@dataclass(frozen=True)
+class Job:
+    id: str
+    state: JobState
+    created_at: float
+    updated_at: float
+    model: str
+    scale: int
+    output_format: str
+    input_sha256: str
+    input_path: str
+    input_width: int
+    input_height: int
+    request_hash: str
+    payment_hash: str
+    preimage: str | None  # ours, for hold invoices; never shown before settlement
+    hold: bool
+    payment_request: str | None
+    amount_msat: int
+    invoice_status: InvoiceStatus
+    invoice_expires_at: float | None
+    macaroon: str | None
+    token_valid_until: int
+    idempotency_key: str | None
+    held_at: float | None
+    hold_deadline: float | None
+    started_at: float | None
+    finished_at: float | None
+    progress: float
+    output_path: str | None
+    output_sha256: str | None
+    output_width: int | None
+    output_height: int | None
+    error: str | None
+    attempts: int
+
+    @property
+    def charged(self) -> bool:
+        return self.invoice_status is InvoiceStatus.SETTLED

@@ -1,0 +1,232 @@
+"""SQLite job store (WAL). Every transition is one conditional UPDATE, written before
+its side effect takes place, so a kill -9 at any point leaves a state the reconciler
+can finish from.
+
+`JobStore` is the small interface the service uses; `SqliteJobStore` is the embedded
+implementation (one box). A distributed deployment swaps in another implementation
+with the same methods (e.g. PostgreSQL) without touching engines or payments.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import fields
+from pathlib import Path
+from typing import Any, Protocol
+
+from .jobs import InvoiceStatus, Job, JobState, check_transition
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY,
+    state TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    model TEXT NOT NULL,
+    scale INTEGER NOT NULL,
+    output_format TEXT NOT NULL,
+    input_sha256 TEXT NOT NULL,
+    input_path TEXT NOT NULL,
+    input_width INTEGER NOT NULL,
+    input_height INTEGER NOT NULL,
+    request_hash TEXT NOT NULL,
+    payment_hash TEXT NOT NULL UNIQUE,
+    preimage TEXT,
+    hold INTEGER NOT NULL,
+    payment_request TEXT,
+    amount_msat INTEGER NOT NULL,
+    invoice_status TEXT NOT NULL,
+    invoice_expires_at REAL,
+    macaroon TEXT,
+    token_valid_until INTEGER NOT NULL,
+    idempotency_key TEXT UNIQUE,
+    held_at REAL,
+    hold_deadline REAL,
+    started_at REAL,
+    finished_at REAL,
+    progress REAL NOT NULL DEFAULT 0,
+    output_path TEXT,
+    output_sha256 TEXT,
+    output_width INTEGER,
+    output_height INTEGER,
+    error TEXT,
+    attempts INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state);
+CREATE TABLE IF NOT EXISTS job_events (
+    job_id TEXT NOT NULL REFERENCES jobs(id),
+    at REAL NOT NULL,
+    event TEXT NOT NULL,
+    detail TEXT
+);
+CREATE TABLE IF NOT EXISTS l402_root_keys (
+    key_id BLOB PRIMARY KEY,
+    root_key BLOB NOT NULL
+);
+"""
+
+_COLUMNS = [f.name for f in fields(Job)]
+
+
+class JobStore(Protocol):
+    def insert(self, job: Job) -> None: ...
+    def get(self, job_id: str) -> Job | None: ...
+    def by_payment_hash(self, payment_hash: str) -> Job | None: ...
+    def by_idempotency_key(self, key: str) -> Job | None: ...
+    def transition(self, job_id: str, source: Iterable[JobState], target: JobState, **changes: Any) -> Job | None: ...
+    def update(self, job_id: str, **changes: Any) -> Job: ...
+    def unfinished(self) -> list[Job]: ...
+    def count(self) -> int: ...
+    def events(self, job_id: str) -> list[tuple[float, str, str | None]]: ...
+    def put_root_key(self, key_id: bytes, root_key: bytes) -> None: ...
+    def get_root_key(self, key_id: bytes) -> bytes | None: ...
+
+
+def _from_row(row: sqlite3.Row) -> Job:
+    values = dict(row)
+    values["state"] = JobState(values["state"])
+    values["invoice_status"] = InvoiceStatus(values["invoice_status"])
+    values["hold"] = bool(values["hold"])
+    return Job(**{name: values[name] for name in _COLUMNS})
+
+
+def _to_sql(value: Any) -> Any:
+    if isinstance(value, JobState | InvoiceStatus):
+        return value.value
+    if isinstance(value, bool):
+        return int(value)
+    return value
+
+
+class SqliteJobStore:
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._lock = threading.RLock()
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
+        self._db.row_factory = sqlite3.Row
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")  # money state: durable across power loss too
+        self._db.execute("PRAGMA foreign_keys=ON")
+        self._db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def _event(self, db: sqlite3.Connection, job_id: str, event: str, detail: str | None = None) -> None:
+        db.execute("INSERT INTO job_events VALUES (?, ?, ?, ?)", (job_id, time.time(), event, detail))
+
+    def insert(self, job: Job) -> None:
+        with self._transaction() as db:
+            placeholders = ", ".join("?" for _ in _COLUMNS)
+            db.execute(
+                f"INSERT INTO jobs ({', '.join(_COLUMNS)}) VALUES ({placeholders})",
+                [_to_sql(getattr(job, name)) for name in _COLUMNS],
+            )
+            self._event(db, job.id, "created", job.state.value)
+
+    def _one(self, query: str, *args: Any) -> Job | None:
+        with self._lock:
+            row = self._db.execute(query, args).fetchone()
+        return _from_row(row) if row else None
+
+    def get(self, job_id: str) -> Job | None:
+        return self._one("SELECT * FROM jobs WHERE id = ?", job_id)
+
+    def by_payment_hash(self, payment_hash: str) -> Job | None:
+        return self._one("SELECT * FROM jobs WHERE payment_hash = ?", payment_hash)
+
+    def by_idempotency_key(self, key: str) -> Job | None:
+        return self._one("SELECT * FROM jobs WHERE idempotency_key = ?", key)
+
+    def transition(self, job_id: str, source: Iterable[JobState], target: JobState, **changes: Any) -> Job | None:
+        """Move a job from one of `source` to `target` atomically; None if it was not in `source`."""
+        allowed = [state for state in source]
+        for state in allowed:
+            check_transition(state, target)
+        with self._transaction() as db:
+            assignments = {"state": target, "updated_at": time.time(), **changes}
+            sets = ", ".join(f"{name} = ?" for name in assignments)
+            marks = ", ".join("?" for _ in allowed)
+            cursor = db.execute(
+                f"UPDATE jobs SET {sets} WHERE id = ? AND state IN ({marks})",
+                [_to_sql(v) for v in assignments.values()] + [job_id] + [s.value for s in allowed],
+            )
+            if cursor.rowcount == 0:
+                return None
+            self._event(db, job_id, target.value, changes.get("error"))
+            row = db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return _from_row(row)
+
+    def update(self, job_id: str, **changes: Any) -> Job:
+        """Change fields that are not the job state (invoice status, progress...)."""
+        if "state" in changes:
+            raise ValueError("use transition() to change a job's state")
+        with self._transaction() as db:
+            assignments = {"updated_at": time.time(), **changes}
+            sets = ", ".join(f"{name} = ?" for name in assignments)
+            db.execute(f"UPDATE jobs SET {sets} WHERE id = ?", [_to_sql(v) for v in assignments.values()] + [job_id])
+            if "invoice_status" in changes:
+                self._event(db, job_id, f"invoice_{_to_sql(changes['invoice_status'])}")
+            row = db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        if row is None:
+            raise KeyError(job_id)
+        return _from_row(row)
+
+    def unfinished(self) -> list[Job]:
+        """Jobs the reconciler must look at: not final, or final with an invoice still open/held."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT * FROM jobs WHERE state IN ('awaiting_payment', 'payment_held', 'processing') "
+                "OR invoice_status IN ('none', 'open', 'accepted') ORDER BY created_at"
+            ).fetchall()
+        return [_from_row(row) for row in rows]
+
+    def count(self) -> int:
+        with self._lock:
+            return self._db.execute("SELECT COUNT(*) FROM jobs").fetchone()[0]
+
+    def events(self, job_id: str) -> list[tuple[float, str, str | None]]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT at, event, detail FROM job_events WHERE job_id = ? ORDER BY rowid", (job_id,)
+            ).fetchall()
+        return [(row["at"], row["event"], row["detail"]) for row in rows]
+
+    def put_root_key(self, key_id: bytes, root_key: bytes) -> None:
+        with self._transaction() as db:
+            db.execute("INSERT INTO l402_root_keys VALUES (?, ?)", (key_id, root_key))
+
+    def get_root_key(self, key_id: bytes) -> bytes | None:
+        with self._lock:
+            row = self._db.execute("SELECT root_key FROM l402_root_keys WHERE key_id = ?", (key_id,)).fetchone()
+        return bytes(row["root_key"]) if row else None
+
+
+class RootKeys:
+    """payments.l402.RootKeyStore on top of the job store: one random root key per token."""
+
+    def __init__(self, store: JobStore) -> None:
+        self._store = store
+
+    def put(self, key_id: bytes, root_key: bytes) -> None:
+        self._store.put_root_key(key_id, root_key)
+
+    def get(self, key_id: bytes) -> bytes | None:
+        return self._store.get_root_key(key_id)

@@ -1,0 +1,250 @@
+"""The paid API end to end, in process, on the embedded dev node: what a client sees."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from app import create_app
+from payments import l402
+from payments.backend import InvoiceState
+from service.config import Settings
+from service.jobs import JobState
+
+from .helpers import natural_image
+
+MODEL = "realesr-animevideov3"
+PROBLEM = "application/problem+json"
+
+
+def png(height: int = 24, width: int = 32, seed: int = 0) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(natural_image(height, width, seed=seed)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def make_client(tmp_path: Path, registry, **overrides) -> TestClient:
+    settings = Settings(data_dir=tmp_path / "data", **overrides)
+    return TestClient(create_app(settings, registry), raise_server_exceptions=False)
+
+
+@pytest.fixture
+def client(tmp_path: Path, registry) -> Iterator[TestClient]:
+    with make_client(tmp_path, registry) as test_client:
+        yield test_client
+
+
+def post_upscale(client: TestClient, image: bytes, headers: dict | None = None, **form) -> object:
+    data = {"model": MODEL, "scale": "2", **form}
+    return client.post("/v1/upscales", files={"image": ("in.png", image, "image/png")}, data=data, headers=headers)
+
+
+def pay(client: TestClient, payment_request: str, wait: bool = True) -> dict:
+    response = client.post("/v1/dev/pay", json={"payment_request": payment_request, "wait": wait, "timeout": 60})
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def wait_for(client: TestClient, job_id: str, states: set[str], timeout: float = 60) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        body = client.get(f"/v1/upscales/{job_id}").json()
+        if body["status"] in states:
+            return body
+        time.sleep(0.05)
+    raise AssertionError(f"job {job_id} never reached {states}: {body}")
+
+
+def dev_node(client: TestClient):
+    return client.app.state.service.backend
+
+
+def test_quote(client: TestClient) -> None:
+    quote = client.get("/v1/quote", params={"model": MODEL, "width": 1000, "height": 500, "scale": 4}).json()
+    assert quote["output_width"] == 4000 and quote["output_megapixels"] == 8.0
+    assert quote["amount_msat"] == 16_000 and quote["amount_sat"] == 16  # light class: 2 sat/MP
+    tiny = client.get("/v1/quote", params={"model": MODEL, "width": 10, "height": 10}).json()
+    assert tiny["amount_msat"] == tiny["minimum_msat"] == 10_000
+    unknown = client.get("/v1/quote", params={"model": "nope", "width": 10, "height": 10})
+    assert unknown.status_code == 422 and unknown.headers["content-type"] == PROBLEM
+    assert "no model named 'nope'" in unknown.json()["detail"]
+    bad_scale = client.get("/v1/quote", params={"model": MODEL, "width": 10, "height": 10, "scale": 8})
+    assert bad_scale.status_code == 422 and "x8 is not offered" in bad_scale.json()["detail"]
+    missing = client.get("/v1/quote", params={"model": MODEL})
+    assert missing.status_code == 422 and missing.headers["content-type"] == PROBLEM
+
+
+@pytest.mark.parametrize(
+    ("payload", "status", "slug"),
+    [
+        (b"this is not an image", 415, "unsupported-image"),
+        (b"", 415, "unsupported-image"),
+        (png()[:300], 422, "invalid-image"),
+    ],
+)
+def test_bad_images_get_no_invoice(client: TestClient, payload: bytes, status: int, slug: str) -> None:
+    response = post_upscale(client, payload)
+    assert response.status_code == status
+    assert response.headers["content-type"] == PROBLEM
+    assert response.json()["type"].endswith(slug) and response.json()["status"] == status
+    assert "WWW-Authenticate" not in response.headers
+
+
+def test_too_large_upload_is_refused(tmp_path: Path, registry) -> None:
+    with make_client(tmp_path, registry, max_upload_bytes=1000) as small:
+        response = post_upscale(small, png(64, 64))
+        assert response.status_code == 413 and response.headers["content-type"] == PROBLEM
+
+
+def test_paid_flow_end_to_end(client: TestClient) -> None:
+    image = png()
+    response = post_upscale(client, image)
+    assert response.status_code == 402
+    body = response.json()
+    assert body["status"] == "awaiting_payment" and body["amount_msat"] == 10_000
+    assert response.headers["Location"] == f"/v1/upscales/{body['job_id']}"
+    challenge = l402.parse_challenge(response.headers["WWW-Authenticate"])
+    assert challenge.invoice == body["payment_request"] and challenge.invoice.startswith("lnbcrt")
+    assert l402.payment_hash_of(challenge.macaroon).hex() == body["payment_hash"]
+
+    paid = pay(client, challenge.invoice)  # the dev wallet returns once the hold invoice settles
+    preimage = bytes.fromhex(paid["preimage"])
+    assert hashlib.sha256(preimage).hexdigest() == body["payment_hash"]
+    done = wait_for(client, body["job_id"], {"succeeded"})
+    assert done["charged"] is True and done["invoice_status"] == "settled"
+    assert done["output"]["width"] == 64 and done["output"]["height"] == 48
+
+    credential = f"L402 {challenge.macaroon}:{preimage.hex()}"
+    result = client.get(f"/v1/upscales/{body['job_id']}/result", headers={"Authorization": credential})
+    assert result.status_code == 200 and result.headers["content-type"] == "image/png"
+    assert hashlib.sha256(result.content).hexdigest() == done["output"]["sha256"]
+    assert Image.open(io.BytesIO(result.content)).size == (64, 48)
+
+    # repeating the original request with the credential returns the same job, no new one
+    again = post_upscale(client, image, headers={"Authorization": credential})
+    assert again.status_code == 200 and again.json()["job_id"] == body["job_id"]
+    lsat = post_upscale(client, image, headers={"Authorization": credential.replace("L402", "LSAT", 1)})
+    assert lsat.status_code == 200 and lsat.json()["job_id"] == body["job_id"]
+    ledger = client.app.state.service.store
+    assert ledger.get(body["job_id"]).state is JobState.SUCCEEDED
+
+
+def test_status_needs_only_the_job_id_but_the_result_needs_the_preimage(client: TestClient) -> None:
+    response = post_upscale(client, png())
+    body = response.json()
+    macaroon = l402.parse_challenge(response.headers["WWW-Authenticate"]).macaroon
+    status_only = client.get(f"/v1/upscales/{body['job_id']}", headers={"Authorization": f"L402 {macaroon}"})
+    assert status_only.status_code == 402 and "WWW-Authenticate" in status_only.headers
+    pay(client, body["payment_request"])
+    wait_for(client, body["job_id"], {"succeeded"})
+    no_preimage = client.get(f"/v1/upscales/{body['job_id']}/result", headers={"Authorization": f"L402 {macaroon}"})
+    assert no_preimage.status_code == 401 and no_preimage.headers["content-type"] == PROBLEM
+    anonymous = client.get(f"/v1/upscales/{body['job_id']}/result")
+    assert anonymous.status_code == 401
+
+
+def test_tokens_never_unlock_another_job(client: TestClient) -> None:
+    first = post_upscale(client, png(seed=1))
+    second = post_upscale(client, png(seed=2))
+    a, b = first.json(), second.json()
+    mac_a = l402.parse_challenge(first.headers["WWW-Authenticate"]).macaroon
+    mac_b = l402.parse_challenge(second.headers["WWW-Authenticate"]).macaroon
+    preimage_a = pay(client, a["payment_request"])["preimage"]
+    preimage_b = pay(client, b["payment_request"])["preimage"]
+    wait_for(client, a["job_id"], {"succeeded"})
+    wait_for(client, b["job_id"], {"succeeded"})
+    cases = {
+        "token A on job B": f"L402 {mac_a}:{preimage_a}",
+        "macaroon B with preimage A": f"L402 {mac_b}:{preimage_a}",
+        "tampered macaroon": f"L402 {mac_a[:-8]}AAAAAAA=:{preimage_a}",
+        "not even base64": f"L402 %%%:{preimage_a}",
+    }
+    for name, header in cases.items():
+        response = client.get(f"/v1/upscales/{b['job_id']}/result", headers={"Authorization": header})
+        assert response.status_code == 401, name
+        assert response.headers["content-type"] == PROBLEM, name
+    # a valid token replayed on a different request is refused, and makes no job
+    store = client.app.state.service.store
+    before = store.count()
+    replay = post_upscale(client, png(seed=3), headers={"Authorization": f"L402 {mac_a}:{preimage_a}"})
+    assert replay.status_code == 401
+    assert store.count() == before
+    assert (
+        client.get(
+            f"/v1/upscales/{b['job_id']}/result", headers={"Authorization": f"L402 {mac_b}:{preimage_b}"}
+        ).status_code
+        == 200
+    )
+
+
+def test_idempotency_key(client: TestClient) -> None:
+    image = png()
+    first = post_upscale(client, image, headers={"Idempotency-Key": "k-1"})
+    second = post_upscale(client, image, headers={"Idempotency-Key": "k-1"})
+    assert first.status_code == second.status_code == 402
+    assert first.json()["job_id"] == second.json()["job_id"]
+    assert first.headers["WWW-Authenticate"] == second.headers["WWW-Authenticate"]
+    other = post_upscale(client, png(seed=9), headers={"Idempotency-Key": "k-1"})
+    assert other.status_code == 422 and other.json()["type"].endswith("idempotency-mismatch")
+
+
+def test_a_failed_job_is_not_charged(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    service = client.app.state.service
+
+    def broken_engine(job):
+        raise RuntimeError("CUDA out of memory")
+
+    monkeypatch.setattr(service, "_run_engine", broken_engine)
+    body = post_upscale(client, png()).json()
+    refused = client.post("/v1/dev/pay", json={"payment_request": body["payment_request"], "wait": True})
+    assert refused.status_code == 422 and "cancel" in refused.json()["detail"].lower()
+    failed = wait_for(client, body["job_id"], {"failed"})
+    assert failed["charged"] is False and failed["invoice_status"] == "canceled"
+    assert "CUDA out of memory" in failed["error"]
+    payments = {p.payment_hash: p for p in client.portal.call(dev_node(client).payments)}
+    assert payments[body["payment_hash"]].state is InvoiceState.CANCELED
+    assert payments[body["payment_hash"]].charged_msat == 0
+
+
+def test_hold_budget_returns_the_payment(tmp_path: Path, registry, monkeypatch: pytest.MonkeyPatch) -> None:
+    with make_client(tmp_path, registry, hold_budget_seconds=1) as client:
+        service = client.app.state.service
+        original = service._run_engine
+
+        def slow_engine(job):
+            time.sleep(3)
+            return original(job)
+
+        monkeypatch.setattr(service, "_run_engine", slow_engine)
+        body = post_upscale(client, png()).json()
+        pay(client, body["payment_request"], wait=False)
+        failed = wait_for(client, body["job_id"], {"failed"})
+        assert "hold budget" in failed["error"] and failed["charged"] is False
+        time.sleep(3.5)  # the engine finishes late: its output must not resurrect the job
+        late = client.get(f"/v1/upscales/{body['job_id']}").json()
+        assert late["status"] == "failed" and late["invoice_status"] == "canceled"
+        assert not list((tmp_path / "data" / "outputs").glob(f"{body['job_id']}*"))
+
+
+def test_unpaid_invoice_expires(tmp_path: Path, registry) -> None:
+    with make_client(tmp_path, registry, invoice_expiry_seconds=1) as client:
+        body = post_upscale(client, png()).json()
+        expired = wait_for(client, body["job_id"], {"expired"}, timeout=30)
+        assert expired["charged"] is False
+        late = client.post("/v1/dev/pay", json={"payment_request": body["payment_request"]})
+        assert late.status_code == 422
+
+
+def test_unknown_job_and_docs(client: TestClient) -> None:
+    missing = client.get("/v1/upscales/job_nope")
+    assert missing.status_code == 404 and missing.headers["content-type"] == PROBLEM
+    assert client.get("/openapi.json").json()["paths"]["/v1/upscales"]["post"]
+    assert client.get("/docs").status_code == 200
+    assert client.get("/healthz").json()["lightning"] == "up"
