@@ -1,0 +1,181 @@
+"""Every crash window between a persisted state and its side effect, made deterministic:
+the first service instance 'dies' at the chosen point, a second one starts on the same
+database and node, and its reconciler must finish the job correctly."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import threading
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from payments.backend import InvoiceState
+from payments.dev import DevNode
+from service.config import Settings
+from service.jobs import InvoiceStatus, JobRequest, JobState
+from service.store import SqliteJobStore
+from service.worker import JobService
+
+from .helpers import natural_image
+
+
+class Crash(BaseException):
+    """Stands for the process dying: nothing after it runs, no handler catches it."""
+
+
+def png() -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(natural_image(20, 24)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+REQUEST = JobRequest("realesr-animevideov3", 2, "png")
+
+
+@pytest.fixture
+async def world(tmp_path: Path, registry) -> AsyncIterator[Callable[[], JobService]]:
+    settings = Settings(data_dir=tmp_path / "data")
+    store = SqliteJobStore(settings.database_path)
+    services: list[JobService] = []
+
+    def boot() -> JobService:
+        service = JobService(settings, store, DevNode(settings.data_dir / "dev.sqlite3"), registry)
+        services.append(service)
+        return service
+
+    yield boot
+    for service in services:
+        if service in killed:
+            await service.backend.close()
+        else:
+            await service.stop()
+    store.close()
+
+
+killed: list[JobService] = []
+
+
+def kill(service: JobService) -> None:
+    """The process dies: its tasks stop where they are, nothing is cleaned up."""
+    for task in [*service._tasks, *service._watchers.values()]:
+        task.cancel()
+    killed.append(service)
+
+
+async def until(predicate: Callable[[], bool], timeout: float = 60) -> None:
+    async with asyncio.timeout(timeout):
+        while not predicate():
+            await asyncio.sleep(0.02)
+
+
+async def test_crash_before_the_node_issued_the_invoice(world, monkeypatch: pytest.MonkeyPatch) -> None:
+    first = world()
+    await first.start()
+
+    async def die(*args, **kwargs):
+        raise Crash
+
+    monkeypatch.setattr(first.backend, "add_hold_invoice", die)
+    with pytest.raises(Crash):
+        await first.create_job(png(), REQUEST)
+    (job,) = first.store.unfinished()
+    assert job.invoice_status is InvoiceStatus.NONE
+    second = world()
+    await second.start()
+    job = second.store.get(job.id)
+    assert job.state is JobState.EXPIRED and job.invoice_status is InvoiceStatus.CANCELED
+
+
+async def test_crash_after_the_node_issued_the_invoice(world, monkeypatch: pytest.MonkeyPatch) -> None:
+    first = world()
+    await first.start()
+    real = first.backend.add_hold_invoice
+
+    async def issue_then_die(*args, **kwargs):
+        await real(*args, **kwargs)
+        raise Crash
+
+    monkeypatch.setattr(first.backend, "add_hold_invoice", issue_then_die)
+    with pytest.raises(Crash):
+        await first.create_job(png(), REQUEST)
+    (job,) = first.store.unfinished()
+    second = world()
+    await second.start()
+    job = second.store.get(job.id)
+    assert job.invoice_status is InvoiceStatus.OPEN and job.payment_request and job.macaroon
+    await second.backend.pay(job.payment_request)  # the invoice is payable: the job completes
+    await until(lambda: second.store.get(job.id).invoice_status is InvoiceStatus.SETTLED)
+    assert second.store.get(job.id).state is JobState.SUCCEEDED
+
+
+async def test_crash_between_success_and_settlement(world, monkeypatch: pytest.MonkeyPatch) -> None:
+    first = world()
+    await first.start()
+
+    async def die(job):
+        raise Crash
+
+    monkeypatch.setattr(first, "_settle", die)
+    challenge = await first.create_job(png(), REQUEST)
+    await first.backend.pay(challenge.job.payment_request)
+    await until(lambda: first.store.get(challenge.job.id).state is JobState.SUCCEEDED)
+    assert first.store.get(challenge.job.id).invoice_status is InvoiceStatus.ACCEPTED  # held, not yet taken
+    kill(first)
+    second = world()
+    await second.start()
+    job = second.store.get(challenge.job.id)
+    assert job.invoice_status is InvoiceStatus.SETTLED
+    assert (await second.backend.lookup(bytes.fromhex(job.payment_hash))).state is InvoiceState.SETTLED
+
+
+async def test_crash_between_failure_and_cancellation(world, monkeypatch: pytest.MonkeyPatch) -> None:
+    first = world()
+    await first.start()
+
+    def broken(job):
+        raise RuntimeError("engine exploded")
+
+    async def die(job):
+        raise Crash
+
+    monkeypatch.setattr(first, "_run_engine", broken)
+    monkeypatch.setattr(first, "_cancel", die)
+    challenge = await first.create_job(png(), REQUEST)
+    await first.backend.pay(challenge.job.payment_request)
+    await until(lambda: first.store.get(challenge.job.id).state is JobState.FAILED)
+    kill(first)
+    second = world()
+    await second.start()
+    job = second.store.get(challenge.job.id)
+    assert job.invoice_status is InvoiceStatus.CANCELED
+    payments = {p.payment_hash: p for p in await second.backend.payments()}
+    assert payments[job.payment_hash].charged_msat == 0
+
+
+async def test_crash_in_the_middle_of_the_engine_run(world, monkeypatch: pytest.MonkeyPatch) -> None:
+    first = world()
+    await first.start()
+    started = threading.Event()
+    release = threading.Event()
+
+    def hang(job):
+        started.set()
+        release.wait(60)
+        raise Crash
+
+    monkeypatch.setattr(first, "_run_engine", hang)
+    challenge = await first.create_job(png(), REQUEST)
+    await first.backend.pay(challenge.job.payment_request)
+    await until(started.is_set)
+    assert first.store.get(challenge.job.id).state is JobState.PROCESSING
+    kill(first)
+    second = world()
+    await second.start()
+    await until(lambda: second.store.get(challenge.job.id).invoice_status is InvoiceStatus.SETTLED)
+    job = second.store.get(challenge.job.id)
+    assert job.state is JobState.SUCCEEDED and job.attempts == 2 and Path(job.output_path).is_file()
+    release.set()
