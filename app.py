@@ -16,6 +16,7 @@ from fastapi import FastAPI
 from fastapi.responses import RedirectResponse
 
 from payments.backend import LightningBackend
+from payments.dev import DevNode
 from service import problems
 from service.api import build_router, dev_router
 from service.config import Settings
@@ -41,16 +42,18 @@ def make_backend(settings: Settings) -> LightningBackend:
                 network=settings.lnd_network,
             )
         )
-    from payments.dev import DevNode
-
     return DevNode(settings.data_dir / "dev-node.sqlite3")
 
 
-def create_app(settings: Settings | None = None, registry: ModelRegistry | None = None) -> FastAPI:
+def create_app(
+    settings: Settings | None = None,
+    registry: ModelRegistry | None = None,
+    backend: LightningBackend | None = None,
+) -> FastAPI:
     settings = settings or Settings()
     registry = registry or ModelRegistry()
     store = SqliteJobStore(settings.database_path)
-    backend = make_backend(settings)
+    backend = backend or make_backend(settings)
     service = JobService(settings, store, backend, registry)
 
     @asynccontextmanager
@@ -71,7 +74,7 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
     app.state.service = service
     problems.install(app)
     app.include_router(build_router(service, registry))
-    if settings.backend == "dev":
+    if isinstance(backend, DevNode):
         app.include_router(dev_router(service))
 
     @app.get("/", include_in_schema=False)

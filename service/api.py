@@ -111,6 +111,8 @@ class QuoteDocument(BaseModel):
     minimum_msat: int
     amount_msat: int
     amount_sat: int
+    #: how long the upscale should take on this server, measured, in seconds
+    estimated_seconds: float
 
 
 def build_router(service: JobService, registry: ModelRegistry) -> APIRouter:
@@ -130,7 +132,10 @@ def build_router(service: JobService, registry: ModelRegistry) -> APIRouter:
     ) -> QuoteDocument:
         """The price of an upscale, in msat, before uploading anything."""
         priced = await service.quote(model, width, height, scale)
-        return QuoteDocument(**priced.__dict__, amount_sat=priced.amount_sat)
+        estimate = await service.estimate(model, width, height)
+        return QuoteDocument(
+            **priced.__dict__, amount_sat=priced.amount_sat, estimated_seconds=round(estimate.seconds, 1)
+        )
 
     @router.post(
         "/upscales",

@@ -44,6 +44,7 @@ from sr_core.registry import ModelRegistry
 from sr_core.upscale import UpscaleOptions, upscale_file
 from sr_core.weights import sha256_file
 
+from .capacity import Estimate, ThroughputMeter
 from .config import Settings
 from .jobs import InvoiceStatus, Job, JobRequest, JobState
 from .pricing import Quote, quote
@@ -53,6 +54,8 @@ log = logging.getLogger("satscale.worker")
 
 RECONNECT_BACKOFF = (1, 2, 4, 8, 15, 30)
 TIMER_INTERVAL = 1.0
+#: refuse a job whose estimated run takes more than this share of the hold budget
+ADMISSION_SHARE = 0.8
 
 
 class IdempotencyConflict(Exception):
@@ -114,6 +117,7 @@ class JobService:
         self._reconnecting: asyncio.Task | None = None
         self._progress: dict[str, float] = {}
         self._invoice_lock = asyncio.Lock()
+        self.meter = ThroughputMeter()
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -157,6 +161,25 @@ class JobService:
         info = await asyncio.to_thread(self.engine_info, model)
         return quote(self.settings, model, info, width, height, scale)
 
+    async def estimate(self, model: str, width: int, height: int) -> Estimate:
+        def measure() -> Estimate:
+            engine = self.registry.load_engine(model, device=self.settings.device, precision=self.settings.precision)
+            return self.meter.estimate(model, engine, width, height)
+
+        return await asyncio.to_thread(measure)
+
+    async def admit(self, model: str, width: int, height: int) -> Estimate:
+        """Refuse (413) a job this machine cannot finish while the payment can be held."""
+        estimate = await self.estimate(model, width, height)
+        allowed = self.settings.hold_budget_seconds * ADMISSION_SHARE
+        if estimate.seconds > allowed:
+            raise ImageTooLargeError(
+                f"upload: {width}x{height} with {model} would take about {estimate.seconds:.0f} s here, and a "
+                f"payment can be held for {self.settings.hold_budget_seconds} s; send a smaller image or use a "
+                f"faster model"
+            )
+        return estimate
+
     async def inspect(self, data: bytes) -> ImageInfo:
         """The core's validation: the same checks the CLI applies, before any invoice."""
         info = await asyncio.to_thread(validate_image, data, self.limits(), "upload")
@@ -168,6 +191,7 @@ class JobService:
         """Validate, price and store the upload, then issue the invoice and the L402 token."""
         image = await self.inspect(data)
         priced = await self.quote(request.model, image.width, image.height, request.scale)
+        await self.admit(request.model, image.width, image.height)
         request = JobRequest(request.model, priced.scale, request.output_format)
         input_sha256 = hashlib.sha256(data).hexdigest()
         binding = request_hash(input_sha256, request)
@@ -405,6 +429,7 @@ class JobService:
             await self.fail(job_id, f"upscaling failed: {exc}")
             return
         path, digest, width, height = output
+        self.meter.observe(job.model, job.input_width, job.input_height, self.clock() - (job.started_at or 0))
         done = self.store.transition(
             job_id,
             [JobState.PROCESSING],

@@ -15,6 +15,7 @@ from PIL import Image
 from app import create_app
 from payments import l402
 from payments.backend import InvoiceState
+from payments.dev import DevNode
 from service.config import Settings
 from service.jobs import JobState
 
@@ -248,3 +249,39 @@ def test_unknown_job_and_docs(client: TestClient) -> None:
     assert client.get("/openapi.json").json()["paths"]["/v1/upscales"]["post"]
     assert client.get("/docs").status_code == 200
     assert client.get("/healthz").json()["lightning"] == "up"
+
+
+def test_a_job_too_slow_for_the_hold_budget_is_refused_before_payment(tmp_path: Path, registry) -> None:
+    with make_client(tmp_path, registry, hold_budget_seconds=2, max_input_megapixels=64) as client:
+        quote = client.get("/v1/quote", params={"model": "realesrgan-x4plus", "width": 1500, "height": 1000}).json()
+        assert quote["estimated_seconds"] > 2
+        image = io.BytesIO()
+        Image.fromarray(natural_image(1000, 1500)).save(image, "PNG")
+        response = post_upscale(client, image.getvalue(), model="realesrgan-x4plus", scale="4")
+        assert response.status_code == 413 and response.headers["content-type"] == PROBLEM
+        assert "payment can be held for 2 s" in response.json()["detail"]
+        assert client.app.state.service.store.count() == 0
+
+
+class PlainOnlyNode(DevNode):
+    """A backend without hold invoices: the node makes the preimage and settles on payment."""
+
+    features = frozenset()
+
+
+def test_plain_invoices_when_the_backend_has_no_hold_invoices(tmp_path: Path, registry) -> None:
+    node = PlainOnlyNode(tmp_path / "plain-node.sqlite3")
+    app = create_app(Settings(data_dir=tmp_path / "data"), registry, backend=node)
+    with TestClient(app) as client:
+        response = post_upscale(client, png())
+        assert response.status_code == 402
+        body = response.json()
+        paid = pay(client, body["payment_request"], wait=False)
+        assert paid["state"] == "settled" and paid["preimage"]  # a plain invoice hands over the preimage at once
+        done = wait_for(client, body["job_id"], {"succeeded"})
+        assert done["charged"] is True and done["invoice_status"] == "settled"
+        macaroon = l402.parse_challenge(response.headers["WWW-Authenticate"]).macaroon
+        result = client.get(
+            f"/v1/upscales/{body['job_id']}/result", headers={"Authorization": f"L402 {macaroon}:{paid['preimage']}"}
+        )
+        assert result.status_code == 200
