@@ -110,9 +110,18 @@ class LightningBackend(ABC):
     async def lookup(self, payment_hash: bytes) -> Invoice: ...
 
     @abstractmethod
-    def watch(self, payment_hash: bytes) -> AsyncIterator[Invoice]:
+    def watch(self, payment_hash: bytes, hold: bool | None = None) -> AsyncIterator[Invoice]:
         """Yield the invoice now and on every state change; ends after a final state.
-        Raises BackendUnavailable when the stream drops (the caller reconciles)."""
+        `hold` tells whether it is a hold invoice when the caller knows (after a restart
+        the backend may not). Raises BackendUnavailable when the stream drops."""
+
+    async def ping(self) -> None:
+        """Raise BackendUnavailable unless the node answers. Uses an invoice lookup, which an
+        invoice-only credential may make (LND's invoice macaroon cannot call GetInfo)."""
+        try:
+            await self.lookup(bytes(32))
+        except InvoiceNotFound:
+            return
 
     def supports(self, feature: Feature) -> bool:
         return feature in self.features

@@ -452,7 +452,8 @@ class DevNode(LightningBackend):
     async def lookup(self, payment_hash: bytes) -> Invoice:
         return _invoice(self._read(_hash_hex(payment_hash)))
 
-    async def watch(self, payment_hash: bytes) -> AsyncIterator[Invoice]:
+    async def watch(self, payment_hash: bytes, hold: bool | None = None) -> AsyncIterator[Invoice]:
+        # the node's own records say whether an invoice is a hold invoice: `hold` is not needed
         key = _hash_hex(payment_hash)
         waiter = self._subscribe(key)  # before the first read, so no change can slip between
         try:

@@ -312,7 +312,7 @@ class JobService:
         if job is None:
             return
         try:
-            async for invoice in self.backend.watch(bytes.fromhex(job.payment_hash)):
+            async for invoice in self.backend.watch(bytes.fromhex(job.payment_hash), hold=job.hold):
                 await self._on_invoice(job_id, invoice)
                 if invoice.state.final:
                     break
@@ -521,7 +521,7 @@ class JobService:
             await asyncio.sleep(RECONNECT_BACKOFF[min(attempt, len(RECONNECT_BACKOFF) - 1)])
             attempt += 1
             try:
-                await self.backend.node_info()
+                await self.backend.ping()
                 await self.reconcile()
                 return
             except PaymentError as exc:

@@ -53,14 +53,23 @@ def pay(client: TestClient, payment_request: str, wait: bool = True) -> dict:
     return response.json()
 
 
-def wait_for(client: TestClient, job_id: str, states: set[str], timeout: float = 60) -> dict:
+def settled(body: dict) -> bool:
+    """Succeeded and charged: the job state is written first, the invoice settled right after."""
+    return body["status"] == "succeeded" and body["charged"]
+
+
+def refunded(body: dict) -> bool:
+    return body["status"] == "failed" and body["invoice_status"] == "canceled"
+
+
+def wait_for(client: TestClient, job_id: str, done, timeout: float = 60) -> dict:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         body = client.get(f"/v1/upscales/{job_id}").json()
-        if body["status"] in states:
+        if done(body) if callable(done) else body["status"] in done:
             return body
         time.sleep(0.05)
-    raise AssertionError(f"job {job_id} never reached {states}: {body}")
+    raise AssertionError(f"job {job_id} never reached {done}: {body}")
 
 
 def dev_node(client: TestClient):
@@ -118,8 +127,8 @@ def test_paid_flow_end_to_end(client: TestClient) -> None:
     paid = pay(client, challenge.invoice)  # the dev wallet returns once the hold invoice settles
     preimage = bytes.fromhex(paid["preimage"])
     assert hashlib.sha256(preimage).hexdigest() == body["payment_hash"]
-    done = wait_for(client, body["job_id"], {"succeeded"})
-    assert done["charged"] is True and done["invoice_status"] == "settled"
+    done = wait_for(client, body["job_id"], settled)
+    assert done["invoice_status"] == "settled"
     assert done["output"]["width"] == 64 and done["output"]["height"] == 48
 
     credential = f"L402 {challenge.macaroon}:{preimage.hex()}"
@@ -159,8 +168,8 @@ def test_tokens_never_unlock_another_job(client: TestClient) -> None:
     mac_b = l402.parse_challenge(second.headers["WWW-Authenticate"]).macaroon
     preimage_a = pay(client, a["payment_request"])["preimage"]
     preimage_b = pay(client, b["payment_request"])["preimage"]
-    wait_for(client, a["job_id"], {"succeeded"})
-    wait_for(client, b["job_id"], {"succeeded"})
+    wait_for(client, a["job_id"], settled)
+    wait_for(client, b["job_id"], settled)
     cases = {
         "token A on job B": f"L402 {mac_a}:{preimage_a}",
         "macaroon B with preimage A": f"L402 {mac_b}:{preimage_a}",
@@ -206,8 +215,8 @@ def test_a_failed_job_is_not_charged(client: TestClient, monkeypatch: pytest.Mon
     body = post_upscale(client, png()).json()
     refused = client.post("/v1/dev/pay", json={"payment_request": body["payment_request"], "wait": True})
     assert refused.status_code == 422 and "cancel" in refused.json()["detail"].lower()
-    failed = wait_for(client, body["job_id"], {"failed"})
-    assert failed["charged"] is False and failed["invoice_status"] == "canceled"
+    failed = wait_for(client, body["job_id"], refunded)
+    assert failed["charged"] is False
     assert "CUDA out of memory" in failed["error"]
     payments = {p.payment_hash: p for p in client.portal.call(dev_node(client).payments)}
     assert payments[body["payment_hash"]].state is InvoiceState.CANCELED
@@ -226,7 +235,7 @@ def test_hold_budget_returns_the_payment(tmp_path: Path, registry, monkeypatch: 
         monkeypatch.setattr(service, "_run_engine", slow_engine)
         body = post_upscale(client, png()).json()
         pay(client, body["payment_request"], wait=False)
-        failed = wait_for(client, body["job_id"], {"failed"})
+        failed = wait_for(client, body["job_id"], refunded)
         assert "hold budget" in failed["error"] and failed["charged"] is False
         time.sleep(3.5)  # the engine finishes late: its output must not resurrect the job
         late = client.get(f"/v1/upscales/{body['job_id']}").json()

@@ -129,6 +129,19 @@ def wait_for(server: Server, job_id: str, states: set[str], timeout: float = 180
     raise AssertionError(f"{job_id} never reached {states}; last {body}")
 
 
+def wait_until_settled_or_refunded(server: Server, job_id: str, timeout: float = 180) -> dict:
+    """The job state is written before the invoice is settled or cancelled: wait for both."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        body = status(server, job_id)
+        if (body["status"] == "succeeded" and body["charged"]) or (
+            body["status"] == "failed" and body["invoice_status"] == "canceled"
+        ):
+            return body
+        time.sleep(0.05)
+    raise AssertionError(f"{job_id} never settled or refunded; last {body}")
+
+
 def test_kill_nine_at_every_stage_loses_nothing_and_charges_once(server: Server) -> None:
     jobs = []
 
@@ -169,7 +182,7 @@ def test_kill_nine_at_every_stage_loses_nothing_and_charges_once(server: Server)
         server.restart()
         jobs.extend(batch)
 
-    finals = {job["job_id"]: wait_for(server, job["job_id"], {"succeeded", "failed"}) for job in jobs}
+    finals = {job["job_id"]: wait_until_settled_or_refunded(server, job["job_id"]) for job in jobs}
     history = httpx.get(f"{server.url}/v1/dev/payments", timeout=30).json()
     by_hash: dict[str, list[dict]] = {}
     for payment in history:
