@@ -294,3 +294,25 @@ def test_plain_invoices_when_the_backend_has_no_hold_invoices(tmp_path: Path, re
             f"/v1/upscales/{body['job_id']}/result", headers={"Authorization": f"L402 {macaroon}:{paid['preimage']}"}
         )
         assert result.status_code == 200
+
+
+def test_expired_and_forged_tokens_are_refused(tmp_path: Path, registry) -> None:
+    with make_client(tmp_path, registry, token_validity_seconds=1) as client:
+        response = post_upscale(client, png())
+        body = response.json()
+        macaroon = l402.parse_challenge(response.headers["WWW-Authenticate"]).macaroon
+        preimage = pay(client, body["payment_request"])["preimage"]
+        wait_for(client, body["job_id"], settled)
+        # a macaroon for the same payment hash and request, signed with the attacker's own root key
+        forged = l402.mint(
+            bytes.fromhex(body["payment_hash"]),
+            client.app.state.service.store.get(body["job_id"]).request_hash,
+            int(time.time()) + 3600,
+            l402.MemoryRootKeyStore(),
+        ).macaroon
+        result_url = f"/v1/upscales/{body['job_id']}/result"
+        forged_response = client.get(result_url, headers={"Authorization": f"L402 {forged}:{preimage}"})
+        assert forged_response.status_code == 401
+        time.sleep(1.5)
+        expired = client.get(result_url, headers={"Authorization": f"L402 {macaroon}:{preimage}"})
+        assert expired.status_code == 401 and "expired" in expired.json()["detail"]

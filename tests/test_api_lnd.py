@@ -5,15 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import io
-import socket
-import threading
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 from PIL import Image
 
 from app import create_app
@@ -22,6 +18,7 @@ from service.config import Settings
 from tests.lnd_double import LndDouble, State, running_lnd_double
 
 from .helpers import natural_image
+from .servers import serving
 
 MODEL = "realesr-animevideov3"
 
@@ -40,7 +37,6 @@ async def double(tmp_path: Path) -> AsyncIterator[LndDouble]:
 
 @pytest.fixture
 async def server(double: LndDouble, tmp_path: Path, registry) -> AsyncIterator[tuple[str, object]]:
-    """The app in a uvicorn thread (its own event loop); the double stays on the test's loop."""
     settings = Settings(
         data_dir=tmp_path / "data",
         backend="lnd",
@@ -50,22 +46,14 @@ async def server(double: LndDouble, tmp_path: Path, registry) -> AsyncIterator[t
         lnd_macaroon=double.files.invoice_macaroon,
         lnd_network="regtest",
     )
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    # the app runs on its own loop in a thread; the double stays on the test's loop
     app = create_app(settings, registry)
-    instance = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=instance.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not instance.started and time.monotonic() < deadline:
-        await asyncio.sleep(0.05)
-    assert instance.started
+    server = serving(app)
+    url = await asyncio.to_thread(server.__enter__)
     try:
-        yield f"http://127.0.0.1:{port}", app
+        yield url, app
     finally:
-        instance.should_exit = True
-        await asyncio.to_thread(thread.join, 30)
+        await asyncio.to_thread(server.__exit__, None, None, None)
 
 
 async def create(http: httpx.AsyncClient, seed: int) -> httpx.Response:

@@ -6,15 +6,11 @@ from __future__ import annotations
 
 import hashlib
 import io
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 from l402_requests import L402Client
 from l402_requests.budget import BudgetController
 from l402_requests.wallets import WalletBase
@@ -24,6 +20,7 @@ from app import create_app
 from service.config import Settings
 
 from .helpers import natural_image
+from .servers import serving
 
 
 class DevWallet(WalletBase):
@@ -48,22 +45,8 @@ class DevWallet(WalletBase):
 
 @pytest.fixture
 def server_url(tmp_path: Path, registry) -> Iterator[str]:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    app = create_app(Settings(data_dir=tmp_path / "data"), registry)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert server.started
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
+    with serving(create_app(Settings(data_dir=tmp_path / "data"), registry)) as url:
+        yield url
 
 
 def test_l402_requests_pays_and_gets_the_upscale(server_url: str) -> None:
