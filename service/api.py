@@ -65,19 +65,23 @@ def _base_url(request: Request, service: JobService) -> str:
     return (service.settings.public_url or str(request.base_url)).rstrip("/")
 
 
-def job_response(request: Request, service: JobService, job: Job, status: int | None = None) -> JSONResponse:
-    """402 with the challenge while unpaid, 202 while held or processing, 200 when final."""
+def job_response(request: Request, service: JobService, job: Job, proof_of_payment: bool = False) -> JSONResponse:
+    """402 with the challenge while unpaid, 202 while held or processing, 200 when final.
+
+    A caller holding the preimage has paid (a plain invoice gives it at once) even if the
+    node's notice has not reached us yet: never ask them to pay again."""
     body = job_document(job, service, _base_url(request, service))
     headers = {"Location": f"/v1/upscales/{job.id}"}
-    if job.state is JobState.AWAITING_PAYMENT and job.macaroon and job.payment_request:
+    unpaid = job.state is JobState.AWAITING_PAYMENT
+    if unpaid and not proof_of_payment and job.macaroon and job.payment_request:
         headers["WWW-Authenticate"] = l402.challenge_header(job.macaroon, job.payment_request)
         code = 402
-    elif job.state in (JobState.PAYMENT_HELD, JobState.PROCESSING):
+    elif unpaid or job.state in (JobState.PAYMENT_HELD, JobState.PROCESSING):
         headers["Retry-After"] = PROCESSING_RETRY_AFTER
         code = 202
     else:
         code = 200
-    return JSONResponse(body, status_code=status or code, headers=headers)
+    return JSONResponse(body, status_code=code, headers=headers)
 
 
 async def _read_upload(request: Request, image: UploadFile, limit: int) -> bytes:
@@ -167,7 +171,7 @@ def build_router(service: JobService, registry: ModelRegistry) -> APIRouter:
         if credential is not None:
             binding = request_hash(hashlib.sha256(data).hexdigest(), job_request)
             job = _authorised_job(service, credential, binding, require_preimage=False)
-            return job_response(request, service, job)
+            return job_response(request, service, job, proof_of_payment=credential.preimage is not None)
         challenge = await service.create_job(data, job_request, idempotency_key)
         return job_response(request, service, challenge.job)
 
@@ -180,7 +184,7 @@ def build_router(service: JobService, registry: ModelRegistry) -> APIRouter:
         credential = _credential(authorization)
         if credential is not None:
             _authorised_job(service, credential, job.request_hash, require_preimage=False, expected=job)
-        return job_response(request, service, job)
+        return job_response(request, service, job, proof_of_payment=bool(credential and credential.preimage))
 
     @router.get("/upscales/{job_id}/result", tags=["upscales"], response_class=FileResponse)
     async def get_result(job_id: str, authorization: Annotated[str | None, Header()] = None) -> FileResponse:
