@@ -11,4 +11,6 @@ fi
 .venv/bin/python -m pip install --quiet --upgrade pip
 # torch/torchvision pinned in pyproject: this pair imports together (a newer torchvision needs a newer torch)
 .venv/bin/python -m pip install --quiet -e '.[test]'
+# npm tools the tests need: solc-js + OpenZeppelin (contract build check) and anvil (an EVM on 127.0.0.1)
+(cd contracts && npm ci --no-audit --no-fund --loglevel=error)
 .venv/bin/python -c "import torch, torchvision, spandrel, pyvips, ncnn; print('installed: torch', torch.__version__, '| libvips', pyvips.version(0), pyvips.version(1), pyvips.version(2))"
