@@ -8,8 +8,10 @@ Settings: SATSCALE_* environment variables or a TOML file named by SATSCALE_CONF
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
@@ -17,12 +19,19 @@ from fastapi.responses import RedirectResponse
 
 from payments.backend import LightningBackend
 from payments.dev import DevNode
+from provenance.chain import ChainRejected, ProvenanceChain
+from provenance.ipfs import LocalIpfsStore
 from service import problems
-from service.api import build_router, dev_router
+from service.api import build_router, dev_router, provenance_router
+from service.chain_sender import ChainSender
 from service.config import Settings
+from service.gateway import gateway_router
+from service.provenance import Provenance
 from service.store import SqliteJobStore
 from service.worker import JobService
 from sr_core.registry import ModelRegistry
+
+log = logging.getLogger("satscale")
 
 
 def make_backend(settings: Settings) -> LightningBackend:
@@ -45,6 +54,32 @@ def make_backend(settings: Settings) -> LightningBackend:
     return DevNode(settings.data_dir / "dev-node.sqlite3")
 
 
+def chain_connector(settings: Settings, store: SqliteJobStore) -> Callable[[], ProvenanceChain]:
+    """How the chain sender gets its client: the embedded chain (replaying the outbox into it,
+    since it starts empty) or a JSON-RPC chain with a registry configured, remembered or deployed."""
+
+    def connect() -> ProvenanceChain:
+        if settings.chain_rpc_url is None:
+            chain = ProvenanceChain.embedded_chain()
+            replayed = store.outbox_replay()
+            if replayed:
+                log.info("embedded chain: replaying %d provenance records", replayed)
+            return chain
+        if not settings.chain_private_key:
+            raise ChainRejected("SATSCALE_CHAIN_RPC_URL needs SATSCALE_CHAIN_PRIVATE_KEY (the recorder's key)")
+        remembered = f"registry_address:{settings.chain_rpc_url}"
+        chain = ProvenanceChain.connect(
+            settings.chain_rpc_url,
+            settings.chain_private_key,
+            registry_address=settings.chain_registry_address or store.get_meta(remembered),
+            chain_id=settings.chain_id,
+        )
+        store.set_meta(remembered, chain.address)
+        return chain
+
+    return connect
+
+
 def create_app(
     settings: Settings | None = None,
     registry: ModelRegistry | None = None,
@@ -54,14 +89,31 @@ def create_app(
     registry = registry or ModelRegistry()
     store = SqliteJobStore(settings.database_path)
     backend = backend or make_backend(settings)
-    service = JobService(settings, store, backend, registry)
+    ipfs = LocalIpfsStore(settings.data_dir / "ipfs")
+    sender = ChainSender(store, chain_connector(settings, store))
+    service = JobService(
+        settings,
+        store,
+        backend,
+        registry,
+        provenance=Provenance(ipfs, settings.ipfs_cid_version),
+        on_record=sender.wake,
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if settings.chain_rpc_url is None:
+            # the embedded chain starts empty: replay the recorded history before serving, so no
+            # job reads "confirmed" while its record is not on this chain yet
+            await asyncio.to_thread(lambda: sender.chain)
         await service.start()
+        chain_task = asyncio.create_task(sender.run(), name="satscale-chain-sender")
         try:
             yield
         finally:
+            chain_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await chain_task
             await service.stop()
             store.close()
 
@@ -72,8 +124,12 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.service = service
+    app.state.ipfs = ipfs
+    app.state.chain_sender = sender
     problems.install(app)
     app.include_router(build_router(service, registry))
+    app.include_router(provenance_router(service, sender, ipfs))
+    app.include_router(gateway_router(ipfs))
     if isinstance(backend, DevNode):
         app.include_router(dev_router(service))
 
@@ -83,7 +139,12 @@ def create_app(
 
     @app.get("/healthz", tags=["health"])
     def health() -> dict:
-        return {"status": "ok", "lightning": "up" if service.backend_available else "down", "backend": backend.name}
+        return {
+            "status": "ok",
+            "lightning": "up" if service.backend_available else "down",
+            "backend": backend.name,
+            "chain": "up" if sender.available else "down",
+        }
 
     return app
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import time
 from typing import Annotated, Any
@@ -12,11 +13,14 @@ from pydantic import BaseModel
 
 from payments import l402
 from payments.backend import InvoiceState
+from provenance.ipfs import LocalIpfsStore
 from sr_core.imageio import FORMAT_EXTENSIONS, normalise_format
 from sr_core.registry import ModelRegistry
 
+from .chain_sender import ChainSender
 from .jobs import Job, JobRequest, JobState
 from .problems import Problem
+from .verify import NothingToVerify, Verifier
 from .worker import JobService, request_hash
 
 DEFAULT_MODEL = "realesrgan-x4plus"
@@ -25,7 +29,7 @@ MEDIA_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp", "
 UPLOAD_CHUNK = 1 << 20
 
 
-def job_document(job: Job, service: JobService, base_url: str) -> dict[str, Any]:
+def job_document(job: Job, service: JobService, base_url: str, chain: dict[str, Any] | None = None) -> dict[str, Any]:
     """What a client sees of a job. The preimage never appears here."""
     document: dict[str, Any] = {
         "job_id": job.id,
@@ -48,6 +52,23 @@ def job_document(job: Job, service: JobService, base_url: str) -> dict[str, Any]
         document["progress"] = round(service.progress(job.id) or 0.0, 3)
     if job.hold_deadline and job.state in (JobState.PAYMENT_HELD, JobState.PROCESSING):
         document["hold_deadline"] = int(job.hold_deadline)
+    if job.output_cid:
+        document["provenance"] = {
+            "input_cid": job.input_cid,
+            "output_cid": job.output_cid,
+            "metadata_cid": job.metadata_cid,
+            "gateway": {
+                name: f"{base_url}/ipfs/{cid}"
+                for name, cid in (("input", job.input_cid), ("output", job.output_cid), ("metadata", job.metadata_cid))
+            },
+            "chain": {
+                "status": job.chain_status.value,
+                "tx": job.chain_tx,
+                "block": job.chain_block,
+                "error": job.chain_error,
+                **(chain or {}),
+            },
+        }
     if job.state is JobState.SUCCEEDED:
         document["output"] = {
             "sha256": job.output_sha256,
@@ -70,7 +91,8 @@ def job_response(request: Request, service: JobService, job: Job, proof_of_payme
 
     A caller holding the preimage has paid (a plain invoice gives it at once) even if the
     node's notice has not reached us yet: never ask them to pay again."""
-    body = job_document(job, service, _base_url(request, service))
+    sender = getattr(request.app.state, "chain_sender", None)
+    body = job_document(job, service, _base_url(request, service), sender.describe() if sender else None)
     headers = {"Location": f"/v1/upscales/{job.id}"}
     unpaid = job.state is JobState.AWAITING_PAYMENT
     if unpaid and not proof_of_payment and job.macaroon and job.payment_request:
@@ -295,5 +317,25 @@ def dev_router(service: JobService) -> APIRouter:
                 }
             )
         return history
+
+    return router
+
+
+def provenance_router(service: JobService, sender: ChainSender, ipfs: LocalIpfsStore) -> APIRouter:
+    router = APIRouter(prefix="/v1", tags=["provenance"])
+
+    @router.get("/provenance/{ref}")
+    async def verify(ref: str) -> dict[str, Any]:
+        """The chain of custody of an image, by its sha256 or a CID: input -> model -> output ->
+        payment, each link re-checked against the bytes, with what does not match."""
+
+        def run() -> dict[str, Any]:
+            verifier = Verifier(sender.chain, ipfs, service.store, service.registry)
+            return verifier.verify(ref).to_dict()
+
+        try:
+            return await asyncio.to_thread(run)
+        except NothingToVerify as exc:
+            raise Problem(404, "no-provenance", "No provenance record", str(exc)) from None
 
     return router

@@ -166,6 +166,44 @@ def cmd_dev_pay(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_verify(args: argparse.Namespace) -> int:
+    """Ask a Satscale server for an image's chain of custody; a local file is hashed here."""
+    import hashlib
+
+    import httpx
+
+    target = Path(args.image)
+    if target.is_file():
+        query = hashlib.sha256(target.read_bytes()).hexdigest()
+        print(f"{target}: sha256 {query}")
+    else:
+        query = args.image
+    url = f"{args.server.rstrip('/')}/v1/provenance/{query}"
+    try:
+        response = httpx.get(url, timeout=120)
+    except httpx.HTTPError as exc:
+        raise SatscaleError(f"cannot reach {url}: {exc}") from None
+    body = response.json()
+    if response.status_code != 200:
+        raise SatscaleError(body.get("detail", response.text))
+    if args.json:
+        print(json.dumps(body, indent=2))
+        return 0 if body["verified"] else 1
+    print(("VERIFIED" if body["verified"] else "NOT VERIFIED") + f": image sha256 {body['sha256']}")
+    for record in body["records"]:
+        custody, chain = record["custody"], record["chain"]
+        print(f"\nthis image is the {record['role']} of the job paid with {record['payment_hash']}")
+        print(
+            f"  chain    {chain['chain_id']}, registry {chain['registry']}, tx {chain['tx']} (block {chain['block']})"
+        )
+        print(f"  input    {custody['input']['cid']}  sha256 {custody['input']['sha256']}")
+        print(f"  model    {custody['model']['id']}  weights sha256 {custody['model']['weights_sha256']}")
+        print(f"  output   {custody['output']['cid']}  sha256 {custody['output']['sha256']}")
+        for check in record["checks"]:
+            print(f"  [{'ok' if check['ok'] else 'MISMATCH'}] {check['name']}: {check['detail']}")
+    return 0 if body["verified"] else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="satscale", description="Self-hosted AI image upscaling.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -198,6 +236,12 @@ def build_parser() -> argparse.ArgumentParser:
     dev_pay.add_argument("--wait", action="store_true", help="wait for settlement and print the preimage")
     dev_pay.add_argument("--timeout", type=float, default=300.0)
     dev_pay.set_defaults(func=cmd_dev_pay)
+
+    verify = commands.add_parser("verify", help="check an image's provenance record (chain of custody)")
+    verify.add_argument("image", metavar="IMAGE_OR_CID", help="an image file, its sha256, or a CID")
+    verify.add_argument("--server", default="http://127.0.0.1:7860", help="the Satscale server")
+    verify.add_argument("--json", action="store_true", help="the full report as JSON")
+    verify.set_defaults(func=cmd_verify)
 
     serve = commands.add_parser("serve", help="run the web app and API")
     serve.add_argument("--host", help="default: SATSCALE_HOST or 127.0.0.1")

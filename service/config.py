@@ -49,6 +49,14 @@ class Settings(BaseSettings):
     model_prices_msat: dict[str, int] = Field(default_factory=dict)
     minimum_price_msat: int = 10_000
 
+    #: IPFS: CIDs of pinned files (1: base32 "bafy..." with raw leaves; 0: Kubo's default "Qm...")
+    ipfs_cid_version: Literal[0, 1] = 1
+    #: EVM chain for provenance records; none: an embedded in-process chain (ephemeral, replayed on start)
+    chain_rpc_url: str | None = None
+    chain_id: int | None = None
+    chain_private_key: str | None = None  # signs the records; needs the registry's recorder role
+    chain_registry_address: str | None = None  # none: deploy one (its address is remembered)
+
     max_upload_bytes: int = 50 * 1024 * 1024
     max_input_megapixels: float = 16.0
     device: str | None = None

@@ -38,6 +38,13 @@ class InvoiceStatus(StrEnum):
     CANCELED = "canceled"
 
 
+class ChainStatus(StrEnum):
+    NONE = "none"  # no record (the job did not succeed)
+    PENDING = "pending"  # in the outbox, not yet mined
+    CONFIRMED = "confirmed"  # mined
+    FAILED = "failed"  # the chain refused it for good (the reason is in chain_error)
+
+
 TRANSITIONS: dict[JobState, frozenset[JobState]] = {
     JobState.AWAITING_PAYMENT: frozenset({JobState.PAYMENT_HELD, JobState.EXPIRED, JobState.FAILED}),
     JobState.PAYMENT_HELD: frozenset({JobState.PROCESSING, JobState.FAILED}),
@@ -101,6 +108,14 @@ class Job:
     output_height: int | None
     error: str | None
     attempts: int
+    # provenance: IPFS CIDs of input, output and metadata, and the on-chain record
+    input_cid: str | None = None
+    output_cid: str | None = None
+    metadata_cid: str | None = None
+    chain_status: ChainStatus = ChainStatus.NONE
+    chain_tx: str | None = None
+    chain_block: int | None = None
+    chain_error: str | None = None
 
     @property
     def charged(self) -> bool:

@@ -15,6 +15,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from payments.backend import BackendUnavailable, PaymentError
 from payments.l402 import L402Error
+from provenance.chain import ChainUnavailable
 from sr_core.errors import (
     CorruptImageError,
     ImageError,
@@ -92,6 +93,10 @@ def to_problem(exc: Exception) -> Problem:
             f"the Lightning backend refused the request ({exc}); nothing was charged",
             {"Retry-After": BACKEND_RETRY_AFTER},
         )
+    if isinstance(exc, ChainUnavailable):
+        return Problem(
+            503, "chain-unavailable", "Chain unavailable", f"the chain cannot be reached: {exc}", {"Retry-After": "5"}
+        )
     if isinstance(exc, TransitionError):
         return Problem(409, "job-state", "Job state conflict", str(exc))
     return Problem(500, "internal", "Internal error", "an unexpected error occurred; nothing was charged")
@@ -131,5 +136,14 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(Problem, handle_known)
     app.add_exception_handler(StarletteHTTPException, handle_http)
     app.add_exception_handler(RequestValidationError, handle_validation)
-    for exc_type in (L402Error, ImageError, ParameterError, ModelError, OutputError, IdempotencyConflict, PaymentError):
+    for exc_type in (
+        L402Error,
+        ImageError,
+        ParameterError,
+        ModelError,
+        OutputError,
+        IdempotencyConflict,
+        PaymentError,
+        ChainUnavailable,
+    ):
         app.add_exception_handler(exc_type, handle_known)

@@ -9,16 +9,17 @@ with the same methods (e.g. PostgreSQL) without touching engines or payments.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import threading
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Protocol
 
-from .jobs import InvoiceStatus, Job, JobState, check_transition
+from .jobs import ChainStatus, InvoiceStatus, Job, JobState, check_transition
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -54,7 +55,14 @@ CREATE TABLE IF NOT EXISTS jobs (
     output_width INTEGER,
     output_height INTEGER,
     error TEXT,
-    attempts INTEGER NOT NULL DEFAULT 0
+    attempts INTEGER NOT NULL DEFAULT 0,
+    input_cid TEXT,
+    output_cid TEXT,
+    metadata_cid TEXT,
+    chain_status TEXT NOT NULL DEFAULT 'none',
+    chain_tx TEXT,
+    chain_block INTEGER,
+    chain_error TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state);
 CREATE TABLE IF NOT EXISTS job_events (
@@ -62,6 +70,22 @@ CREATE TABLE IF NOT EXISTS job_events (
     at REAL NOT NULL,
     event TEXT NOT NULL,
     detail TEXT
+);
+CREATE TABLE IF NOT EXISTS provenance_outbox (
+    payment_hash TEXT PRIMARY KEY,
+    job_id TEXT NOT NULL REFERENCES jobs(id),
+    payload TEXT NOT NULL,
+    status TEXT NOT NULL DEFAULT 'pending',
+    created_at REAL NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at REAL NOT NULL DEFAULT 0,
+    tx_hash TEXT,
+    block INTEGER,
+    last_error TEXT
+);
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS l402_root_keys (
     key_id BLOB PRIMARY KEY,
@@ -72,30 +96,73 @@ CREATE TABLE IF NOT EXISTS l402_root_keys (
 _COLUMNS = [f.name for f in fields(Job)]
 
 
+@dataclass(frozen=True)
+class OutboxEntry:
+    """A provenance record waiting for (or done with) the chain."""
+
+    payment_hash: str
+    job_id: str
+    payload: dict[str, Any]
+    status: str = "pending"  # pending | sent | confirmed | failed
+    attempts: int = 0
+    next_attempt_at: float = 0.0
+    tx_hash: str | None = None
+    block: int | None = None
+    last_error: str | None = None
+
+
+def _outbox_from_row(row: sqlite3.Row) -> OutboxEntry:
+    return OutboxEntry(
+        payment_hash=row["payment_hash"],
+        job_id=row["job_id"],
+        payload=json.loads(row["payload"]),
+        status=row["status"],
+        attempts=row["attempts"],
+        next_attempt_at=row["next_attempt_at"],
+        tx_hash=row["tx_hash"],
+        block=row["block"],
+        last_error=row["last_error"],
+    )
+
+
 class JobStore(Protocol):
     def insert(self, job: Job) -> None: ...
     def get(self, job_id: str) -> Job | None: ...
     def by_payment_hash(self, payment_hash: str) -> Job | None: ...
     def by_idempotency_key(self, key: str) -> Job | None: ...
-    def transition(self, job_id: str, source: Iterable[JobState], target: JobState, **changes: Any) -> Job | None: ...
+    def transition(
+        self,
+        job_id: str,
+        source: Iterable[JobState],
+        target: JobState,
+        outbox: OutboxEntry | None = None,
+        **changes: Any,
+    ) -> Job | None: ...
     def update(self, job_id: str, **changes: Any) -> Job: ...
     def unfinished(self) -> list[Job]: ...
     def count(self) -> int: ...
     def events(self, job_id: str) -> list[tuple[float, str, str | None]]: ...
     def put_root_key(self, key_id: bytes, root_key: bytes) -> None: ...
     def get_root_key(self, key_id: bytes) -> bytes | None: ...
+    def outbox_due(self, now: float, limit: int = 20) -> list[OutboxEntry]: ...
+    def outbox_entry(self, payment_hash: str) -> OutboxEntry | None: ...
+    def outbox_update(self, payment_hash: str, **changes: Any) -> None: ...
+    def outbox_replay(self) -> int: ...
+    def get_meta(self, key: str) -> str | None: ...
+    def set_meta(self, key: str, value: str) -> None: ...
 
 
 def _from_row(row: sqlite3.Row) -> Job:
     values = dict(row)
     values["state"] = JobState(values["state"])
     values["invoice_status"] = InvoiceStatus(values["invoice_status"])
+    values["chain_status"] = ChainStatus(values["chain_status"])
     values["hold"] = bool(values["hold"])
     return Job(**{name: values[name] for name in _COLUMNS})
 
 
 def _to_sql(value: Any) -> Any:
-    if isinstance(value, JobState | InvoiceStatus):
+    if isinstance(value, JobState | InvoiceStatus | ChainStatus):
         return value.value
     if isinstance(value, bool):
         return int(value)
@@ -155,8 +222,16 @@ class SqliteJobStore:
     def by_idempotency_key(self, key: str) -> Job | None:
         return self._one("SELECT * FROM jobs WHERE idempotency_key = ?", key)
 
-    def transition(self, job_id: str, source: Iterable[JobState], target: JobState, **changes: Any) -> Job | None:
-        """Move a job from one of `source` to `target` atomically; None if it was not in `source`."""
+    def transition(
+        self,
+        job_id: str,
+        source: Iterable[JobState],
+        target: JobState,
+        outbox: OutboxEntry | None = None,
+        **changes: Any,
+    ) -> Job | None:
+        """Move a job from one of `source` to `target` atomically; None if it was not in `source`.
+        An outbox entry, if given, is written in the same transaction (or not at all)."""
         allowed = [state for state in source]
         for state in allowed:
             check_transition(state, target)
@@ -170,6 +245,11 @@ class SqliteJobStore:
             )
             if cursor.rowcount == 0:
                 return None
+            if outbox is not None:
+                db.execute(
+                    "INSERT INTO provenance_outbox (payment_hash, job_id, payload, created_at) VALUES (?, ?, ?, ?)",
+                    (outbox.payment_hash, outbox.job_id, json.dumps(outbox.payload, sort_keys=True), time.time()),
+                )
             self._event(db, job_id, target.value, changes.get("error"))
             row = db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
         return _from_row(row)
@@ -217,6 +297,61 @@ class SqliteJobStore:
         with self._lock:
             row = self._db.execute("SELECT root_key FROM l402_root_keys WHERE key_id = ?", (key_id,)).fetchone()
         return bytes(row["root_key"]) if row else None
+
+    # provenance outbox: written with the job's success, drained by the chain sender
+
+    def outbox_due(self, now: float, limit: int = 20) -> list[OutboxEntry]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT * FROM provenance_outbox WHERE status IN ('pending', 'sent') AND next_attempt_at <= ? "
+                "ORDER BY created_at LIMIT ?",
+                (now, limit),
+            ).fetchall()
+        return [_outbox_from_row(row) for row in rows]
+
+    def outbox_entry(self, payment_hash: str) -> OutboxEntry | None:
+        with self._lock:
+            row = self._db.execute("SELECT * FROM provenance_outbox WHERE payment_hash = ?", (payment_hash,)).fetchone()
+        return _outbox_from_row(row) if row else None
+
+    def outbox_update(self, payment_hash: str, **changes: Any) -> None:
+        """Update an outbox entry and mirror its chain status onto the job, atomically."""
+        with self._transaction() as db:
+            sets = ", ".join(f"{name} = ?" for name in changes)
+            db.execute(f"UPDATE provenance_outbox SET {sets} WHERE payment_hash = ?", [*changes.values(), payment_hash])
+            row = db.execute("SELECT * FROM provenance_outbox WHERE payment_hash = ?", (payment_hash,)).fetchone()
+            status = {"pending": "pending", "sent": "pending", "confirmed": "confirmed", "failed": "failed"}
+            db.execute(
+                "UPDATE jobs SET chain_status = ?, chain_tx = ?, chain_block = ?, chain_error = ?, updated_at = ? "
+                "WHERE id = ?",
+                (status[row["status"]], row["tx_hash"], row["block"], row["last_error"], time.time(), row["job_id"]),
+            )
+            if "status" in changes:
+                self._event(db, row["job_id"], f"chain_{row['status']}", row["tx_hash"])
+
+    def outbox_replay(self) -> int:
+        """A fresh (ephemeral) chain: every recorded entry goes out again. Returns how many."""
+        with self._transaction() as db:
+            cursor = db.execute(
+                "UPDATE provenance_outbox SET status = 'pending', tx_hash = NULL, block = NULL, attempts = 0, "
+                "next_attempt_at = 0 WHERE status IN ('sent', 'confirmed')"
+            )
+            db.execute(
+                "UPDATE jobs SET chain_status = 'pending', chain_tx = NULL, chain_block = NULL "
+                "WHERE id IN (SELECT job_id FROM provenance_outbox WHERE status = 'pending')"
+            )
+            return cursor.rowcount
+
+    def get_meta(self, key: str) -> str | None:
+        with self._lock:
+            row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return row["value"] if row else None
+
+    def set_meta(self, key: str, value: str) -> None:
+        with self._transaction() as db:
+            db.execute(
+                "INSERT INTO meta VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value", (key, value)
+            )
 
 
 class RootKeys:

@@ -46,8 +46,9 @@ from sr_core.weights import sha256_file
 
 from .capacity import Estimate, ThroughputMeter
 from .config import Settings
-from .jobs import InvoiceStatus, Job, JobRequest, JobState
+from .jobs import ChainStatus, InvoiceStatus, Job, JobRequest, JobState
 from .pricing import Quote, quote
+from .provenance import Provenance
 from .store import JobStore, RootKeys
 
 log = logging.getLogger("satscale.worker")
@@ -99,7 +100,13 @@ class JobService:
         backend: LightningBackend,
         registry: ModelRegistry,
         clock: Callable[[], float] = time.time,
+        provenance: Provenance | None = None,
+        on_record: Callable[[], None] | None = None,
     ) -> None:
+        """`provenance` pins each finished job and queues its chain record; `on_record` is
+        told when a record was queued (the chain sender wakes up)."""
+        self.provenance = provenance
+        self.on_record = on_record
         self.settings = settings
         self.store = store
         self.backend = backend
@@ -428,20 +435,44 @@ class JobService:
             log.warning("job %s failed: %s", job_id, exc)
             await self.fail(job_id, f"upscaling failed: {exc}")
             return
-        path, digest, width, height = output
+        path, digest, width, height, weights_sha256 = output
         self.meter.observe(job.model, job.input_width, job.input_height, self.clock() - (job.started_at or 0))
+        provenance: dict = {}
+        outbox = None
+        if self.provenance is not None:
+            try:
+                pinned = await asyncio.to_thread(
+                    self.provenance.pin_job, job, path, digest, weights_sha256, width, height
+                )
+            except Exception as exc:
+                log.exception("pinning job %s failed", job_id)
+                path.unlink(missing_ok=True)
+                await self.fail(job_id, f"storing the result failed: {exc}")
+                return
+            outbox = pinned.outbox_entry()
+            provenance = dict(
+                input_cid=pinned.facts.input_cid,
+                output_cid=pinned.facts.output_cid,
+                metadata_cid=pinned.metadata_cid,
+                chain_status=ChainStatus.PENDING,
+            )
+        # success and its chain record are one transaction: the record cannot be lost
         done = self.store.transition(
             job_id,
             [JobState.PROCESSING],
             JobState.SUCCEEDED,
+            outbox=outbox,
             output_path=str(path),
             output_sha256=digest,
             output_width=width,
             output_height=height,
             finished_at=self.clock(),
             progress=1.0,
+            **provenance,
         )
         self._progress.pop(job_id, None)
+        if done is not None and outbox is not None and self.on_record:
+            self.on_record()
         if done is None:  # failed meanwhile (hold budget ran out): the payer keeps the money
             path.unlink(missing_ok=True)
             return
@@ -451,7 +482,8 @@ class JobService:
     def output_path(self, job: Job) -> Path:
         return self.outputs_dir / f"{job.id}{FORMAT_EXTENSIONS[job.output_format]}"
 
-    def _run_engine(self, job: Job) -> tuple[Path, str, int, int]:
+    def _run_engine(self, job: Job) -> tuple[Path, str, int, int, str]:
+        """Upscale the job's input; returns the output path, its sha256, size and the weights' sha256."""
         engine = self.registry.load_engine(job.model, device=self.settings.device, precision=self.settings.precision)
 
         def progress(done: int, total: int) -> None:
@@ -467,7 +499,7 @@ class JobService:
             self.limits(),
             progress,
         )
-        return target, sha256_file(target), result.width, result.height
+        return target, sha256_file(target), result.width, result.height, engine.info.weights_sha256
 
     # ---------------------------------------------------------------- timers and recovery
 

@@ -16,7 +16,7 @@ def test_models_endpoint_lists_the_defaults(registry, tmp_path: Path) -> None:
         assert rows["realesrgan-x4plus"]["architecture"] == "ESRGAN"
         assert rows["realesr-animevideov3"]["scales"] == [2, 3, 4]
         health = client.get("/healthz").json()
-        assert health == {"status": "ok", "lightning": "up", "backend": "dev"}
+        assert health["lightning"] == "up" and health["backend"] == "dev"
 
 
 def test_settings_from_toml_and_environment(tmp_path: Path, monkeypatch) -> None:

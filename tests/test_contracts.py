@@ -8,14 +8,10 @@ from __future__ import annotations
 import ast
 import hashlib
 import os
-import socket
-import subprocess
-import tempfile
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import pytest
 from eth_tester.exceptions import TransactionFailed
@@ -29,6 +25,8 @@ from web3.logs import DISCARD
 from web3.types import TxReceipt
 
 from provenance.contracts import load_artifact
+
+from .anvil import running_anvil
 
 pytestmark = pytest.mark.chain
 
@@ -49,62 +47,10 @@ MAX_GAS_PER_UPGRADE = 270_000
 # --- anvil -------------------------------------------------------------------------------------------------------
 
 
-def find_anvil() -> Path:
-    """The anvil binary that `npm ci` in contracts/ installs, or a failure telling how to get it."""
-    candidates = [CONTRACTS_DIR / "node_modules" / ".bin" / "anvil"]
-    candidates += sorted((CONTRACTS_DIR / "node_modules" / "@foundry-rs").glob("anvil-*/bin/anvil"))
-    for candidate in candidates:
-        if candidate.is_file():
-            binary = candidate.resolve()
-            if not os.access(binary, os.X_OK):
-                pytest.fail(f"{binary} is not executable: run `npm ci` in contracts/ again")
-            return binary
-    pytest.fail(
-        f"anvil not found under {CONTRACTS_DIR / 'node_modules'}: run `npm ci` in contracts/ "
-        "(it installs @foundry-rs/anvil-linux-amd64 from contracts/package-lock.json)"
-    )
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def anvil_w3() -> Iterator[Web3]:
-    binary = find_anvil()
-    port = free_port()
-    # prague: the EVM version the artifacts are compiled for (see contracts/compile.mjs).
-    command = [str(binary), "--host", "127.0.0.1", "--port", str(port), "--hardfork", "prague", "--accounts", "10"]
-    with tempfile.TemporaryFile() as log:
-        proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        try:
-            yield wait_for_anvil(proc, port, log)
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=5)
-
-
-def wait_for_anvil(proc: subprocess.Popen[bytes], port: int, log: IO[bytes], timeout: float = 15) -> Web3:
-    w3 = Web3(Web3.HTTPProvider(f"http://127.0.0.1:{port}", request_kwargs={"timeout": 10}))
-    deadline = time.monotonic() + timeout
-    while True:
-        if proc.poll() is not None:
-            log.seek(0)
-            pytest.fail(f"anvil exited with {proc.returncode}:\n{log.read().decode(errors='replace')}")
-        try:
-            if w3.is_connected() and w3.eth.chain_id:
-                return w3
-        except Exception:  # anvil is still starting
-            pass
-        if time.monotonic() > deadline:
-            pytest.fail(f"anvil did not answer on 127.0.0.1:{port} within {timeout:g} s")
-        time.sleep(0.05)
+    with running_anvil() as (w3, _port):
+        yield w3
 
 
 # --- helpers -----------------------------------------------------------------------------------------------------

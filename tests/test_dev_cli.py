@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -50,3 +51,40 @@ def test_dev_pay_from_the_command_line(tmp_path: Path, registry) -> None:
             timeout=120,
         )
         assert again.returncode == 2 and "already paid" in again.stderr
+
+
+def test_verify_from_the_command_line(tmp_path: Path, registry) -> None:
+    image = io.BytesIO()
+    Image.fromarray(natural_image(16, 20, seed=3)).save(image, "PNG")
+    with serving(create_app(Settings(data_dir=tmp_path / "data"), registry)) as url:
+        response = httpx.post(
+            f"{url}/v1/upscales",
+            files={"image": ("a.png", image.getvalue(), "image/png")},
+            data={"model": "realesr-animevideov3", "scale": "2"},
+            timeout=60,
+        )
+        body = response.json()
+        macaroon = response.headers["WWW-Authenticate"].split('macaroon="')[1].split('"')[0]
+        paid = httpx.post(
+            f"{url}/v1/dev/pay", json={"payment_request": body["payment_request"], "wait": True}, timeout=120
+        ).json()
+        result = httpx.get(
+            f"{url}/v1/upscales/{body['job_id']}/result",
+            headers={"Authorization": f"L402 {macaroon}:{paid['preimage']}"},
+            timeout=60,
+        )
+        downloaded = tmp_path / "upscaled.png"
+        downloaded.write_bytes(result.content)
+        deadline = time.monotonic() + 60
+        while httpx.get(f"{url}/v1/upscales/{body['job_id']}").json()["provenance"]["chain"]["status"] != "confirmed":
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+
+        ok = subprocess.run([SATSCALE, "verify", str(downloaded), "--server", url], capture_output=True, text=True)
+        assert ok.returncode == 0, ok.stderr
+        assert "VERIFIED" in ok.stdout and "this image is the output" in ok.stdout and "MISMATCH" not in ok.stdout
+
+        altered = tmp_path / "altered.png"
+        altered.write_bytes(result.content[:-1] + bytes([result.content[-1] ^ 1]))
+        unknown = subprocess.run([SATSCALE, "verify", str(altered), "--server", url], capture_output=True, text=True)
+        assert unknown.returncode == 2 and "no provenance record" in unknown.stderr

@@ -1,0 +1,70 @@
+"""Provenance of a finished job: pin input, output and metadata; prepare the chain record.
+
+Runs in the worker thread right after the engine, before the job is marked succeeded:
+the record that goes into the outbox (in the same transaction as the success) carries
+the CIDs, so nothing on chain ever points at content we do not hold.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from provenance.chain import RecordFields
+from provenance.ipfs import LocalIpfsStore
+from provenance.metadata import ProvenanceFacts, canonical_bytes, metadata_document, params_hash
+
+from .jobs import Job
+from .store import OutboxEntry
+
+
+@dataclass(frozen=True)
+class Pinned:
+    facts: ProvenanceFacts
+    metadata_cid: str
+
+    def outbox_entry(self) -> OutboxEntry:
+        facts = self.facts
+        fields = RecordFields(
+            payment_hash=facts.payment_hash,
+            input_cid=facts.input_cid,
+            output_cid=facts.output_cid,
+            input_sha256=facts.input_sha256,
+            output_sha256=facts.output_sha256,
+            model=facts.model,
+            weights_sha256=facts.weights_sha256,
+            params_hash=facts.params_hash,
+        )
+        return OutboxEntry(payment_hash=facts.payment_hash, job_id=facts.job_id, payload=asdict(fields))
+
+
+class Provenance:
+    def __init__(self, ipfs: LocalIpfsStore, cid_version: int = 1) -> None:
+        self.ipfs = ipfs
+        self.cid_version = cid_version
+
+    def _pin_file(self, path: Path) -> str:
+        return self.ipfs.add_file(path, cid_version=self.cid_version, pin=True).cid
+
+    def pin_job(
+        self, job: Job, output: Path, output_sha256: str, weights_sha256: str, width: int, height: int
+    ) -> Pinned:
+        """Pin the job's input, output and metadata document (blocking)."""
+        facts = ProvenanceFacts(
+            job_id=job.id,
+            input_cid=self._pin_file(Path(job.input_path)),
+            input_sha256=job.input_sha256,
+            output_cid=self._pin_file(output),
+            output_sha256=output_sha256,
+            model=job.model,
+            weights_sha256=weights_sha256,
+            params_hash=params_hash(job.model, weights_sha256, job.scale, job.output_format),
+            payment_hash=job.payment_hash,
+            output_width=width,
+            output_height=height,
+            scale=job.scale,
+            output_format=job.output_format,
+        )
+        document = canonical_bytes(metadata_document(facts))
+        metadata_cid = self.ipfs.add_bytes(document, cid_version=self.cid_version, pin=True).cid
+        return Pinned(facts, metadata_cid)
