@@ -21,12 +21,15 @@ from payments.backend import LightningBackend
 from payments.dev import DevNode
 from provenance.chain import ChainRejected, ProvenanceChain
 from provenance.ipfs import LocalIpfsStore
+from provenance.kubo import KuboRpcClient
+from provenance.pinning import PinningServiceClient
 from service import problems
 from service.api import build_router, dev_router, provenance_router
 from service.chain_sender import ChainSender
 from service.config import Settings
 from service.gateway import gateway_router
 from service.provenance import Provenance
+from service.remote_pins import RemotePinner
 from service.store import SqliteJobStore
 from service.worker import JobService
 from sr_core.registry import ModelRegistry
@@ -91,13 +94,26 @@ def create_app(
     backend = backend or make_backend(settings)
     ipfs = LocalIpfsStore(settings.data_dir / "ipfs")
     sender = ChainSender(store, chain_connector(settings, store))
+    pinner = RemotePinner(
+        store,
+        ipfs,
+        KuboRpcClient(settings.ipfs_kubo_url, settings.ipfs_kubo_auth) if settings.ipfs_kubo_url else None,
+        PinningServiceClient(settings.ipfs_pinning_endpoint, settings.ipfs_pinning_token or "")
+        if settings.ipfs_pinning_endpoint
+        else None,
+    )
+
+    def recorded() -> None:
+        sender.wake()
+        pinner.wake()
+
     service = JobService(
         settings,
         store,
         backend,
         registry,
-        provenance=Provenance(ipfs, settings.ipfs_cid_version),
-        on_record=sender.wake,
+        provenance=Provenance(ipfs, settings.ipfs_cid_version, remote=pinner.enabled),
+        on_record=recorded,
     )
 
     @asynccontextmanager
@@ -107,13 +123,17 @@ def create_app(
             # job reads "confirmed" while its record is not on this chain yet
             await asyncio.to_thread(lambda: sender.chain)
         await service.start()
-        chain_task = asyncio.create_task(sender.run(), name="satscale-chain-sender")
+        tasks = [asyncio.create_task(sender.run(), name="satscale-chain-sender")]
+        if pinner.enabled:
+            tasks.append(asyncio.create_task(pinner.run(), name="satscale-remote-pins"))
         try:
             yield
         finally:
-            chain_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await chain_task
+            for task in tasks:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            await pinner.close()
             await service.stop()
             store.close()
 

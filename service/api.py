@@ -61,6 +61,7 @@ def job_document(job: Job, service: JobService, base_url: str, chain: dict[str, 
                 name: f"{base_url}/ipfs/{cid}"
                 for name, cid in (("input", job.input_cid), ("output", job.output_cid), ("metadata", job.metadata_cid))
             },
+            "remote_ipfs": {"status": job.ipfs_remote_status, "error": job.ipfs_remote_error},
             "chain": {
                 "status": job.chain_status.value,
                 "tx": job.chain_tx,

@@ -51,6 +51,12 @@ class Settings(BaseSettings):
 
     #: IPFS: CIDs of pinned files (1: base32 "bafy..." with raw leaves; 0: Kubo's default "Qm...")
     ipfs_cid_version: Literal[0, 1] = 1
+    #: a Kubo node (RPC API, e.g. http://127.0.0.1:5001) that receives a copy of everything pinned
+    ipfs_kubo_url: str | None = None
+    ipfs_kubo_auth: str | None = None  # an Authorization header value, if the RPC API requires one
+    #: an IPFS Pinning Service API endpoint and token: asked to pin every job's CIDs
+    ipfs_pinning_endpoint: str | None = None
+    ipfs_pinning_token: str | None = None
     #: EVM chain for provenance records; none: an embedded in-process chain (ephemeral, replayed on start)
     chain_rpc_url: str | None = None
     chain_id: int | None = None

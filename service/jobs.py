@@ -116,6 +116,11 @@ class Job:
     chain_tx: str | None = None
     chain_block: int | None = None
     chain_error: str | None = None
+    # copies on a remote IPFS node / pinning service, when one is configured
+    ipfs_remote_status: str = "none"  # none | pending | pinned
+    ipfs_remote_error: str | None = None
+    ipfs_remote_attempts: int = 0
+    ipfs_remote_next_at: float = 0.0
 
     @property
     def charged(self) -> bool:

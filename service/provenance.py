@@ -39,9 +39,11 @@ class Pinned:
 
 
 class Provenance:
-    def __init__(self, ipfs: LocalIpfsStore, cid_version: int = 1) -> None:
+    def __init__(self, ipfs: LocalIpfsStore, cid_version: int = 1, remote: bool = False) -> None:
+        """`remote`: copies also go to a remote IPFS node or pinning service (see remote_pins)."""
         self.ipfs = ipfs
         self.cid_version = cid_version
+        self.remote = remote
 
     def _pin_file(self, path: Path) -> str:
         return self.ipfs.add_file(path, cid_version=self.cid_version, pin=True).cid

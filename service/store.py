@@ -62,7 +62,11 @@ CREATE TABLE IF NOT EXISTS jobs (
     chain_status TEXT NOT NULL DEFAULT 'none',
     chain_tx TEXT,
     chain_block INTEGER,
-    chain_error TEXT
+    chain_error TEXT,
+    ipfs_remote_status TEXT NOT NULL DEFAULT 'none',
+    ipfs_remote_error TEXT,
+    ipfs_remote_attempts INTEGER NOT NULL DEFAULT 0,
+    ipfs_remote_next_at REAL NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state);
 CREATE TABLE IF NOT EXISTS job_events (
@@ -149,6 +153,7 @@ class JobStore(Protocol):
     def outbox_update(self, payment_hash: str, **changes: Any) -> None: ...
     def outbox_replay(self) -> int: ...
     def get_meta(self, key: str) -> str | None: ...
+    def remote_pins_due(self, now: float, limit: int = 20) -> list[Job]: ...
     def set_meta(self, key: str, value: str) -> None: ...
 
 
@@ -341,6 +346,15 @@ class SqliteJobStore:
                 "WHERE id IN (SELECT job_id FROM provenance_outbox WHERE status = 'pending')"
             )
             return cursor.rowcount
+
+    def remote_pins_due(self, now: float, limit: int = 20) -> list[Job]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT * FROM jobs WHERE ipfs_remote_status = 'pending' AND ipfs_remote_next_at <= ? "
+                "ORDER BY finished_at LIMIT ?",
+                (now, limit),
+            ).fetchall()
+        return [_from_row(row) for row in rows]
 
     def get_meta(self, key: str) -> str | None:
         with self._lock:

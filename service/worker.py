@@ -455,6 +455,7 @@ class JobService:
                 output_cid=pinned.facts.output_cid,
                 metadata_cid=pinned.metadata_cid,
                 chain_status=ChainStatus.PENDING,
+                ipfs_remote_status="pending" if self.provenance.remote else "none",
             )
         # success and its chain record are one transaction: the record cannot be lost
         done = self.store.transition(

@@ -20,7 +20,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 from starlette.applications import Starlette
-from starlette.datastructures import UploadFile
+from starlette.datastructures import FormData, UploadFile
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
@@ -103,7 +103,10 @@ class KuboRpcDouble:
         version = int(cid_version)
         raw_leaves = _flag(request, "raw-leaves", version == 1)
         pin = _flag(request, "pin", True)
-        form = await request.form()
+        async with request.form() as form:  # closes the spooled upload files afterwards
+            return await self._add(form, version, raw_leaves, pin)
+
+    async def _add(self, form: FormData, version: int, raw_leaves: bool, pin: bool) -> Response:
         uploads = [value for _, value in form.multi_items() if isinstance(value, UploadFile)]
         if not uploads:
             return kubo_error("file argument 'path' is required", code=1)
