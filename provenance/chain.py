@@ -90,10 +90,19 @@ def _b32(hex_text: str) -> bytes:
 
 
 class ProvenanceChain:
-    def __init__(self, w3: Web3, account: LocalAccount, registry_address: str, *, embedded: bool = False) -> None:
+    def __init__(
+        self,
+        w3: Web3,
+        account: LocalAccount,
+        registry_address: str,
+        *,
+        embedded: bool = False,
+        collection_address: str | None = None,
+    ) -> None:
         self.w3 = w3
         self.account = account
         self.embedded = embedded
+        self.collection_address = collection_address
         self.registry = w3.eth.contract(address=registry_address, abi=load_artifact("ProvenanceRegistry").abi)
         self._lock = threading.RLock()  # eth-tester is not thread-safe; one request at a time is plenty here
 
@@ -101,12 +110,14 @@ class ProvenanceChain:
 
     @classmethod
     def embedded_chain(cls) -> ProvenanceChain:
-        """A fresh in-process chain (py-evm) with the registry deployed. Ephemeral by nature."""
+        """A fresh in-process chain (py-evm) with the registry and a demo ERC-4906 collection
+        linked to it deployed. Ephemeral by nature."""
         w3 = Web3(EthereumTesterProvider())
         key = w3.provider.ethereum_tester.backend.account_keys[0]
         account = Account.from_key(key.to_bytes())
         address = deploy_registry(w3, account)
-        return cls(w3, account, address, embedded=True)
+        collection = _deploy(w3, account, "SatscaleCollection", "Satscale Upgrades", "SATUP", address, account.address)
+        return cls(w3, account, address, embedded=True, collection_address=collection)
 
     @classmethod
     def connect(
@@ -226,24 +237,33 @@ class ProvenanceChain:
             time.sleep(0.2)
 
 
-def deploy_registry(w3: Web3, account: LocalAccount) -> str:
-    """Deploy the registry with `account` as admin and recorder; returns its address."""
-    artifact = load_artifact("ProvenanceRegistry")
-    factory = w3.eth.contract(abi=artifact.abi, bytecode=artifact.bytecode)
+def _transact(w3: Web3, account: LocalAccount, build: Callable[[dict], dict], what: str) -> Any:
+    """Sign and send one transaction built by `build`, wait for it; the receipt."""
 
-    def transact(build: Callable[[dict], dict]) -> Any:
+    def run() -> Any:
         nonce = w3.eth.get_transaction_count(account.address, "pending")
         transaction = build({"from": account.address, "nonce": nonce, "chainId": w3.eth.chain_id})
         signed = account.sign_transaction(transaction)
         receipt = w3.eth.wait_for_transaction_receipt(w3.eth.send_raw_transaction(signed.raw_transaction), 60)
         if receipt["status"] != 1:
-            raise ChainRejected("deploying the provenance registry reverted")
+            raise ChainRejected(f"{what} reverted")
         return receipt
 
-    receipt = _guard(lambda: transact(factory.constructor(account.address).build_transaction))
-    address = receipt["contractAddress"]
-    registry = w3.eth.contract(address=address, abi=artifact.abi)
-    _guard(lambda: transact(registry.functions.grantRole(RECORDER_ROLE, account.address).build_transaction))
+    return _guard(run)
+
+
+def _deploy(w3: Web3, account: LocalAccount, name: str, *args: Any) -> str:
+    artifact = load_artifact(name)
+    factory = w3.eth.contract(abi=artifact.abi, bytecode=artifact.bytecode)
+    return _transact(w3, account, factory.constructor(*args).build_transaction, f"deploying {name}")["contractAddress"]
+
+
+def deploy_registry(w3: Web3, account: LocalAccount) -> str:
+    """Deploy the registry with `account` as admin and recorder; returns its address."""
+    address = _deploy(w3, account, "ProvenanceRegistry", account.address)
+    registry = w3.eth.contract(address=address, abi=load_artifact("ProvenanceRegistry").abi)
+    grant = registry.functions.grantRole(RECORDER_ROLE, account.address).build_transaction
+    _transact(w3, account, grant, "granting the recorder role")
     return address
 
 

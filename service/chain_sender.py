@@ -57,7 +57,14 @@ class ChainSender:
         chain = self._chain
         if chain is None:
             return None
-        return {"registry": chain.address, "chain_id": chain.chain_id, "embedded": chain.embedded}
+        description: dict[str, object] = {
+            "registry": chain.address,
+            "chain_id": chain.chain_id,
+            "embedded": chain.embedded,
+        }
+        if chain.collection_address:
+            description["collection"] = chain.collection_address
+        return description
 
     def wake(self) -> None:
         """New work is in the outbox (called from the event loop)."""

@@ -86,6 +86,7 @@ def test_a_paid_job_is_pinned_recorded_and_verifiable(tmp_path: Path, registry) 
         # the record on chain, and a verification that re-hashes everything
         chain = provenance["chain"]
         assert chain["tx"].startswith("0x") and chain["block"] > 0 and chain["embedded"] is True
+        assert chain["collection"].startswith("0x")  # the embedded chain also has an ERC-4906 collection
         record = client.app.state.chain_sender.chain.record_of(body["payment_hash"])
         assert record.fields.output_cid == provenance["output_cid"]
         assert record.fields.output_sha256 == job["output"]["sha256"]
