@@ -37,6 +37,8 @@ def job_document(job: Job, service: JobService, base_url: str, chain: dict[str, 
         "model": job.model,
         "scale": job.scale,
         "format": job.output_format,
+        "tile": job.tile,
+        "precision": job.precision,
         "created_at": int(job.created_at),
         "amount_msat": job.amount_msat,
         "payment_hash": job.payment_hash,
@@ -180,6 +182,8 @@ def build_router(service: JobService, registry: ModelRegistry) -> APIRouter:
         model: Annotated[str, Form()] = DEFAULT_MODEL,
         scale: Annotated[int | None, Form()] = None,
         format: Annotated[str | None, Form(description="png, jpeg, webp, tiff; default: as the input")] = None,
+        tile: Annotated[int | None, Form(description="tile size in input pixels; default: from memory")] = None,
+        precision: Annotated[str, Form(description="auto, fp32, bf16 or fp16")] = "auto",
         idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", max_length=200)] = None,
         authorization: Annotated[str | None, Header()] = None,
     ) -> JSONResponse:
@@ -190,7 +194,7 @@ def build_router(service: JobService, registry: ModelRegistry) -> APIRouter:
         info = await service.inspect(data)
         fmt = normalise_format(format) if format else info.format
         priced = await service.quote(model, info.width, info.height, scale)
-        job_request = JobRequest(model, priced.scale, fmt)
+        job_request = JobRequest(model, priced.scale, fmt, tile, precision)
         if credential is not None:
             binding = request_hash(hashlib.sha256(data).hexdigest(), job_request)
             job = _authorised_job(service, credential, binding, require_preimage=False)

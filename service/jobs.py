@@ -71,6 +71,8 @@ class JobRequest:
     model: str
     scale: int
     output_format: str
+    tile: int | None = None  # None: sized from the memory budget
+    precision: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -121,6 +123,8 @@ class Job:
     ipfs_remote_error: str | None = None
     ipfs_remote_attempts: int = 0
     ipfs_remote_next_at: float = 0.0
+    tile: int | None = None
+    precision: str = "auto"
 
     @property
     def charged(self) -> bool:

@@ -66,7 +66,9 @@ CREATE TABLE IF NOT EXISTS jobs (
     ipfs_remote_status TEXT NOT NULL DEFAULT 'none',
     ipfs_remote_error TEXT,
     ipfs_remote_attempts INTEGER NOT NULL DEFAULT 0,
-    ipfs_remote_next_at REAL NOT NULL DEFAULT 0
+    ipfs_remote_next_at REAL NOT NULL DEFAULT 0,
+    tile INTEGER,
+    precision TEXT NOT NULL DEFAULT 'auto'
 );
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state);
 CREATE TABLE IF NOT EXISTS job_events (

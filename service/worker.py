@@ -38,9 +38,10 @@ from payments.backend import (
     LightningBackend,
     PaymentError,
 )
-from sr_core.errors import ImageTooLargeError
+from sr_core.errors import ImageTooLargeError, ParameterError
 from sr_core.imageio import FORMAT_EXTENSIONS, ImageInfo, ImageLimits, OutputOptions, validate_image
 from sr_core.registry import ModelRegistry
+from sr_core.tiling import MIN_TILE
 from sr_core.upscale import UpscaleOptions, upscale_file
 from sr_core.weights import sha256_file
 
@@ -57,6 +58,7 @@ RECONNECT_BACKOFF = (1, 2, 4, 8, 15, 30)
 TIMER_INTERVAL = 1.0
 #: refuse a job whose estimated run takes more than this share of the hold budget
 ADMISSION_SHARE = 0.8
+MAX_REQUEST_TILE = 2048
 
 
 class IdempotencyConflict(Exception):
@@ -76,7 +78,14 @@ class Challenge:
 def request_hash(input_sha256: str, request: JobRequest) -> str:
     """What an L402 token is bound to: the input bytes and every parameter of the request."""
     canonical = json.dumps(
-        {"input": input_sha256, "model": request.model, "scale": request.scale, "format": request.output_format},
+        {
+            "input": input_sha256,
+            "model": request.model,
+            "scale": request.scale,
+            "format": request.output_format,
+            "tile": request.tile,
+            "precision": request.precision,
+        },
         sort_keys=True,
     )
     return hashlib.sha256(canonical.encode()).hexdigest()
@@ -168,6 +177,12 @@ class JobService:
         info = await asyncio.to_thread(self.engine_info, model)
         return quote(self.settings, model, info, width, height, scale)
 
+    def check_options(self, request: JobRequest) -> None:
+        """Refuse (422) a tile size or precision this model cannot run with, before any invoice."""
+        if request.tile is not None and not MIN_TILE <= request.tile <= MAX_REQUEST_TILE:
+            raise ParameterError(f"tile size must be between {MIN_TILE} and {MAX_REQUEST_TILE} pixels")
+        self.registry.load_engine(request.model, device=self.settings.device, precision=request.precision)
+
     async def estimate(self, model: str, width: int, height: int) -> Estimate:
         def measure() -> Estimate:
             engine = self.registry.load_engine(model, device=self.settings.device, precision=self.settings.precision)
@@ -198,8 +213,9 @@ class JobService:
         """Validate, price and store the upload, then issue the invoice and the L402 token."""
         image = await self.inspect(data)
         priced = await self.quote(request.model, image.width, image.height, request.scale)
+        await asyncio.to_thread(self.check_options, request)
         await self.admit(request.model, image.width, image.height)
-        request = JobRequest(request.model, priced.scale, request.output_format)
+        request = JobRequest(request.model, priced.scale, request.output_format, request.tile, request.precision)
         input_sha256 = hashlib.sha256(data).hexdigest()
         binding = request_hash(input_sha256, request)
         if idempotency_key:
@@ -223,6 +239,8 @@ class JobService:
             input_width=image.width,
             input_height=image.height,
             request_hash=binding,
+            tile=request.tile,
+            precision=request.precision,
             amount_msat=priced.amount_msat,
             token_valid_until=int(now + self.settings.token_validity_seconds),
             idempotency_key=idempotency_key,
@@ -485,7 +503,8 @@ class JobService:
 
     def _run_engine(self, job: Job) -> tuple[Path, str, int, int, str]:
         """Upscale the job's input; returns the output path, its sha256, size and the weights' sha256."""
-        engine = self.registry.load_engine(job.model, device=self.settings.device, precision=self.settings.precision)
+        precision = job.precision if job.precision != "auto" else self.settings.precision
+        engine = self.registry.load_engine(job.model, device=self.settings.device, precision=precision)
 
         def progress(done: int, total: int) -> None:
             self._progress[job.id] = done / total
@@ -495,7 +514,7 @@ class JobService:
             engine,
             Path(job.input_path),
             target,
-            UpscaleOptions(scale=job.scale),
+            UpscaleOptions(scale=job.scale, tile=job.tile),
             OutputOptions(format=job.output_format),
             self.limits(),
             progress,

@@ -14,7 +14,7 @@ from pathlib import Path
 from .device import Precision
 from .engines import EngineInfo
 from .engines.esrgan import SpandrelEngine, load_descriptor
-from .errors import SatscaleError, UnknownModelError
+from .errors import ParameterError, SatscaleError, UnknownModelError
 from .weights import BUILTIN_SOURCES, builtin_weights, discover_user_weights, sha256_file, weights_dir
 
 
@@ -92,8 +92,13 @@ class ModelRegistry:
         self, name: str, device: str | None = None, precision: Precision | str = Precision.AUTO
     ) -> SpandrelEngine:
         entry = self.get(name)
+        try:
+            wanted = Precision(precision)
+        except ValueError:
+            choices = ", ".join(p.value for p in Precision)
+            raise ParameterError(f"precision {precision!r} is not one of {choices}") from None
         path, digest = self.weights_file(entry)
-        key = (name, digest, device, Precision(precision))
+        key = (name, digest, device, wanted)
         with self._lock:
             engine = self._engines.get(key)
             if engine is None:

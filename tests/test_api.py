@@ -316,3 +316,15 @@ def test_expired_and_forged_tokens_are_refused(tmp_path: Path, registry) -> None
         time.sleep(1.5)
         expired = client.get(result_url, headers={"Authorization": f"L402 {macaroon}:{preimage}"})
         assert expired.status_code == 401 and "expired" in expired.json()["detail"]
+
+
+def test_tile_and_precision_options(client: TestClient) -> None:
+    body = post_upscale(client, png(), tile="32", precision="fp32").json()
+    assert body["tile"] == 32 and body["precision"] == "fp32"
+    pay(client, body["payment_request"])
+    done = wait_for(client, body["job_id"], settled)
+    assert done["tile"] == 32
+    too_small = post_upscale(client, png(), tile="8")
+    assert too_small.status_code == 422 and "tile size" in too_small.json()["detail"]
+    unknown = post_upscale(client, png(), precision="int4")
+    assert unknown.status_code == 422 and "int4" in unknown.json()["detail"]
