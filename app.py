@@ -1,4 +1,4 @@
-"""Satscale's ASGI app: the paid API under /v1 (the Gradio UI and the IPFS gateway join it here).
+"""Satscale's ASGI app: the Gradio UI at /, the paid API under /v1, the IPFS gateway at /ipfs.
 
 `python app.py` (or `satscale serve`) runs it on the embedded defaults: a simulated
 Lightning node (no real money), a data folder in the project, the default weights.
@@ -15,7 +15,6 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
-from fastapi.responses import RedirectResponse
 
 from payments.backend import LightningBackend
 from payments.dev import DevNode
@@ -23,7 +22,7 @@ from provenance.chain import ChainRejected, ProvenanceChain
 from provenance.ipfs import LocalIpfsStore
 from provenance.kubo import KuboRpcClient
 from provenance.pinning import PinningServiceClient
-from service import problems
+from service import problems, ui
 from service.api import build_router, dev_router, provenance_router
 from service.chain_sender import ChainSender
 from service.config import Settings
@@ -153,10 +152,6 @@ def create_app(
     if isinstance(backend, DevNode):
         app.include_router(dev_router(service))
 
-    @app.get("/", include_in_schema=False)
-    def root() -> RedirectResponse:
-        return RedirectResponse("/docs")
-
     @app.get("/healthz", tags=["health"])
     def health() -> dict:
         return {
@@ -166,7 +161,8 @@ def create_app(
             "chain": "up" if sender.available else "down",
         }
 
-    return app
+    # last: the UI takes "/" and everything no route above claimed
+    return ui.mount(app, service, ipfs, sender)
 
 
 def main(**overrides: object) -> None:

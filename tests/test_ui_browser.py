@@ -1,0 +1,155 @@
+"""The web app in a real browser: Debian's chromium driven headless by playwright.
+
+Run alone with `pytest -m browser`. Screenshots are saved under test-artifacts/.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from PIL import Image
+from playwright.sync_api import Browser, Page, expect, sync_playwright
+
+from app import create_app
+from service.config import Settings
+
+from .helpers import natural_image
+from .servers import serving
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = "/usr/bin/chromium"
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} is missing: apt-get install -y chromium (scripts/install.sh does it)")
+    with sync_playwright() as playwright:
+        instance = playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        yield instance
+        instance.close()
+
+
+@pytest.fixture
+def server(tmp_path: Path, registry) -> Iterator[tuple[str, object]]:
+    app = create_app(Settings(data_dir=tmp_path / "data"), registry)
+    with serving(app) as url:
+        yield url, app
+
+
+@pytest.fixture
+def photo(tmp_path: Path) -> Path:
+    path = tmp_path / "holiday.png"
+    Image.fromarray(natural_image(60, 80, seed=21)).save(path)
+    return path
+
+
+def upload_and_pay(page: Page, url: str, photo: Path) -> str:
+    page.goto(url)
+    page.set_input_files("#upload input[type=file]", str(photo))
+    expect(page.locator("#image-info")).to_contain_text("80 × 60 px · PNG · RGB · 8-bit")
+    page.get_by_role("combobox", name="Model").click()
+    page.get_by_role("option", name="realesr-animevideov3").click()
+    page.locator('#scale [data-testid="2-radio-label"]').click()
+    expect(page.locator("#quote")).to_contain_text("10 sats")
+    expect(page.locator("#quote")).to_contain_text("output 160 × 120")
+    page.click("#get-invoice")
+    expect(page.locator("#invoice-qr img")).to_be_visible()
+    expect(page.locator("#bolt11 textarea")).to_have_value(re.compile("^lnbcrt"))
+    expect(page.locator("#countdown")).to_contain_text("Expires in")
+    invoice = page.locator("#bolt11 textarea").input_value()
+    expect(page.get_by_text("not real money")).to_be_visible()
+    page.click("#dev-pay")
+    expect(page.locator("#progress [data-state=succeeded]")).to_be_visible()
+    return invoice
+
+
+def test_upload_quote_pay_result_and_provenance(browser: Browser, server, photo: Path) -> None:
+    url, app = server
+    expect.set_options(timeout=60_000)
+    page = browser.new_page(viewport={"width": 1280, "height": 1000})
+    invoice = upload_and_pay(page, url, photo)
+
+    store = app.state.service.store
+    (job,) = store.recent(1)
+    assert job.payment_request == invoice
+    expect(page.locator("#job-status")).to_contain_text(job.id)
+    # before / after slider with both images, and the full-resolution download
+    expect(page.locator("#slider img")).to_have_count(2)
+    with page.expect_download() as download_info:
+        page.click("#download")
+    downloaded = download_info.value.path()
+    assert hashlib.sha256(Path(downloaded).read_bytes()).hexdigest() == store.get(job.id).output_sha256
+    with Image.open(downloaded) as full:
+        assert full.size == (160, 120)
+
+    # provenance panel: the job's real CIDs, hashes and chain record
+    expect(page.locator("#provenance [data-chain-status=confirmed]")).to_be_visible()
+    job = store.get(job.id)
+    panel = page.locator("#provenance")
+    for value in (job.input_cid, job.output_cid, job.metadata_cid, job.output_sha256, job.chain_tx):
+        expect(panel).to_contain_text(value)
+    gateway = panel.locator(f"a[data-cid='{job.output_cid}']").get_attribute("href")
+    served = httpx.get(f"{url}{gateway}", timeout=30).content
+    assert hashlib.sha256(served).hexdigest() == job.output_sha256
+    expect(page.locator("#metadata")).to_contain_text(f"ipfs://{job.output_cid}")
+    page.click("#verify")
+    expect(page.locator("#verify-result")).to_contain_text("Verified")
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "ui-desktop.png"), full_page=True)
+
+    # a reload keeps the paid result: the browser remembers its jobs
+    page.reload()
+    expect(page.locator("#job-status")).to_contain_text(job.id)
+    expect(page.locator("#slider img")).to_have_count(2)
+    page.get_by_text("Jobs in this browser").click()
+    expect(page.locator("#jobs")).to_contain_text(job.id)
+    page.close()
+
+
+def test_phone_and_dark_mode(browser: Browser, server, photo: Path) -> None:
+    url, _ = server
+    expect.set_options(timeout=60_000)
+    context = browser.new_context(viewport={"width": 390, "height": 844}, color_scheme="dark", is_mobile=True)
+    page = context.new_page()
+    upload_and_pay(page, url, photo)
+    expect(page.locator("#slider img")).to_have_count(2)
+    # nothing wider than the phone, and the dark theme is in use
+    overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
+    assert overflow <= 1
+    assert page.evaluate(
+        "document.body.classList.contains('dark') || document.documentElement.classList.contains('dark')"
+    )
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "ui-phone-dark.png"), full_page=True)
+    context.close()
+
+
+def test_a_bad_file_is_refused_at_once(browser: Browser, server, tmp_path: Path) -> None:
+    url, app = server
+    expect.set_options(timeout=30_000)
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 64)
+    page = browser.new_page()
+    page.goto(url)
+    page.set_input_files("#upload input[type=file]", str(broken))
+    expect(page.locator("#image-info")).to_contain_text("Refused")
+    assert app.state.service.store.count() == 0
+    page.close()
