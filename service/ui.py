@@ -68,6 +68,19 @@ def untouched_upload(image: gr.Image) -> gr.Image:
     return image
 
 
+# What each embedded model is for, and whether it is safe for faces (none restores faces; the
+# anime models repaint them in their own style, which disfigures photographs of people)
+MODEL_NOTES = {
+    "realesrgan-x4plus": "Photographs. Keeps faces as they are: the safe choice for pictures of people.",
+    "realesrgan-x4plus-anime": "Illustrations and anime art. Repaints faces in drawing style: not for photos.",
+    "realesr-animevideov3": "Fast; anime and video frames. Repaints faces: not for photos of people.",
+}
+
+
+def model_note(model: str) -> str:
+    return MODEL_NOTES.get(model, "Your checkpoint from weights/.")
+
+
 class NotYours(Exception):
     """The caller does not hold this job's macaroon."""
 
@@ -438,15 +451,12 @@ class WebApp:
                     )
                     image_info = gr.HTML(elem_id="image-info")
                     model = gr.Dropdown(names, value=default, label="Model", elem_id="model")
+                    note = gr.Markdown(model_note(default), elem_id="model-note")
                     scale = gr.Radio([2, 3, 4], value=4, label="Scale", elem_id="scale")
                     fmt = gr.Dropdown(FORMATS, value=FORMATS[0], label="Output format", elem_id="format")
                     with gr.Accordion("Options", open=False):
                         tile = gr.Number(0, label="Tile size (0: automatic)", precision=0, minimum=0, maximum=2048)
                         precision = gr.Dropdown(["auto", "fp32", "bf16", "fp16"], value="auto", label="Precision")
-                        gr.Markdown(
-                            "Faces: no face restoration is applied, so faces keep their identity; for photos "
-                            "of people use `realesrgan-x4plus`, the anime models redraw faces."
-                        )
                     quote = gr.Markdown("Upload an image to see the price.", elem_id="quote")
                     create = gr.Button("Get invoice", variant="primary", elem_id="get-invoice")
                 with gr.Column(min_width=320):
@@ -500,6 +510,7 @@ class WebApp:
                 trigger_mode="always_last",
             )
             model.change(self.scales, [model, scale], scale, api_visibility="private")
+            model.change(model_note, model, note, api_visibility="private")
             create.click(
                 self.create,
                 [image, model, scale, fmt, tile, precision, session],

@@ -67,6 +67,7 @@ def upload_and_pay(page: Page, url: str, photo: Path) -> str:
     expect(page.locator("#image-info")).to_contain_text("80 × 60 px · PNG · RGB · 8-bit")
     page.get_by_role("combobox", name="Model").click()
     page.get_by_role("option", name="realesr-animevideov3").click()
+    expect(page.locator("#model-note")).to_contain_text("not for photos of people")
     page.locator('#scale [data-testid="2-radio-label"]').click()
     expect(page.locator("#quote")).to_contain_text("10 sats")
     expect(page.locator("#quote")).to_contain_text("output 160 × 120")
