@@ -1,0 +1,251 @@
+"""The SDXL UNet with SUPIR's decoder path, and the GLVControl encoder, on diffusers blocks.
+
+SUPIR keeps the SDXL UNet frozen and changes only how its decoder consumes the encoder's skip
+connections: every skip passes through a `ZeroSFT` fed by the matching GLVControl feature, and
+before each upsampler that follows an attention block a `ZeroCrossAttn` attends to the control.
+GLVControl is a trainable copy of the UNet's encoder and middle block whose first block also
+receives the low-quality latent through a zero-initialised conv (`input_hint_block`). Module order
+and indexing follow the official LightGLVUNet/GLVControl (SUPIR/modules/SUPIR_v0.py).
+"""
+
+from __future__ import annotations
+
+import torch
+from diffusers.models.embeddings import TimestepEmbedding, Timesteps
+from diffusers.models.unets.unet_2d_blocks import get_down_block, get_mid_block
+from diffusers.models.unets.unet_2d_condition import UNet2DConditionModel
+from torch import nn
+
+from .config import UNetShape
+from .connectors import ZeroCrossAttn, ZeroSFT
+
+
+def _heads(shape: UNetShape) -> list[int]:
+    # levels without attention never build a transformer; 1 keeps diffusers' constructor happy
+    return [max(1, ch // shape.head_channels) for ch in shape.block_out_channels]
+
+
+def _down_types(shape: UNetShape) -> list[str]:
+    return ["CrossAttnDownBlock2D" if a else "DownBlock2D" for a in shape.attention_levels]
+
+
+def build_sdxl_unet(shape: UNetShape) -> UNet2DConditionModel:
+    """diffusers' UNet2DConditionModel with the SDXL base configuration (or `shape`'s)."""
+    up_types = ["CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(shape.attention_levels)]
+    return UNet2DConditionModel(
+        sample_size=128,
+        in_channels=shape.in_channels,
+        out_channels=shape.out_channels,
+        down_block_types=tuple(_down_types(shape)),
+        up_block_types=tuple(up_types),
+        mid_block_type="UNetMidBlock2DCrossAttn",
+        block_out_channels=shape.block_out_channels,
+        layers_per_block=shape.num_res_blocks,
+        cross_attention_dim=shape.context_dim,
+        transformer_layers_per_block=list(shape.transformer_depth),
+        attention_head_dim=_heads(shape),
+        use_linear_projection=True,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=256,
+        projection_class_embeddings_input_dim=shape.adm_in_channels,
+        norm_num_groups=32,
+        norm_eps=1e-5,
+        flip_sin_to_cos=True,
+        freq_shift=0,
+    )
+
+
+def _mid_depth_matches(unet: UNet2DConditionModel, shape: UNetShape) -> None:
+    # diffusers takes the middle block's depth from the last level; SUPIR's may differ
+    if shape.transformer_depth_middle != shape.transformer_depth[-1]:
+        unet.mid_block = _build_mid(shape)
+
+
+def _build_mid(shape: UNetShape) -> nn.Module:
+    return get_mid_block(
+        "UNetMidBlock2DCrossAttn",
+        temb_channels=shape.time_embed_dim,
+        in_channels=shape.block_out_channels[-1],
+        resnet_eps=1e-5,
+        resnet_act_fn="silu",
+        resnet_groups=32,
+        transformer_layers_per_block=shape.transformer_depth_middle,
+        num_attention_heads=_heads(shape)[-1],
+        cross_attention_dim=shape.context_dim,
+        use_linear_projection=True,
+        attention_head_dim=_heads(shape)[-1],
+    )
+
+
+def _embed(
+    time_proj: Timesteps,
+    time_embedding: TimestepEmbedding,
+    add_embedding: TimestepEmbedding,
+    timesteps: torch.Tensor,
+    y: torch.Tensor,
+    dtype: torch.dtype,
+) -> torch.Tensor:
+    """sgm: time_embed(timestep_embedding(t)) + label_emb(y), with y the SDXL vector."""
+    t_emb = time_proj(timesteps).to(dtype)
+    return time_embedding(t_emb) + add_embedding(y.to(dtype))
+
+
+class GLVControl(nn.Module):
+    """A copy of the UNet's encoder and middle block; returns every feature the decoder uses."""
+
+    def __init__(self, shape: UNetShape) -> None:
+        super().__init__()
+        self.shape = shape
+        c = shape.model_channels
+        self.time_proj = Timesteps(c, flip_sin_to_cos=True, downscale_freq_shift=0)
+        self.time_embedding = TimestepEmbedding(c, shape.time_embed_dim)
+        self.add_embedding = TimestepEmbedding(shape.adm_in_channels, shape.time_embed_dim)
+        self.conv_in = nn.Conv2d(shape.in_channels, c, 3, padding=1)
+        self.input_hint_block = nn.Conv2d(shape.in_channels, c, 3, padding=1)
+        heads = _heads(shape)
+        self.down_blocks = nn.ModuleList()
+        in_ch = c
+        for level, (kind, out_ch) in enumerate(zip(_down_types(shape), shape.block_out_channels, strict=True)):
+            self.down_blocks.append(
+                get_down_block(
+                    kind,
+                    num_layers=shape.num_res_blocks,
+                    transformer_layers_per_block=shape.transformer_depth[level],
+                    in_channels=in_ch,
+                    out_channels=out_ch,
+                    temb_channels=shape.time_embed_dim,
+                    add_downsample=level != len(shape.channel_mult) - 1,
+                    resnet_eps=1e-5,
+                    resnet_act_fn="silu",
+                    resnet_groups=32,
+                    cross_attention_dim=shape.context_dim,
+                    num_attention_heads=heads[level],
+                    downsample_padding=1,
+                    use_linear_projection=True,
+                    attention_head_dim=heads[level],
+                )
+            )
+            in_ch = out_ch
+        self.mid_block = _build_mid(shape)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        timesteps: torch.Tensor,
+        xt: torch.Tensor,
+        context: torch.Tensor,
+        y: torch.Tensor,
+    ) -> list[torch.Tensor]:
+        """`x` the low-quality latent (the hint), `xt` the noisy latent being denoised."""
+        dtype = x.dtype
+        xt, context = xt.to(dtype), context.to(dtype)
+        emb = _embed(self.time_proj, self.time_embedding, self.add_embedding, timesteps, y, dtype)
+        h = self.conv_in(xt) + self.input_hint_block(x)
+        hs = [h]
+        for block in self.down_blocks:
+            if getattr(block, "has_cross_attention", False):
+                h, res = block(h, emb, encoder_hidden_states=context)
+            else:
+                h, res = block(h, emb)
+            hs.extend(res)
+        h = self.mid_block(h, emb, encoder_hidden_states=context)
+        hs.append(h)
+        return hs
+
+
+class SupirUNet(nn.Module):
+    """SDXL UNet (`base`) plus SUPIR's `project_modules`, with the SUPIR decoder path."""
+
+    def __init__(
+        self, shape: UNetShape, control: UNetShape, project_channel_scale: float = 2.0, sft_hidden: int = 128
+    ) -> None:
+        super().__init__()
+        self.base = build_sdxl_unet(shape)
+        _mid_depth_matches(self.base, shape)
+        cond = [*control.skip_channels(), control.block_out_channels[-1]]  # + middle block
+        project = [int(ch // 2 * project_channel_scale) for ch in cond]
+        concat = [*_decoder_channels_before_skips(shape), 0]
+        modules: list[nn.Module] = [
+            ZeroSFT(project[i], cond[i], concat_channels=concat[i], hidden=sft_hidden) for i in range(len(cond))
+        ]
+        # a cross-attention before every upsampler that follows an attention block; inserted from
+        # the highest index down, as the official list is built (XL-base: [6, 3])
+        for i in sorted(_cross_attn_skip_indices(shape), reverse=True):
+            modules.insert(i, ZeroCrossAttn(cond[i], concat[i], head_dim=shape.head_channels))
+        self.project_modules = nn.ModuleList(modules)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        timesteps: torch.Tensor,
+        context: torch.Tensor,
+        y: torch.Tensor,
+        control: list[torch.Tensor],
+        control_scale: float = 1.0,
+    ) -> torch.Tensor:
+        base = self.base
+        dtype = control[0].dtype
+        x, context = x.to(dtype), context.to(dtype)
+        emb = _embed(base.time_proj, base.time_embedding, base.add_embedding, timesteps, y, dtype)
+        h = base.conv_in(x)
+        hs = [h]
+        for block in base.down_blocks:
+            if getattr(block, "has_cross_attention", False):
+                h, res = block(h, emb, encoder_hidden_states=context)
+            else:
+                h, res = block(h, emb)
+            hs.extend(res)
+        h = base.mid_block(h, emb, encoder_hidden_states=context)
+
+        adapter = len(self.project_modules) - 1
+        ci = len(control) - 1
+        h = self.project_modules[adapter](control[ci], h, control_scale=control_scale)
+        adapter -= 1
+        ci -= 1
+        for block in base.up_blocks:
+            attentions = getattr(block, "attentions", None)
+            upsamplers = block.upsamplers
+            for j, resnet in enumerate(block.resnets):
+                skip = hs.pop()
+                h = self.project_modules[adapter](control[ci], skip, h, control_scale=control_scale)
+                adapter -= 1
+                h = resnet(h, emb)
+                if attentions is not None:
+                    h = attentions[j](h, encoder_hidden_states=context, return_dict=False)[0]
+                last = j == len(block.resnets) - 1
+                if last and upsamplers is not None:
+                    if attentions is not None:
+                        h = self.project_modules[adapter](control[ci], h, control_scale=control_scale)
+                        adapter -= 1
+                    h = upsamplers[0](h)
+                ci -= 1
+        h = base.conv_out(base.conv_act(base.conv_norm_out(h)))
+        return h.to(x.dtype)
+
+
+def _decoder_channels_before_skips(shape: UNetShape) -> list[int]:
+    """For skip i (encoder output i), the channels of the decoder state it is concatenated to."""
+    out = list(shape.block_out_channels)
+    levels = len(out)
+    per_block: list[int] = []  # in decoder order
+    prev = out[-1]
+    for up in range(levels):
+        ch = out[levels - 1 - up]
+        for j in range(shape.num_res_blocks + 1):
+            per_block.append(prev if j == 0 else ch)
+        prev = ch
+    return list(reversed(per_block))
+
+
+def _cross_attn_skip_indices(shape: UNetShape) -> list[int]:
+    """Skip indices of the decoder blocks that end in attention + upsampler."""
+    levels = len(shape.channel_mult)
+    n = shape.num_res_blocks + 1
+    total = levels * n
+    indices = []
+    for up in range(levels - 1):  # the last decoder level has no upsampler
+        level = levels - 1 - up
+        if shape.attention_levels[level]:
+            block = up * n + n - 1
+            indices.append(total - 1 - block)
+    return indices

@@ -1,0 +1,50 @@
+"""SUPIR's first stage: the SDXL VAE (diffusers `AutoencoderKL`) plus the degradation-robust
+`denoise_encoder`, a fine-tuned copy of the VAE encoder that SUPIR uses to encode the
+low-quality input (its latent conditions the control model and seeds the stage-1 image)."""
+
+from __future__ import annotations
+
+import torch
+from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKL
+from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution, Encoder
+from torch import nn
+
+from .config import VaeShape
+
+
+class SupirFirstStage(nn.Module):
+    def __init__(self, shape: VaeShape) -> None:
+        super().__init__()
+        n = len(shape.block_out_channels)
+        self.scaling_factor = shape.scaling_factor
+        self.vae = AutoencoderKL(
+            in_channels=3,
+            out_channels=3,
+            down_block_types=("DownEncoderBlock2D",) * n,
+            up_block_types=("UpDecoderBlock2D",) * n,
+            block_out_channels=shape.block_out_channels,
+            layers_per_block=shape.layers_per_block,
+            latent_channels=shape.latent_channels,
+            norm_num_groups=shape.norm_num_groups,
+            scaling_factor=shape.scaling_factor,
+        )
+        self.denoise_encoder = Encoder(
+            in_channels=3,
+            out_channels=shape.latent_channels,
+            down_block_types=("DownEncoderBlock2D",) * n,
+            block_out_channels=shape.block_out_channels,
+            layers_per_block=shape.layers_per_block,
+            norm_num_groups=shape.norm_num_groups,
+            double_z=True,
+        )
+
+    def moments_to_latent(
+        self, moments: torch.Tensor, sample: bool, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """quant_conv, then the posterior's mode or a sample, scaled like sgm's first stage."""
+        posterior = DiagonalGaussianDistribution(self.vae.quant_conv(moments))
+        z = posterior.sample(generator) if sample else posterior.mode()
+        return z * self.scaling_factor
+
+    def latent_to_decoder_input(self, z: torch.Tensor) -> torch.Tensor:
+        return self.vae.post_quant_conv(z / self.scaling_factor)
