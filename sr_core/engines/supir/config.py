@@ -6,7 +6,7 @@ transformer depths (the one thing released variants change) off a checkpoint."""
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
 
@@ -100,8 +100,8 @@ class SupirConfig:
     def tiny(cls) -> SupirConfig:
         """Every module and connector of the official model, with channels scaled down (32 per
         GroupNorm group is the floor: the official normalisation has 32 groups)."""
-        clip_l = ClipLShape(width=32, layers=2, heads=2, intermediate=64, layer_idx=1)
-        clip_g = ClipGShape(width=64, layers=2, heads=2, output_dim=64)
+        clip_l = ClipLShape(width=64, layers=2, heads=1, intermediate=128, layer_idx=1)
+        clip_g = ClipGShape(width=64, layers=2, heads=1, output_dim=64)
         adm = clip_g.output_dim + 3 * 2 * 256
         unet = UNetShape(
             model_channels=32,
@@ -121,31 +121,89 @@ class SupirConfig:
         )
 
     @classmethod
-    def from_state_dict(cls, keys: Iterable[str], base: SupirConfig | None = None) -> SupirConfig:
-        """The official config with the transformer depths found in `keys` (official names).
-        A part missing from `keys` keeps the base depths."""
+    def from_state_dict(cls, shapes: Mapping[str, Sequence[int]], base: SupirConfig | None = None) -> SupirConfig:
+        """The configuration a checkpoint implies (official key names -> shapes): channel widths,
+        levels, transformer depths, text-tower sizes, VAE widths. A part missing from `shapes`
+        keeps `base` (default: the official configuration). Attention heads are 64 channels
+        wide, as in every released SDXL/SUPIR/CLIP-L/bigG model."""
         base = base or cls.official()
-        keys = list(keys)
-        return base.with_depths(
-            _depths(keys, "model.diffusion_model.", base.unet),
-            _depths(keys, "model.control_model.", base.control),
+        keys = {k: tuple(v) for k, v in shapes.items()}
+        return replace(
+            base,
+            unet=_unet_from(keys, "model.diffusion_model.", base.unet),
+            control=_unet_from(keys, "model.control_model.", base.control),
+            clip_l=_clip_l_from(keys, base.clip_l),
+            clip_g=_clip_g_from(keys, base.clip_g),
+            vae=_vae_from(keys, base.vae),
         )
 
 
-def _depths(keys: list[str], prefix: str, shape: UNetShape) -> tuple[tuple[int, ...], int]:
-    """Count transformer blocks per level (first attention block of each level) and in the middle."""
-    pattern = re.compile(re.escape(prefix) + r"(input_blocks\.(\d+)|middle_block)\.1\.transformer_blocks\.(\d+)\.")
-    per_block: dict[str, int] = {}
-    for key in keys:
-        m = pattern.match(key)
-        if m:
-            per_block[m.group(1)] = max(per_block.get(m.group(1), 0), int(m.group(3)) + 1)
-    if not per_block:
-        return shape.transformer_depth, shape.transformer_depth_middle
-    depth = list(shape.transformer_depth)
-    for level in range(len(shape.channel_mult)):
-        first = 1 + level * (shape.num_res_blocks + 1)
-        found = per_block.get(f"input_blocks.{first}")
-        if found is not None:
-            depth[level] = found
-    return tuple(depth), per_block.get("middle_block", shape.transformer_depth_middle)
+def _count(keys: Mapping[str, tuple[int, ...]], pattern: str) -> int:
+    regex = re.compile(pattern)
+    found = {int(m.group(1)) for k in keys if (m := regex.match(k))}
+    return max(found) + 1 if found else 0
+
+
+def _unet_from(keys: Mapping[str, tuple[int, ...]], prefix: str, shape: UNetShape) -> UNetShape:
+    conv_in = keys.get(prefix + "input_blocks.0.0.weight")
+    if conv_in is None:
+        return shape
+    p = re.escape(prefix)
+    channels, in_channels = conv_in[0], conv_in[1]
+    per_level = shape.num_res_blocks + 1
+    mult, attention, depth = [], [], []
+    level = 0
+    while (first := keys.get(f"{prefix}input_blocks.{1 + level * per_level}.0.in_layers.2.weight")) is not None:
+        mult.append(first[0] // channels)
+        blocks = _count(keys, rf"{p}input_blocks\.{1 + level * per_level}\.1\.transformer_blocks\.(\d+)\.")
+        attention.append(blocks > 0)
+        depth.append(blocks or 1)
+        level += 1
+    middle = _count(keys, rf"{p}middle_block\.1\.transformer_blocks\.(\d+)\.")
+    context = next((v[1] for k, v in keys.items() if k.startswith(prefix) and k.endswith("attn2.to_k.weight")), None)
+    label = keys.get(prefix + "label_emb.0.0.weight")
+    return replace(
+        shape,
+        model_channels=channels,
+        in_channels=in_channels,
+        channel_mult=tuple(mult) or shape.channel_mult,
+        attention_levels=tuple(attention) or shape.attention_levels,
+        transformer_depth=tuple(depth) or shape.transformer_depth,
+        transformer_depth_middle=middle or shape.transformer_depth_middle,
+        context_dim=context or shape.context_dim,
+        adm_in_channels=label[1] if label else shape.adm_in_channels,
+    )
+
+
+def _clip_l_from(keys: Mapping[str, tuple[int, ...]], shape: ClipLShape) -> ClipLShape:
+    prefix = "conditioner.embedders.0.transformer.text_model."
+    tokens = keys.get(prefix + "embeddings.token_embedding.weight")
+    if tokens is None:
+        return shape
+    layers = _count(keys, re.escape(prefix) + r"encoder\.layers\.(\d+)\.")
+    fc1 = keys.get(prefix + "encoder.layers.0.mlp.fc1.weight", (shape.intermediate,))
+    width = tokens[1]
+    return ClipLShape(width=width, layers=layers, heads=max(1, width // 64), intermediate=fc1[0], layer_idx=layers - 1)
+
+
+def _clip_g_from(keys: Mapping[str, tuple[int, ...]], shape: ClipGShape) -> ClipGShape:
+    prefix = "conditioner.embedders.1.model."
+    tokens = keys.get(prefix + "token_embedding.weight")
+    if tokens is None:
+        return shape
+    layers = _count(keys, re.escape(prefix) + r"transformer\.resblocks\.(\d+)\.")
+    projection = keys.get(prefix + "text_projection", (tokens[1], shape.output_dim))
+    width = tokens[1]
+    return ClipGShape(width=width, layers=layers, heads=max(1, width // 64), output_dim=projection[1])
+
+
+def _vae_from(keys: Mapping[str, tuple[int, ...]], shape: VaeShape) -> VaeShape:
+    prefix = "first_stage_model.encoder."
+    if prefix + "conv_in.weight" not in keys:
+        return shape
+    widths = []
+    while (conv := keys.get(f"{prefix}down.{len(widths)}.block.0.conv1.weight")) is not None:
+        widths.append(conv[0])
+    layers = _count(keys, re.escape(prefix) + r"down\.0\.block\.(\d+)\.")
+    quant = keys.get("first_stage_model.quant_conv.weight", (2 * shape.latent_channels,))
+    return replace(shape, block_out_channels=tuple(widths), layers_per_block=layers, latent_channels=quant[0] // 2)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKL
-from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution, Encoder
+from diffusers.models.autoencoders.vae import Encoder
 from torch import nn
 
 from .config import VaeShape
@@ -41,10 +41,15 @@ class SupirFirstStage(nn.Module):
     def moments_to_latent(
         self, moments: torch.Tensor, sample: bool, generator: torch.Generator | None = None
     ) -> torch.Tensor:
-        """quant_conv, then the posterior's mode or a sample, scaled like sgm's first stage."""
-        posterior = DiagonalGaussianDistribution(self.vae.quant_conv(moments))
-        z = posterior.sample(generator) if sample else posterior.mode()
-        return z * self.scaling_factor
+        """quant_conv, then the posterior's mode or a sample (sgm's DiagonalGaussianDistribution:
+        log-variance clamped to [-30, 20]), scaled like sgm's first stage. Float32 on the CPU
+        generator's terms: the noise is drawn on the CPU so a seed gives the same image anywhere."""
+        mean, logvar = self.vae.quant_conv(moments).float().chunk(2, dim=1)
+        if not sample:
+            return mean * self.scaling_factor
+        std = torch.exp(0.5 * logvar.clamp(-30.0, 20.0))
+        noise = torch.randn(mean.shape, generator=generator).to(mean.device)
+        return (mean + std * noise) * self.scaling_factor
 
     def latent_to_decoder_input(self, z: torch.Tensor) -> torch.Tensor:
         return self.vae.post_quant_conv(z / self.scaling_factor)
