@@ -161,7 +161,7 @@ def build_router(service: JobService, registry: ModelRegistry) -> APIRouter:
     ) -> QuoteDocument:
         """The price of an upscale, in msat, before uploading anything."""
         priced = await service.quote(model, width, height, scale)
-        estimate = await service.estimate(model, width, height)
+        estimate = await service.estimate(model, width, height, priced.scale)
         return QuoteDocument(
             **priced.__dict__, amount_sat=priced.amount_sat, estimated_seconds=round(estimate.seconds, 1)
         )

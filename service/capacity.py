@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from sr_core.engines import TiledEngine
+from sr_core.engines import Engine, TiledEngine, WholeImageEngine
 from sr_core.upscale import UpscaleOptions, upscale_array
 
 CALIBRATION_SIDE = 64
@@ -40,8 +40,12 @@ class ThroughputMeter:
         upscale_array(engine, pixels, UpscaleOptions(tile=CALIBRATION_SIDE))
         return (time.perf_counter() - started) / CALIBRATION_SIDE**2
 
-    def estimate(self, model: str, engine: TiledEngine, width: int, height: int) -> Estimate:
+    def estimate(self, model: str, engine: Engine, width: int, height: int, scale: int | None = None) -> Estimate:
         """Blocking (it may calibrate): call from a worker thread."""
+        if isinstance(engine, WholeImageEngine):
+            # diffusion cost depends on the output size and the sampler: the engine measures it
+            seconds = engine.estimate_seconds(width, height, scale or engine.info.native_scale)
+            return Estimate(OVERHEAD_SECONDS + seconds, seconds / max(1, width * height) * 1e6)
         with self._lock:
             rate = self._seconds_per_pixel.get(model)
         if rate is None:

@@ -14,6 +14,7 @@ from sr_core.errors import ParameterError, SatscaleError
 from sr_core.imageio import FORMAT_EXTENSIONS, OUTPUT_EXTENSIONS, ImageLimits, OutputOptions, output_format
 from sr_core.registry import ModelRegistry
 from sr_core.upscale import UpscaleOptions, upscale_file
+from sr_core.weights import weights_dir
 
 DEFAULT_MODEL = "realesrgan-x4plus"
 
@@ -74,8 +75,22 @@ def _progress_bar(total_files: int, position: int, name: str):
     return bar, update
 
 
+def _supir_flags(args: argparse.Namespace) -> dict:
+    flags = {
+        "preset": args.preset,
+        "steps": args.steps,
+        "seed": args.seed,
+        "prompt": args.prompt,
+        "color_fix": args.color_fix,
+        "min_side": args.min_side,
+        "offload": args.offload,
+        "fp8": args.fp8,
+    }
+    return {name: value for name, value in flags.items() if value not in (None, False)}
+
+
 def cmd_upscale(args: argparse.Namespace) -> int:
-    registry = ModelRegistry()
+    registry = ModelRegistry(supir=_supir_flags(args))
     engine = registry.load_engine(args.model, device=args.device, precision=args.precision)
     scale = args.scale or engine.info.native_scale
     if scale not in engine.info.scales:
@@ -117,7 +132,33 @@ def cmd_upscale(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
+def cmd_models_check(args: argparse.Namespace) -> int:
+    """Tell whether checkpoint files make a complete diffusion model, naming what is missing."""
+    from sr_core.engines.supir.checkpoint import check_files
+
+    paths = [Path(p) for p in args.paths]
+    files: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            files += sorted(p for p in path.rglob("*") if p.suffix.lower() in (".ckpt", ".safetensors", ".pth", ".pt"))
+        else:
+            files.append(path)
+    files.sort(key=lambda p: "supir" in p.name.lower())  # the SUPIR deltas load last
+    try:
+        check = check_files(files)
+    except SatscaleError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print("files: " + ", ".join(str(p) for p in files))
+    print("SUPIR: " + check.summary())
+    if check.complete:
+        print(f"put them in {weights_dir() / 'supir'}/ (any folder named supir*) to use them as a model")
+    return 0 if check.complete else 1
+
+
 def cmd_models(args: argparse.Namespace) -> int:
+    if getattr(args, "models_command", None) == "check":
+        return cmd_models_check(args)
     rows = [description.to_dict() for description in ModelRegistry().describe_all()]
     if args.json:
         print(json.dumps(rows, indent=2))
@@ -222,11 +263,26 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--lossless", action="store_true", help="lossless WebP")
     up.add_argument("--overwrite", action="store_true", help="redo outputs that already exist")
     up.add_argument("--max-megapixels", type=float, default=64.0, help="refuse larger inputs (default 64)")
+    diffusion = up.add_argument_group("diffusion models (SUPIR)")
+    diffusion.add_argument("--preset", help="quality (default), fidelity, cli, lightning, lightning_fidelity")
+    diffusion.add_argument("--steps", type=int, help="sampler steps (default: the preset's)")
+    diffusion.add_argument("--seed", type=int, help="random seed (default 0: the same input gives the same output)")
+    diffusion.add_argument("--prompt", help="what the images show, e.g. 'a portrait photo of a woman'")
+    diffusion.add_argument("--color-fix", choices=["wavelet", "adain", "none"], help="colour correction (wavelet)")
+    diffusion.add_argument("--min-side", type=int, help="short side SDXL works at (default 1024)")
+    diffusion.add_argument("--offload", action="store_true", help="keep only the running stage on the GPU")
+    diffusion.add_argument("--fp8", action="store_true", help="store UNet and control weights as fp8")
     up.set_defaults(func=cmd_upscale)
 
     models = commands.add_parser("models", help="list the available models")
     models.add_argument("--json", action="store_true", help="machine-readable output")
     models.set_defaults(func=cmd_models)
+    models_commands = models.add_subparsers(dest="models_command")
+    check = models_commands.add_parser(
+        "check", help="tell whether checkpoint files (SDXL base + SUPIR) make a complete SUPIR, and what is missing"
+    )
+    check.add_argument("paths", nargs="+", metavar="PATH", help="checkpoint files or folders")
+    check.set_defaults(func=cmd_models)
 
     dev = commands.add_parser("dev", help="simulated Lightning wallet of the dev backend (not real money)")
     dev_commands = dev.add_subparsers(dest="dev_command", required=True)

@@ -43,7 +43,7 @@ class Settings(BaseSettings):
 
     #: price in msat per output megapixel, by the engine's price class ...
     price_per_megapixel_msat: dict[str, int] = Field(
-        default_factory=lambda: {"light": 2_000, "standard": 10_000, "heavy": 50_000}
+        default_factory=lambda: {"light": 2_000, "standard": 10_000, "heavy": 50_000, "diffusion": 500_000}
     )
     #: ... or per model name, which wins
     model_prices_msat: dict[str, int] = Field(default_factory=dict)
@@ -67,6 +67,23 @@ class Settings(BaseSettings):
     max_input_megapixels: float = 16.0
     device: str | None = None
     precision: str = "auto"
+
+    #: SUPIR models (folders weights/supir*/): sampler preset (quality, fidelity, cli, lightning,
+    #: lightning_fidelity), steps (None: the preset's), seed, a prompt describing the images, the
+    #: colour fix, the short side SDXL works at, sequential offloading and fp8 weight storage
+    supir_preset: str = "quality"
+    supir_steps: int | None = None
+    supir_seed: int = 0
+    supir_prompt: str = ""
+    supir_color_fix: Literal["wavelet", "adain", "none"] = "wavelet"
+    supir_min_side: int = 1024
+    supir_offload: bool = False
+    supir_fp8: bool = False
+
+    def supir_setup(self) -> dict:
+        """The SUPIR settings as the model registry takes them."""
+        names = ("preset", "steps", "seed", "prompt", "color_fix", "min_side", "offload", "fp8")
+        return {name: getattr(self, f"supir_{name}") for name in names}
 
     @classmethod
     def settings_customise_sources(

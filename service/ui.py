@@ -77,7 +77,15 @@ MODEL_NOTES = {
 }
 
 
+SUPIR_NOTE = (
+    "SUPIR diffusion restoration: rebuilds detail in damaged or blurry photos. It can invent detail, "
+    "faces included, so check people's faces; slow, and priced higher per megapixel."
+)
+
+
 def model_note(model: str) -> str:
+    if model.lower().startswith("supir"):
+        return SUPIR_NOTE
     return MODEL_NOTES.get(model, "Your checkpoint from weights/.")
 
 
@@ -244,7 +252,7 @@ class WebApp:
             if not width or not height:
                 return "Upload an image to see the price."
             priced = await self.service.quote(model, int(width), int(height), int(scale) if scale else None)
-            estimate = await self.service.estimate(model, int(width), int(height))
+            estimate = await self.service.estimate(model, int(width), int(height), priced.scale)
         except SatscaleError as exc:
             return f'<span class="satscale-warning">{html.escape(str(exc))}</span>'
         return (

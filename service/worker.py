@@ -183,16 +183,16 @@ class JobService:
             raise ParameterError(f"tile size must be between {MIN_TILE} and {MAX_REQUEST_TILE} pixels")
         self.registry.load_engine(request.model, device=self.settings.device, precision=request.precision)
 
-    async def estimate(self, model: str, width: int, height: int) -> Estimate:
+    async def estimate(self, model: str, width: int, height: int, scale: int | None = None) -> Estimate:
         def measure() -> Estimate:
             engine = self.registry.load_engine(model, device=self.settings.device, precision=self.settings.precision)
-            return self.meter.estimate(model, engine, width, height)
+            return self.meter.estimate(model, engine, width, height, scale)
 
         return await asyncio.to_thread(measure)
 
-    async def admit(self, model: str, width: int, height: int) -> Estimate:
+    async def admit(self, model: str, width: int, height: int, scale: int | None = None) -> Estimate:
         """Refuse (413) a job this machine cannot finish while the payment can be held."""
-        estimate = await self.estimate(model, width, height)
+        estimate = await self.estimate(model, width, height, scale)
         allowed = self.settings.hold_budget_seconds * ADMISSION_SHARE
         if estimate.seconds > allowed:
             raise ImageTooLargeError(
@@ -214,7 +214,7 @@ class JobService:
         image = await self.inspect(data)
         priced = await self.quote(request.model, image.width, image.height, request.scale)
         await asyncio.to_thread(self.check_options, request)
-        await self.admit(request.model, image.width, image.height)
+        await self.admit(request.model, image.width, image.height, priced.scale)
         request = JobRequest(request.model, priced.scale, request.output_format, request.tile, request.precision)
         input_sha256 = hashlib.sha256(data).hexdigest()
         binding = request_hash(input_sha256, request)

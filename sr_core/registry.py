@@ -10,20 +10,30 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from .device import Precision
-from .engines import EngineInfo
+from .engines import Engine, EngineInfo
 from .engines.esrgan import SpandrelEngine, load_descriptor
 from .errors import ParameterError, SatscaleError, UnknownModelError
-from .weights import BUILTIN_SOURCES, builtin_weights, discover_user_weights, sha256_file, weights_dir
+from .weights import (
+    BUILTIN_SOURCES,
+    builtin_weights,
+    combined_sha256,
+    discover_supir_models,
+    discover_user_weights,
+    sha256_file,
+    weights_dir,
+)
 
 
 @dataclass(frozen=True)
 class ModelEntry:
     name: str
-    source: str  # "builtin" or "file"
+    source: str  # "builtin", "file" or "supir" (a folder of SDXL + SUPIR checkpoints)
     description: str
     path: Path | None = None  # user checkpoint; builtins resolve their cached file on load
+    files: tuple[Path, ...] = ()  # the checkpoints of a multi-file model
 
 
 @dataclass(frozen=True)
@@ -60,9 +70,11 @@ def _user_name(path: Path, folder: Path, taken: set[str]) -> str:
 
 
 class ModelRegistry:
-    def __init__(self, folder: Path | None = None) -> None:
+    def __init__(self, folder: Path | None = None, supir: dict[str, Any] | None = None) -> None:
+        """`supir`: how SUPIR models run (SupirSetup.from_settings: preset, steps, seed, ...)."""
         self.folder = folder or weights_dir()
-        self._engines: dict[tuple, SpandrelEngine] = {}
+        self.supir = supir
+        self._engines: dict[tuple, Engine] = {}
         self._lock = threading.Lock()
 
     def entries(self) -> list[ModelEntry]:
@@ -72,6 +84,13 @@ class ModelRegistry:
             name = _user_name(path, self.folder, taken)
             taken.add(name)
             entries.append(ModelEntry(name, "file", f"user checkpoint {path.name}", path))
+        for name, files in discover_supir_models(self.folder).items():
+            if name in taken:
+                continue
+            taken.add(name)
+            listed = ", ".join(p.name for p in files)
+            description = f"SUPIR diffusion restoration ({listed})"
+            entries.append(ModelEntry(name, "supir", description, self.folder / name, tuple(files)))
         return entries
 
     def get(self, name: str) -> ModelEntry:
@@ -82,15 +101,16 @@ class ModelRegistry:
         raise UnknownModelError(f"no model named {name!r}; available: {known}")
 
     def weights_file(self, entry: ModelEntry) -> tuple[Path, str]:
-        """The checkpoint behind an entry and its sha256 (builtins are imported on first use)."""
+        """The checkpoint behind an entry and its sha256 (builtins are imported on first use;
+        a multi-file model gives its folder and the digest over all its files)."""
+        if entry.files:
+            return entry.path or entry.files[0].parent, combined_sha256(list(entry.files))
         if entry.path is None:
             cached = builtin_weights(entry.name, self.folder)
             return cached.path, cached.sha256
         return entry.path, sha256_file(entry.path)
 
-    def load_engine(
-        self, name: str, device: str | None = None, precision: Precision | str = Precision.AUTO
-    ) -> SpandrelEngine:
+    def load_engine(self, name: str, device: str | None = None, precision: Precision | str = Precision.AUTO) -> Engine:
         entry = self.get(name)
         try:
             wanted = Precision(precision)
@@ -102,17 +122,65 @@ class ModelRegistry:
         with self._lock:
             engine = self._engines.get(key)
             if engine is None:
-                engine = SpandrelEngine(
-                    load_descriptor(path), weights_sha256=digest, device=device, precision=precision
-                )
+                if entry.source == "supir":
+                    from .engines.supir.engine import SupirEngine, SupirSetup  # heavy imports, only when used
+
+                    setup = SupirSetup.from_settings(self.supir)
+                    engine = SupirEngine(
+                        entry.files,
+                        weights_sha256=digest,
+                        device=device,
+                        precision=precision,
+                        options=setup.options,
+                        offload=setup.offload,
+                        fp8=setup.fp8,
+                    )
+                else:
+                    engine = SpandrelEngine(
+                        load_descriptor(path), weights_sha256=digest, device=device, precision=precision
+                    )
                 self._engines = {k: v for k, v in self._engines.items() if k[0] != name}
                 self._engines[key] = engine
             return engine
 
     def describe(self, name: str) -> ModelDescription:
         entry = self.get(name)
+        if entry.source == "supir":
+            return self._describe_supir(entry)
         try:
             return ModelDescription(entry, self.load_engine(name).info)
+        except SatscaleError as exc:
+            return ModelDescription(entry, None, str(exc))
+
+    def _describe_supir(self, entry: ModelEntry) -> ModelDescription:
+        """Listing a SUPIR folder reads tensor names and shapes only (loading 5 B parameters just
+        to list them would take minutes)."""
+        from .device import available_precisions, pick_device, resolve_precision
+        from .engines.supir.checkpoint import check_files
+        from .engines.supir.engine import MAX_OUTPUT_PIXELS, SCALES
+
+        try:
+            check = check_files(list(entry.files))
+            if not check.complete:
+                return ModelDescription(entry, None, "incomplete SUPIR: " + check.summary())
+            device = pick_device(None)
+            info = EngineInfo(
+                family="supir",
+                architecture="SUPIR",
+                native_scale=SCALES[0],
+                scales=SCALES,
+                precision=resolve_precision(Precision.AUTO, device, True, True),
+                precisions=available_precisions(device, True, True),
+                device=str(device),
+                parameters=check.parameters,
+                context=0,
+                multiple_of=1,
+                bytes_per_pixel=0,
+                macs_per_pixel=0,
+                weights_sha256=self.weights_file(entry)[1],
+                max_output_pixels=MAX_OUTPUT_PIXELS,
+            )
+            return ModelDescription(entry, info)
         except SatscaleError as exc:
             return ModelDescription(entry, None, str(exc))
 

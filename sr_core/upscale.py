@@ -19,12 +19,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .engines import EngineInfo, TiledEngine
+from .engines import Engine, EngineInfo, TiledEngine, WholeImageEngine
 from .errors import ParameterError
 from .imageio import ImageInfo, ImageLimits, ImageReader, OutputOptions, OutputSpec, StreamingWriter
 from .tiling import (
     MAX_TILE_CPU,
     MAX_TILE_CUDA,
+    MIN_TILE,
     Tile,
     TilePlan,
     auto_tile_size,
@@ -73,6 +74,7 @@ def _make_plan(info: EngineInfo, image: ImageInfo, options: UpscaleOptions) -> _
     if scale not in info.scales:
         offered = ", ".join(f"x{s}" for s in info.scales)
         raise ParameterError(f"scale x{scale} is not offered by this model ({offered})")
+    check_output_size(info, image.width, image.height, scale)
     context = info.context if options.context is None else options.context
     budget = options.memory_budget or default_memory_budget(info.device)
     on_cuda = info.device.startswith("cuda")
@@ -147,8 +149,54 @@ class _Runner:
         return cores
 
 
+def check_output_size(info: EngineInfo, width: int, height: int, scale: int) -> None:
+    """Refuse an output larger than the engine takes (before any work or invoice)."""
+    if info.max_output_pixels is not None and width * scale * height * scale > info.max_output_pixels:
+        raise ParameterError(
+            f"output {width * scale}x{height * scale} is larger than this model's "
+            f"{info.max_output_pixels / 1e6:.1f} MP limit: choose a smaller scale or input"
+        )
+
+
+WHOLE_IMAGE_BAND_ROWS = 256
+
+
+def _run_whole_image(
+    engine: WholeImageEngine,
+    read: Callable[[int, int, int, int], np.ndarray],
+    image: ImageInfo,
+    write_rows: Callable[[np.ndarray], None],
+    options: UpscaleOptions,
+    progress: ProgressCallback | None,
+) -> _Plan:
+    """One pass over the whole image (the engine tiles internally); alpha, which a diffusion
+    model cannot restore, is resized bicubically. Rows are still handed out in bands."""
+    info = engine.info
+    scale = options.scale or info.native_scale
+    if scale not in info.scales:
+        offered = ", ".join(f"x{s}" for s in info.scales)
+        raise ParameterError(f"scale x{scale} is not offered by this model ({offered})")
+    check_output_size(info, image.width, image.height, scale)
+    peak = 65535.0 if image.bit_depth == 16 else 255.0
+    dtype = np.uint16 if image.bit_depth == 16 else np.uint8
+    pixels = read(0, 0, image.width, image.height)
+    colour = _to_tensor([pixels[..., : image.colour_channels]], peak)
+    rgb = engine.upscale(colour, scale, progress)[0].clamp(0.0, 1.0)
+    planes = [rgb.mean(0, keepdim=True)] if image.colour_channels == 1 else [rgb]
+    if image.has_alpha:
+        alpha = _to_tensor([pixels[..., -1:]], peak)[:, :1]
+        size = (image.height * scale, image.width * scale)
+        planes.append(F.interpolate(alpha, size=size, mode="bicubic", align_corners=False)[0].clamp(0.0, 1.0))
+    out = torch.cat(planes).permute(1, 2, 0)
+    for top in range(0, out.shape[0], WHOLE_IMAGE_BAND_ROWS):
+        band = out[top : top + WHOLE_IMAGE_BAND_ROWS]
+        write_rows(band.mul(peak).round_().numpy().astype(dtype))
+    one_tile = plan_tiles(image.width, image.height, max(image.width, image.height, MIN_TILE), 0)
+    return _Plan(scale, one_tile, 1)
+
+
 def run_tiles(
-    engine: TiledEngine,
+    engine: Engine,
     read: Callable[[int, int, int, int], np.ndarray],
     image: ImageInfo,
     write_rows: Callable[[np.ndarray], None],
@@ -156,6 +204,8 @@ def run_tiles(
     progress: ProgressCallback | None = None,
 ) -> _Plan:
     """Drive the engine over the image tile by tile, handing finished rows to `write_rows`."""
+    if isinstance(engine, WholeImageEngine):
+        return _run_whole_image(engine, read, image, write_rows, options, progress)
     plan = _make_plan(engine.info, image, options)
     runner = _Runner(engine, plan, image)
     scale = plan.scale
@@ -198,7 +248,7 @@ def output_spec(
 
 
 def upscale_file(
-    engine: TiledEngine,
+    engine: Engine,
     source: Path | bytes,
     output: Path,
     options: UpscaleOptions | None = None,
@@ -231,7 +281,7 @@ def upscale_file(
 
 
 def upscale_array(
-    engine: TiledEngine,
+    engine: Engine,
     pixels: np.ndarray,
     options: UpscaleOptions | None = None,
     progress: ProgressCallback | None = None,

@@ -40,12 +40,52 @@ def weights_dir() -> Path:
     return Path(configured).expanduser().resolve() if configured else PROJECT_ROOT / "weights"
 
 
+_DIGESTS: dict[tuple[str, int, int], str] = {}
+
+
 def sha256_file(path: Path) -> str:
+    """sha256 of a file, remembered per (path, size, mtime): multi-GB checkpoints are hashed
+    once per change, not once per job."""
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    cached = _DIGESTS.get(key)
+    if cached is not None:
+        return cached
     digest = hashlib.sha256()
     with path.open("rb") as handle:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
-    return digest.hexdigest()
+    _DIGESTS[key] = digest.hexdigest()
+    return _DIGESTS[key]
+
+
+SUPIR_FOLDER_PREFIX = "supir"
+
+
+def is_supir_folder(relative: Path) -> bool:
+    """weights/supir*/ (any case) holds the files of one SUPIR model (SDXL base + SUPIR)."""
+    return len(relative.parts) > 0 and relative.parts[0].lower().startswith(SUPIR_FOLDER_PREFIX)
+
+
+def discover_supir_models(folder: Path | None = None) -> dict[str, list[Path]]:
+    """SUPIR models: each weights/supir*/ folder -> its checkpoint files, SDXL first and the
+    SUPIR file(s) last (later files override earlier ones, as the official loader does)."""
+    folder = folder or weights_dir()
+    if not folder.is_dir():
+        return {}
+    models = {}
+    for sub in sorted(p for p in folder.iterdir() if p.is_dir() and is_supir_folder(p.relative_to(folder))):
+        files = [p for p in sorted(sub.rglob("*")) if p.is_file() and p.suffix.lower() in WEIGHT_SUFFIXES]
+        files.sort(key=lambda p: "supir" in p.name.lower())
+        if files:
+            models[sub.name] = files
+    return models
+
+
+def combined_sha256(files: list[Path]) -> str:
+    """One digest for a model made of several files: sha256 over 'name sha256' lines."""
+    lines = "".join(f"{p.name} {sha256_file(p)}\n" for p in files)
+    return hashlib.sha256(lines.encode()).hexdigest()
 
 
 def discover_user_weights(folder: Path | None = None) -> list[Path]:
@@ -58,6 +98,8 @@ def discover_user_weights(folder: Path | None = None) -> list[Path]:
         relative = path.relative_to(folder)
         if relative.parts[0] == BUILTIN_SUBDIR or any(part.startswith(".") for part in relative.parts):
             continue
+        if is_supir_folder(relative) and path.parent != folder:
+            continue  # part of a SUPIR model (discover_supir_models)
         if path.is_file() and path.suffix.lower() in WEIGHT_SUFFIXES:
             found.append(path)
     return found

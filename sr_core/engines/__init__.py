@@ -4,6 +4,7 @@ description (scales, precision, memory, cost) and never branch on architecture n
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -13,6 +14,8 @@ from ..device import Precision
 # Price classes by multiply-accumulates per input pixel (see EngineInfo.price_class).
 LIGHT_MACS_PER_PIXEL = 5_000_000
 HEAVY_MACS_PER_PIXEL = 100_000_000
+#: engine families that sample a diffusion model: priced in their own (higher) class
+DIFFUSION_FAMILIES = frozenset({"supir", "ccsr"})
 
 
 @dataclass(frozen=True)
@@ -30,9 +33,18 @@ class EngineInfo:
     bytes_per_pixel: int  # peak activation bytes per input pixel, in this precision
     macs_per_pixel: int  # multiply-accumulates per input pixel at the native scale
     weights_sha256: str
+    #: largest output (pixels) the engine accepts; None: bounded only by the image limits
+    max_output_pixels: int | None = None
+
+    @property
+    def whole_image(self) -> bool:
+        """True for engines that take the whole image and tile internally (diffusion)."""
+        return self.family in DIFFUSION_FAMILIES
 
     @property
     def price_class(self) -> str:
+        if self.family in DIFFUSION_FAMILIES:
+            return "diffusion"
         if self.macs_per_pixel < LIGHT_MACS_PER_PIXEL:
             return "light"
         return "standard" if self.macs_per_pixel < HEAVY_MACS_PER_PIXEL else "heavy"
@@ -47,3 +59,26 @@ class TiledEngine(ABC):
     def run(self, batch: torch.Tensor) -> torch.Tensor:
         """Upscale a batch: NCHW float32 RGB in [0, 1] on the CPU -> NCHW float32 at
         the native scale on the CPU, not clamped (callers clamp after any resize)."""
+
+
+class WholeImageEngine(ABC):
+    """An engine that restores the whole image at once and tiles internally (the diffusion
+    engines: their tiles share noise, statistics and guidance, so they cannot be cut apart)."""
+
+    info: EngineInfo
+
+    @abstractmethod
+    def upscale(
+        self,
+        image: torch.Tensor,
+        scale: int,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> torch.Tensor:
+        """1x3xHxW float32 RGB in [0, 1] on the CPU -> 1x3x(H*scale)x(W*scale), same terms."""
+
+    @abstractmethod
+    def estimate_seconds(self, width: int, height: int, scale: int) -> float:
+        """How long `upscale` takes here for an input of this size (measured, not guessed)."""
+
+
+Engine = TiledEngine | WholeImageEngine

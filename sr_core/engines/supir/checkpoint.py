@@ -124,16 +124,17 @@ class SupirCheck:
             lines.append(f"  {part:<22} {found:>5}/{needed:<5} {state}")
         depth = self.config.unet.transformer_depth, self.config.control.transformer_depth
         lines.append(f"  transformer depth: unet {list(depth[0])}, control {list(depth[1])}")
+        # a part that is entirely absent is one line above; name the tensors of the others
+        absent = {part for part in PARTS if self.expected.get(part) and not self.present.get(part)}
+        missing = [k for k in self.missing if part_of(k) not in absent]
         for title, names in (
-            ("missing", self.missing),
+            ("missing", missing),
             ("unexpected", self.unexpected),
             ("wrong shape", self.wrong_shape),
             ("in two files (the later file wins)", self.duplicated),
         ):
             if names:
-                shown = "\n".join(f"    {n}" for n in names[:20])
-                more = f"\n    ... and {len(names) - 20} more" if len(names) > 20 else ""
-                lines.append(f"  {title} ({len(names)}):\n{shown}{more}")
+                lines.append(f"  {title} ({len(names)}):\n" + "\n".join(f"    {n}" for n in names))
         verdict = "a complete SUPIR" if self.complete else "NOT a complete SUPIR"
         return f"{verdict} ({self.parameters / 1e9:.2f} B parameters found)\n" + "\n".join(lines)
 

@@ -50,7 +50,7 @@ class SupirModel(nn.Module):
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.unet.base.conv_in.weight.dtype
+        return self.unet.base.conv_in.bias.dtype  # the bias: fp8 storage replaces the weight
 
     def denoise(
         self,

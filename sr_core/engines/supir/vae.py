@@ -38,6 +38,10 @@ class SupirFirstStage(nn.Module):
             double_z=True,
         )
 
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.vae.decoder.conv_in.weight.dtype
+
     def moments_to_latent(
         self, moments: torch.Tensor, sample: bool, generator: torch.Generator | None = None
     ) -> torch.Tensor:
