@@ -7,44 +7,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
-
-@dataclass(frozen=True)
-class UNetShape:
-    """The SDXL UNet (and the GLVControl encoder, which copies its encoder half)."""
-
-    model_channels: int = 320
-    channel_mult: tuple[int, ...] = (1, 2, 4)
-    # transformers per attention block, per level; levels without attention ignore it (SDXL's
-    # first level has none: attention_resolutions [4, 2] with channel_mult [1, 2, 4])
-    transformer_depth: tuple[int, ...] = (1, 2, 10)
-    transformer_depth_middle: int = 10
-    attention_levels: tuple[bool, ...] = (False, True, True)
-    num_res_blocks: int = 2
-    head_channels: int = 64  # num_head_channels: heads = channels // 64
-    context_dim: int = 2048  # CLIP-L hidden (768) + OpenCLIP bigG hidden (1280)
-    adm_in_channels: int = 2816  # pooled bigG (1280) + 3 size pairs x 2 x 256
-    in_channels: int = 4
-    out_channels: int = 4
-
-    @property
-    def block_out_channels(self) -> tuple[int, ...]:
-        return tuple(self.model_channels * m for m in self.channel_mult)
-
-    @property
-    def time_embed_dim(self) -> int:
-        return self.model_channels * 4
-
-    def skip_channels(self) -> list[int]:
-        """Channels of every encoder output the decoder consumes (the sgm `hs` list): conv_in,
-        each res(+attn) block, each downsampler; the control adds the middle block's output."""
-        chans = [self.model_channels]
-        for level, ch in enumerate(self.block_out_channels):
-            chans += [ch] * self.num_res_blocks
-            if level != len(self.channel_mult) - 1:
-                chans.append(ch)
-        return chans
+from ..diffusion.unet import UNetShape
 
 
 @dataclass(frozen=True)
@@ -80,8 +45,8 @@ class VaeShape:
 
 @dataclass(frozen=True)
 class SupirConfig:
-    unet: UNetShape = UNetShape()
-    control: UNetShape = UNetShape()
+    unet: UNetShape = field(default_factory=UNetShape)
+    control: UNetShape = field(default_factory=UNetShape)
     clip_l: ClipLShape = ClipLShape()
     clip_g: ClipGShape = ClipGShape()
     vae: VaeShape = VaeShape()

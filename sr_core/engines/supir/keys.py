@@ -11,113 +11,30 @@ from __future__ import annotations
 
 import re
 
-from .config import SupirConfig, UNetShape
+from ..diffusion.ldm_names import unet_key, vae_coder_key
+from .config import SupirConfig
 
-_RESNET = {
-    "norm1": "in_layers.0",
-    "conv1": "in_layers.2",
-    "time_emb_proj": "emb_layers.1",
-    "norm2": "out_layers.0",
-    "conv2": "out_layers.3",
-    "conv_shortcut": "skip_connection",
-}
-_VAE_RESNET = {"conv_shortcut": "nin_shortcut"}
-_VAE_ATTN = {
-    "group_norm": "norm",
-    "to_q": "q",
-    "to_k": "k",
-    "to_v": "v",
-    "to_out.0": "proj_out",
-}
-
-
-def _resnet(rest: str, table: dict[str, str]) -> str:
-    head, _, tail = rest.partition(".")
-    return f"{table.get(head, head)}.{tail}"
-
-
-def _unet_key(key: str, shape: UNetShape) -> str:
-    """diffusers UNet2DConditionModel / GLVControl name -> sgm UNetModel name."""
-    per_level = shape.num_res_blocks + 1
-    fixed = {
-        "time_embedding.linear_1.": "time_embed.0.",
-        "time_embedding.linear_2.": "time_embed.2.",
-        "add_embedding.linear_1.": "label_emb.0.0.",
-        "add_embedding.linear_2.": "label_emb.0.2.",
-        "conv_in.": "input_blocks.0.0.",
-        "input_hint_block.": "input_hint_block.0.",
-        "conv_norm_out.": "out.0.",
-        "conv_out.": "out.2.",
-    }
-    for ours, official in fixed.items():
-        if key.startswith(ours):
-            return official + key[len(ours) :]
-    if m := re.match(r"down_blocks\.(\d+)\.(resnets|attentions)\.(\d+)\.(.*)", key):
-        level, kind, j, rest = int(m[1]), m[2], int(m[3]), m[4]
-        index = 1 + level * per_level + j
-        if kind == "resnets":
-            return f"input_blocks.{index}.0.{_resnet(rest, _RESNET)}"
-        return f"input_blocks.{index}.1.{rest}"
-    if m := re.match(r"down_blocks\.(\d+)\.downsamplers\.0\.conv\.(.*)", key):
-        return f"input_blocks.{(int(m[1]) + 1) * per_level}.0.op.{m[2]}"
-    if m := re.match(r"mid_block\.resnets\.(\d+)\.(.*)", key):
-        return f"middle_block.{2 * int(m[1])}.{_resnet(m[2], _RESNET)}"
-    if m := re.match(r"mid_block\.attentions\.0\.(.*)", key):
-        return f"middle_block.1.{m[1]}"
-    if m := re.match(r"up_blocks\.(\d+)\.(resnets|attentions)\.(\d+)\.(.*)", key):
-        up, kind, j, rest = int(m[1]), m[2], int(m[3]), m[4]
-        index = up * per_level + j
-        if kind == "resnets":
-            return f"output_blocks.{index}.0.{_resnet(rest, _RESNET)}"
-        return f"output_blocks.{index}.1.{rest}"
-    if m := re.match(r"up_blocks\.(\d+)\.upsamplers\.0\.conv\.(.*)", key):
-        up = int(m[1])
-        level = len(shape.channel_mult) - 1 - up
-        slot = 2 if shape.attention_levels[level] else 1
-        return f"output_blocks.{up * per_level + shape.num_res_blocks}.{slot}.conv.{m[2]}"
-    if key.startswith("project_modules."):
-        return key
-    raise KeyError(f"no official name for UNet parameter {key!r}")
-
-
-def _vae_coder_key(key: str, levels: int) -> str:
-    """diffusers Encoder/Decoder name -> ldm Encoder/Decoder name."""
-    if m := re.match(r"down_blocks\.(\d+)\.resnets\.(\d+)\.(.*)", key):
-        return f"down.{m[1]}.block.{m[2]}.{_resnet(m[3], _VAE_RESNET)}"
-    if m := re.match(r"down_blocks\.(\d+)\.downsamplers\.0\.conv\.(.*)", key):
-        return f"down.{m[1]}.downsample.conv.{m[2]}"
-    if m := re.match(r"up_blocks\.(\d+)\.resnets\.(\d+)\.(.*)", key):
-        return f"up.{levels - 1 - int(m[1])}.block.{m[2]}.{_resnet(m[3], _VAE_RESNET)}"
-    if m := re.match(r"up_blocks\.(\d+)\.upsamplers\.0\.conv\.(.*)", key):
-        return f"up.{levels - 1 - int(m[1])}.upsample.conv.{m[2]}"
-    if m := re.match(r"mid_block\.resnets\.(\d+)\.(.*)", key):
-        return f"mid.block_{int(m[1]) + 1}.{_resnet(m[2], _VAE_RESNET)}"
-    if m := re.match(r"mid_block\.attentions\.0\.(.*)\.(weight|bias)$", key):
-        return f"mid.attn_1.{_VAE_ATTN[m[1]]}.{m[2]}"
-    if key.startswith("conv_norm_out."):
-        return "norm_out." + key[len("conv_norm_out.") :]
-    if key.startswith(("conv_in.", "conv_out.")):
-        return key
-    raise KeyError(f"no official name for VAE parameter {key!r}")
+# GLVControl's extra input: the low-quality latent's zero conv
+SUPIR_CONTROL = {"input_hint_block.": "input_hint_block.0."}
 
 
 def our_to_official(key: str, config: SupirConfig) -> str:
     """Our state-dict key -> the official checkpoint key."""
     levels = len(config.vae.block_out_channels)
     if key.startswith("unet.base."):
-        return "model.diffusion_model." + _unet_key(key[len("unet.base.") :], config.unet)
+        return "model.diffusion_model." + unet_key(key[len("unet.base.") :], config.unet)
     if key.startswith("unet.project_modules."):
         return "model.diffusion_model." + key[len("unet.") :]
     if key.startswith("control."):
-        return "model.control_model." + _unet_key(key[len("control.") :], config.control)
+        return "model.control_model." + unet_key(key[len("control.") :], config.control, SUPIR_CONTROL)
     if key.startswith("first_stage.denoise_encoder."):
         rest = key[len("first_stage.denoise_encoder.") :]
-        return "first_stage_model.denoise_encoder." + _vae_coder_key(rest, levels)
+        return "first_stage_model.denoise_encoder." + vae_coder_key(rest, levels)
     if key.startswith("first_stage.vae."):
         rest = key[len("first_stage.vae.") :]
         part, _, inner = rest.partition(".")
         if part in ("encoder", "decoder"):
-            return f"first_stage_model.{part}.{_vae_coder_key(inner, levels)}"
+            return f"first_stage_model.{part}.{vae_coder_key(inner, levels)}"
         return "first_stage_model." + rest  # quant_conv, post_quant_conv
     if key.startswith("conditioner.embedders.0.transformer."):
         rest = key[len("conditioner.embedders.0.transformer.") :]

@@ -12,82 +12,11 @@ from __future__ import annotations
 
 import torch
 from diffusers.models.embeddings import TimestepEmbedding, Timesteps
-from diffusers.models.unets.unet_2d_blocks import get_down_block, get_mid_block
-from diffusers.models.unets.unet_2d_condition import UNet2DConditionModel
+from diffusers.models.unets.unet_2d_blocks import get_down_block
 from torch import nn
 
-from .config import UNetShape
+from ..diffusion.unet import UNetShape, build_mid, build_unet, down_block_types, embed, heads
 from .connectors import ZeroCrossAttn, ZeroSFT
-
-
-def _heads(shape: UNetShape) -> list[int]:
-    # levels without attention never build a transformer; 1 keeps diffusers' constructor happy
-    return [max(1, ch // shape.head_channels) for ch in shape.block_out_channels]
-
-
-def _down_types(shape: UNetShape) -> list[str]:
-    return ["CrossAttnDownBlock2D" if a else "DownBlock2D" for a in shape.attention_levels]
-
-
-def build_sdxl_unet(shape: UNetShape) -> UNet2DConditionModel:
-    """diffusers' UNet2DConditionModel with the SDXL base configuration (or `shape`'s)."""
-    up_types = ["CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(shape.attention_levels)]
-    return UNet2DConditionModel(
-        sample_size=128,
-        in_channels=shape.in_channels,
-        out_channels=shape.out_channels,
-        down_block_types=tuple(_down_types(shape)),
-        up_block_types=tuple(up_types),
-        mid_block_type="UNetMidBlock2DCrossAttn",
-        block_out_channels=shape.block_out_channels,
-        layers_per_block=shape.num_res_blocks,
-        cross_attention_dim=shape.context_dim,
-        transformer_layers_per_block=list(shape.transformer_depth),
-        attention_head_dim=_heads(shape),
-        use_linear_projection=True,
-        addition_embed_type="text_time",
-        addition_time_embed_dim=256,
-        projection_class_embeddings_input_dim=shape.adm_in_channels,
-        norm_num_groups=32,
-        norm_eps=1e-5,
-        flip_sin_to_cos=True,
-        freq_shift=0,
-    )
-
-
-def _mid_depth_matches(unet: UNet2DConditionModel, shape: UNetShape) -> None:
-    # diffusers takes the middle block's depth from the last level; SUPIR's may differ
-    if shape.transformer_depth_middle != shape.transformer_depth[-1]:
-        unet.mid_block = _build_mid(shape)
-
-
-def _build_mid(shape: UNetShape) -> nn.Module:
-    return get_mid_block(
-        "UNetMidBlock2DCrossAttn",
-        temb_channels=shape.time_embed_dim,
-        in_channels=shape.block_out_channels[-1],
-        resnet_eps=1e-5,
-        resnet_act_fn="silu",
-        resnet_groups=32,
-        transformer_layers_per_block=shape.transformer_depth_middle,
-        num_attention_heads=_heads(shape)[-1],
-        cross_attention_dim=shape.context_dim,
-        use_linear_projection=True,
-        attention_head_dim=_heads(shape)[-1],
-    )
-
-
-def _embed(
-    time_proj: Timesteps,
-    time_embedding: TimestepEmbedding,
-    add_embedding: TimestepEmbedding,
-    timesteps: torch.Tensor,
-    y: torch.Tensor,
-    dtype: torch.dtype,
-) -> torch.Tensor:
-    """sgm: time_embed(timestep_embedding(t)) + label_emb(y), with y the SDXL vector."""
-    t_emb = time_proj(timesteps).to(dtype)
-    return time_embedding(t_emb) + add_embedding(y.to(dtype))
 
 
 class GLVControl(nn.Module):
@@ -102,10 +31,10 @@ class GLVControl(nn.Module):
         self.add_embedding = TimestepEmbedding(shape.adm_in_channels, shape.time_embed_dim)
         self.conv_in = nn.Conv2d(shape.in_channels, c, 3, padding=1)
         self.input_hint_block = nn.Conv2d(shape.in_channels, c, 3, padding=1)
-        heads = _heads(shape)
+        per_level_heads = heads(shape)
         self.down_blocks = nn.ModuleList()
         in_ch = c
-        for level, (kind, out_ch) in enumerate(zip(_down_types(shape), shape.block_out_channels, strict=True)):
+        for level, (kind, out_ch) in enumerate(zip(down_block_types(shape), shape.block_out_channels, strict=True)):
             self.down_blocks.append(
                 get_down_block(
                     kind,
@@ -119,14 +48,14 @@ class GLVControl(nn.Module):
                     resnet_act_fn="silu",
                     resnet_groups=32,
                     cross_attention_dim=shape.context_dim,
-                    num_attention_heads=heads[level],
+                    num_attention_heads=per_level_heads[level],
                     downsample_padding=1,
                     use_linear_projection=True,
-                    attention_head_dim=heads[level],
+                    attention_head_dim=per_level_heads[level],
                 )
             )
             in_ch = out_ch
-        self.mid_block = _build_mid(shape)
+        self.mid_block = build_mid(shape)
 
     def forward(
         self,
@@ -139,7 +68,7 @@ class GLVControl(nn.Module):
         """`x` the low-quality latent (the hint), `xt` the noisy latent being denoised."""
         dtype = x.dtype
         xt, context = xt.to(dtype), context.to(dtype)
-        emb = _embed(self.time_proj, self.time_embedding, self.add_embedding, timesteps, y, dtype)
+        emb = embed(self.time_proj, self.time_embedding, self.add_embedding, timesteps, y, dtype)
         h = self.conv_in(xt) + self.input_hint_block(x)
         hs = [h]
         for block in self.down_blocks:
@@ -160,8 +89,7 @@ class SupirUNet(nn.Module):
         self, shape: UNetShape, control: UNetShape, project_channel_scale: float = 2.0, sft_hidden: int = 128
     ) -> None:
         super().__init__()
-        self.base = build_sdxl_unet(shape)
-        _mid_depth_matches(self.base, shape)
+        self.base = build_unet(shape)
         cond = [*control.skip_channels(), control.block_out_channels[-1]]  # + middle block
         project = [int(ch // 2 * project_channel_scale) for ch in cond]
         concat = [*_decoder_channels_before_skips(shape), 0]
@@ -186,7 +114,7 @@ class SupirUNet(nn.Module):
         base = self.base
         dtype = control[0].dtype
         x, context = x.to(dtype), context.to(dtype)
-        emb = _embed(base.time_proj, base.time_embedding, base.add_embedding, timesteps, y, dtype)
+        emb = embed(base.time_proj, base.time_embedding, base.add_embedding, timesteps, y, dtype)
         h = base.conv_in(x)
         hs = [h]
         for block in base.down_blocks:
