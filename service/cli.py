@@ -89,8 +89,19 @@ def _supir_flags(args: argparse.Namespace) -> dict:
     return {name: value for name, value in flags.items() if value not in (None, False)}
 
 
+def _ccsr_flags(args: argparse.Namespace) -> dict:
+    flags = {
+        "steps": args.steps,
+        "seed": args.seed,
+        "prompt": args.prompt,
+        "color_fix": args.color_fix,
+        "min_side": args.min_side,
+    }
+    return {name: value for name, value in flags.items() if value is not None}
+
+
 def cmd_upscale(args: argparse.Namespace) -> int:
-    registry = ModelRegistry(supir=_supir_flags(args))
+    registry = ModelRegistry(supir=_supir_flags(args), ccsr=_ccsr_flags(args))
     engine = registry.load_engine(args.model, device=args.device, precision=args.precision)
     scale = args.scale or engine.info.native_scale
     if scale not in engine.info.scales:
@@ -134,6 +145,8 @@ def cmd_upscale(args: argparse.Namespace) -> int:
 
 def cmd_models_check(args: argparse.Namespace) -> int:
     """Tell whether checkpoint files make a complete diffusion model, naming what is missing."""
+    from sr_core.engines.ccsr.checkpoint import check_ccsr_files
+    from sr_core.engines.diffusion.checkpoints import gather_keys
     from sr_core.engines.supir.checkpoint import check_files
 
     paths = [Path(p) for p in args.paths]
@@ -145,14 +158,18 @@ def cmd_models_check(args: argparse.Namespace) -> int:
             files.append(path)
     files.sort(key=lambda p: "supir" in p.name.lower())  # the SUPIR deltas load last
     try:
-        check = check_files(files)
+        keys, _ = gather_keys(files)
+        # CCSR v1 keeps its ControlNet at the top level; SUPIR/SDXL under model.*
+        ccsr = any(k.startswith(("control_model.", "cond_encoder.")) for k in keys)
+        check = check_ccsr_files(files) if ccsr else check_files(files)
     except SatscaleError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    family = "ccsr" if ccsr else "supir"
     print("files: " + ", ".join(str(p) for p in files))
-    print("SUPIR: " + check.summary())
+    print(f"{check.title}: " + check.summary())
     if check.complete:
-        print(f"put them in {weights_dir() / 'supir'}/ (any folder named supir*) to use them as a model")
+        print(f"put them in {weights_dir() / family}/ (any folder named {family}*) to use them as a model")
     return 0 if check.complete else 1
 
 
@@ -263,13 +280,15 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--lossless", action="store_true", help="lossless WebP")
     up.add_argument("--overwrite", action="store_true", help="redo outputs that already exist")
     up.add_argument("--max-megapixels", type=float, default=64.0, help="refuse larger inputs (default 64)")
-    diffusion = up.add_argument_group("diffusion models (SUPIR)")
-    diffusion.add_argument("--preset", help="quality (default), fidelity, cli, lightning, lightning_fidelity")
+    diffusion = up.add_argument_group("diffusion models (SUPIR, CCSR)")
+    diffusion.add_argument("--preset", help="SUPIR: quality (default), fidelity, cli, lightning, lightning_fidelity")
     diffusion.add_argument("--steps", type=int, help="sampler steps (default: the preset's)")
     diffusion.add_argument("--seed", type=int, help="random seed (default 0: the same input gives the same output)")
     diffusion.add_argument("--prompt", help="what the images show, e.g. 'a portrait photo of a woman'")
-    diffusion.add_argument("--color-fix", choices=["wavelet", "adain", "none"], help="colour correction (wavelet)")
-    diffusion.add_argument("--min-side", type=int, help="short side SDXL works at (default 1024)")
+    diffusion.add_argument(
+        "--color-fix", choices=["wavelet", "adain", "none"], help="colour correction (SUPIR wavelet, CCSR adain)"
+    )
+    diffusion.add_argument("--min-side", type=int, help="short side the model works at (SUPIR 1024, CCSR 512)")
     diffusion.add_argument("--offload", action="store_true", help="keep only the running stage on the GPU")
     diffusion.add_argument("--fp8", action="store_true", help="store UNet and control weights as fp8")
     up.set_defaults(func=cmd_upscale)

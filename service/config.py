@@ -80,6 +80,19 @@ class Settings(BaseSettings):
     supir_offload: bool = False
     supir_fp8: bool = False
 
+    #: CCSR models (folders weights/ccsr*/, the v1 checkpoint): spaced steps (45), seed, colour
+    #: fix (adain, as the official script), short side the model works at, control strength
+    ccsr_steps: int | None = None
+    ccsr_seed: int = 0
+    ccsr_color_fix: Literal["wavelet", "adain", "none"] = "adain"
+    ccsr_min_side: int = 512
+    ccsr_strength: float = 1.0
+
+    def ccsr_setup(self) -> dict:
+        """The CCSR settings as the model registry takes them."""
+        names = ("steps", "seed", "color_fix", "min_side", "strength")
+        return {name: getattr(self, f"ccsr_{name}") for name in names}
+
     def supir_setup(self) -> dict:
         """The SUPIR settings as the model registry takes them."""
         names = ("preset", "steps", "seed", "prompt", "color_fix", "min_side", "offload", "fp8")

@@ -83,9 +83,17 @@ SUPIR_NOTE = (
 )
 
 
+CCSR_NOTE = (
+    "CCSR diffusion upscaling: sharper detail than the GAN models while staying faithful to the "
+    "input; can still invent fine detail, faces included. Slow, priced higher per megapixel."
+)
+
+
 def model_note(model: str) -> str:
     if model.lower().startswith("supir"):
         return SUPIR_NOTE
+    if model.lower().startswith("ccsr"):
+        return CCSR_NOTE
     return MODEL_NOTES.get(model, "Your checkpoint from weights/.")
 
 

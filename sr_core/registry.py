@@ -20,7 +20,7 @@ from .weights import (
     BUILTIN_SOURCES,
     builtin_weights,
     combined_sha256,
-    discover_supir_models,
+    discover_diffusion_models,
     discover_user_weights,
     sha256_file,
     weights_dir,
@@ -69,11 +69,17 @@ def _user_name(path: Path, folder: Path, taken: set[str]) -> str:
     return name if name not in taken else relative.as_posix()
 
 
+DIFFUSION_TITLES = {"supir": "SUPIR diffusion restoration", "ccsr": "CCSR content-consistent diffusion upscaling"}
+
+
 class ModelRegistry:
-    def __init__(self, folder: Path | None = None, supir: dict[str, Any] | None = None) -> None:
-        """`supir`: how SUPIR models run (SupirSetup.from_settings: preset, steps, seed, ...)."""
+    def __init__(
+        self, folder: Path | None = None, supir: dict[str, Any] | None = None, ccsr: dict[str, Any] | None = None
+    ) -> None:
+        """`supir`, `ccsr`: how those models run (SupirSetup.from_settings, ccsr_options)."""
         self.folder = folder or weights_dir()
         self.supir = supir
+        self.ccsr = ccsr
         self._engines: dict[tuple, Engine] = {}
         self._lock = threading.Lock()
 
@@ -84,13 +90,13 @@ class ModelRegistry:
             name = _user_name(path, self.folder, taken)
             taken.add(name)
             entries.append(ModelEntry(name, "file", f"user checkpoint {path.name}", path))
-        for name, files in discover_supir_models(self.folder).items():
+        for name, (family, files) in discover_diffusion_models(self.folder).items():
             if name in taken:
                 continue
             taken.add(name)
             listed = ", ".join(p.name for p in files)
-            description = f"SUPIR diffusion restoration ({listed})"
-            entries.append(ModelEntry(name, "supir", description, self.folder / name, tuple(files)))
+            description = f"{DIFFUSION_TITLES[family]} ({listed})"
+            entries.append(ModelEntry(name, family, description, self.folder / name, tuple(files)))
         return entries
 
     def get(self, name: str) -> ModelEntry:
@@ -122,7 +128,17 @@ class ModelRegistry:
         with self._lock:
             engine = self._engines.get(key)
             if engine is None:
-                if entry.source == "supir":
+                if entry.source == "ccsr":
+                    from .engines.ccsr.engine import CcsrEngine, ccsr_options
+
+                    engine = CcsrEngine(
+                        entry.files,
+                        weights_sha256=digest,
+                        device=device,
+                        precision=precision,
+                        options=ccsr_options(self.ccsr),
+                    )
+                elif entry.source == "supir":
                     from .engines.supir.engine import SupirEngine, SupirSetup  # heavy imports, only when used
 
                     setup = SupirSetup.from_settings(self.supir)
@@ -145,41 +161,31 @@ class ModelRegistry:
 
     def describe(self, name: str) -> ModelDescription:
         entry = self.get(name)
-        if entry.source == "supir":
-            return self._describe_supir(entry)
+        if entry.source in DIFFUSION_TITLES:
+            return self._describe_diffusion(entry)
         try:
             return ModelDescription(entry, self.load_engine(name).info)
         except SatscaleError as exc:
             return ModelDescription(entry, None, str(exc))
 
-    def _describe_supir(self, entry: ModelEntry) -> ModelDescription:
-        """Listing a SUPIR folder reads tensor names and shapes only (loading 5 B parameters just
-        to list them would take minutes)."""
-        from .device import available_precisions, pick_device, resolve_precision
-        from .engines.supir.checkpoint import check_files
-        from .engines.supir.engine import MAX_OUTPUT_PIXELS, SCALES
+    def _describe_diffusion(self, entry: ModelEntry) -> ModelDescription:
+        """Listing a diffusion model reads tensor names and shapes only (loading billions of
+        parameters just to list them would take minutes)."""
+        from .device import pick_device, resolve_precision
+        from .engines.diffusion.engine import diffusion_info
 
+        if entry.source == "ccsr":
+            from .engines.ccsr.checkpoint import check_ccsr_files as check_files
+        else:
+            from .engines.supir.checkpoint import check_files
         try:
             check = check_files(list(entry.files))
             if not check.complete:
-                return ModelDescription(entry, None, "incomplete SUPIR: " + check.summary())
+                return ModelDescription(entry, None, f"incomplete {check.title}: " + check.summary())
             device = pick_device(None)
-            info = EngineInfo(
-                family="supir",
-                architecture="SUPIR",
-                native_scale=SCALES[0],
-                scales=SCALES,
-                precision=resolve_precision(Precision.AUTO, device, True, True),
-                precisions=available_precisions(device, True, True),
-                device=str(device),
-                parameters=check.parameters,
-                context=0,
-                multiple_of=1,
-                bytes_per_pixel=0,
-                macs_per_pixel=0,
-                weights_sha256=self.weights_file(entry)[1],
-                max_output_pixels=MAX_OUTPUT_PIXELS,
-            )
+            precision = resolve_precision(Precision.AUTO, device, True, True)
+            digest = self.weights_file(entry)[1]
+            info = diffusion_info(entry.source, check.title.split()[0], precision, device, check.parameters, digest)
             return ModelDescription(entry, info)
         except SatscaleError as exc:
             return ModelDescription(entry, None, str(exc))

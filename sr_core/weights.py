@@ -59,26 +59,34 @@ def sha256_file(path: Path) -> str:
     return _DIGESTS[key]
 
 
-SUPIR_FOLDER_PREFIX = "supir"
+#: folders under weights/ whose name starts with one of these hold one diffusion model each
+DIFFUSION_FOLDER_PREFIXES = ("supir", "ccsr")
 
 
-def is_supir_folder(relative: Path) -> bool:
-    """weights/supir*/ (any case) holds the files of one SUPIR model (SDXL base + SUPIR)."""
-    return len(relative.parts) > 0 and relative.parts[0].lower().startswith(SUPIR_FOLDER_PREFIX)
+def diffusion_family(relative: Path) -> str | None:
+    """'supir' for weights/supir*/..., 'ccsr' for weights/ccsr*/... (any case), else None."""
+    if not relative.parts:
+        return None
+    head = relative.parts[0].lower()
+    return next((p for p in DIFFUSION_FOLDER_PREFIXES if head.startswith(p)), None)
 
 
-def discover_supir_models(folder: Path | None = None) -> dict[str, list[Path]]:
-    """SUPIR models: each weights/supir*/ folder -> its checkpoint files, SDXL first and the
-    SUPIR file(s) last (later files override earlier ones, as the official loader does)."""
+def discover_diffusion_models(folder: Path | None = None) -> dict[str, tuple[str, list[Path]]]:
+    """Diffusion models: each weights/supir*/ or weights/ccsr*/ folder -> (family, its checkpoint
+    files). SUPIR's files are ordered SDXL first and the SUPIR file(s) last (later files override
+    earlier ones, as the official loader does)."""
     folder = folder or weights_dir()
     if not folder.is_dir():
         return {}
     models = {}
-    for sub in sorted(p for p in folder.iterdir() if p.is_dir() and is_supir_folder(p.relative_to(folder))):
+    for sub in sorted(p for p in folder.iterdir() if p.is_dir()):
+        family = diffusion_family(sub.relative_to(folder))
+        if family is None:
+            continue
         files = [p for p in sorted(sub.rglob("*")) if p.is_file() and p.suffix.lower() in WEIGHT_SUFFIXES]
         files.sort(key=lambda p: "supir" in p.name.lower())
         if files:
-            models[sub.name] = files
+            models[sub.name] = (family, files)
     return models
 
 
@@ -98,8 +106,8 @@ def discover_user_weights(folder: Path | None = None) -> list[Path]:
         relative = path.relative_to(folder)
         if relative.parts[0] == BUILTIN_SUBDIR or any(part.startswith(".") for part in relative.parts):
             continue
-        if is_supir_folder(relative) and path.parent != folder:
-            continue  # part of a SUPIR model (discover_supir_models)
+        if diffusion_family(relative) and path.parent != folder:
+            continue  # part of a diffusion model (discover_diffusion_models)
         if path.is_file() and path.suffix.lower() in WEIGHT_SUFFIXES:
             found.append(path)
     return found

@@ -61,7 +61,8 @@ class CcsrConfig:
         """Every module of the official model, channels scaled down (CPU tests)."""
         text = ClipGShape(width=64, layers=2, heads=1, output_dim=64)
         unet = replace(SD21_UNET, model_channels=32, context_dim=text.width)
-        return cls(version, unet, text, VaeShape(block_out_channels=(32, 32, 64, 64), layers_per_block=1))
+        vae = VaeShape(block_out_channels=(32, 32, 64, 64), layers_per_block=1, scaling_factor=0.18215)
+        return cls(version, unet, text, vae)
 
 
 class CcsrControlNet(nn.Module):

@@ -95,11 +95,11 @@ class SupirConfig:
         keys = {k: tuple(v) for k, v in shapes.items()}
         return replace(
             base,
-            unet=_unet_from(keys, "model.diffusion_model.", base.unet),
-            control=_unet_from(keys, "model.control_model.", base.control),
+            unet=unet_from(keys, "model.diffusion_model.", base.unet),
+            control=unet_from(keys, "model.control_model.", base.control),
             clip_l=_clip_l_from(keys, base.clip_l),
-            clip_g=_clip_g_from(keys, base.clip_g),
-            vae=_vae_from(keys, base.vae),
+            clip_g=clip_g_from(keys, base.clip_g),
+            vae=vae_from(keys, base.vae),
         )
 
 
@@ -109,7 +109,7 @@ def _count(keys: Mapping[str, tuple[int, ...]], pattern: str) -> int:
     return max(found) + 1 if found else 0
 
 
-def _unet_from(keys: Mapping[str, tuple[int, ...]], prefix: str, shape: UNetShape) -> UNetShape:
+def unet_from(keys: Mapping[str, tuple[int, ...]], prefix: str, shape: UNetShape) -> UNetShape:
     conv_in = keys.get(prefix + "input_blocks.0.0.weight")
     if conv_in is None:
         return shape
@@ -151,8 +151,10 @@ def _clip_l_from(keys: Mapping[str, tuple[int, ...]], shape: ClipLShape) -> Clip
     return ClipLShape(width=width, layers=layers, heads=max(1, width // 64), intermediate=fc1[0], layer_idx=layers - 1)
 
 
-def _clip_g_from(keys: Mapping[str, tuple[int, ...]], shape: ClipGShape) -> ClipGShape:
-    prefix = "conditioner.embedders.1.model."
+def clip_g_from(
+    keys: Mapping[str, tuple[int, ...]], shape: ClipGShape, prefix: str = "conditioner.embedders.1.model."
+) -> ClipGShape:
+    """An OpenCLIP text tower's shape from its tensors under `prefix` (SDXL's bigG by default)."""
     tokens = keys.get(prefix + "token_embedding.weight")
     if tokens is None:
         return shape
@@ -162,7 +164,8 @@ def _clip_g_from(keys: Mapping[str, tuple[int, ...]], shape: ClipGShape) -> Clip
     return ClipGShape(width=width, layers=layers, heads=max(1, width // 64), output_dim=projection[1])
 
 
-def _vae_from(keys: Mapping[str, tuple[int, ...]], shape: VaeShape) -> VaeShape:
+def vae_from(keys: Mapping[str, tuple[int, ...]], shape: VaeShape) -> VaeShape:
+    """The VAE's shape from an ldm first stage (`first_stage_model.*`)."""
     prefix = "first_stage_model.encoder."
     if prefix + "conv_in.weight" not in keys:
         return shape

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -11,17 +10,14 @@ from typing import Any
 
 import torch
 
-from ...device import Precision, available_precisions, pick_device, resolve_precision
+from ...device import Precision, pick_device, resolve_precision
 from ...errors import ParameterError
-from .. import EngineInfo, WholeImageEngine
+from ..diffusion.engine import DiffusionEngine, diffusion_info, tiled_latent_pixels
 from ..diffusion.fp8 import store_fp8
 from .checkpoint import load_supir
 from .pipeline import RestoreOptions, SupirPipeline, working_size
 from .sampling import PRESETS
 
-#: SUPIR's output sizes (the official demo works up to 2048 px on the long side by default)
-MAX_OUTPUT_PIXELS = 2048 * 2048
-SCALES = (2, 3, 4)
 # SDXL UNet + control, per latent pixel and evaluation (official widths): measured by the
 # calibration below; this is only the size of the calibration latent
 _CALIBRATION_LATENT = 16
@@ -55,7 +51,7 @@ class SupirSetup:
         return cls(options=options, offload=offload, fp8=fp8)
 
 
-class SupirEngine(WholeImageEngine):
+class SupirEngine(DiffusionEngine):
     def __init__(
         self,
         files: Sequence[Path],
@@ -67,6 +63,7 @@ class SupirEngine(WholeImageEngine):
         offload: bool = False,
         fp8: bool = False,
     ) -> None:
+        super().__init__()
         self.device = pick_device(device)
         resolved = resolve_precision(precision, self.device, supports_half=True, supports_bf16=True)
         self.options = options or RestoreOptions()
@@ -79,50 +76,15 @@ class SupirEngine(WholeImageEngine):
             store_fp8(model.control)
         self.model = model
         self.pipeline = SupirPipeline(model, self.device, offload=offload)
-        self._seconds_per_eval_pixel: float | None = None
-        self._lock = threading.Lock()
-        self.info = EngineInfo(
-            family="supir",
-            architecture="SUPIR",
-            native_scale=SCALES[0],
-            scales=SCALES,
-            precision=resolved,
-            precisions=available_precisions(self.device, True, True),
-            device=str(self.device),
-            parameters=sum(t.numel() for t in model.state_dict().values()),
-            context=0,
-            multiple_of=1,
-            bytes_per_pixel=0,  # not tiled by the pipeline: the engine plans its own memory
-            macs_per_pixel=0,
-            weights_sha256=weights_sha256,
-            max_output_pixels=MAX_OUTPUT_PIXELS,
-        )
+        parameters = sum(t.numel() for t in model.state_dict().values())
+        self.info = diffusion_info("supir", "SUPIR", resolved, self.device, parameters, weights_sha256)
 
-    def _check(self, width: int, height: int, scale: int) -> None:
-        if scale not in SCALES:
-            raise ParameterError(f"SUPIR offers x2, x3, x4, not x{scale}")
-        if width * scale * height * scale > MAX_OUTPUT_PIXELS:
-            raise ParameterError(
-                f"SUPIR output {width * scale}x{height * scale} is over {MAX_OUTPUT_PIXELS / 1e6:.1f} MP"
-            )
-
-    def upscale(
-        self,
-        image: torch.Tensor,
-        scale: int,
-        progress: Callable[[int, int], None] | None = None,
-    ) -> torch.Tensor:
-        height, width = image.shape[-2:]
-        self._check(width, height, scale)
+    def _stages(self) -> dict[str, tuple[int, int]]:
         steps = self.options.settings().num_steps
-        total = 3 + steps + 1
-        offsets = {"encode": 0, "sample": 3, "decode": 3 + steps}
+        return {"encode": (0, 3), "sample": (3, steps), "decode": (3 + steps, 1)}
 
-        def stage_progress(stage: str, done: int, _total: int) -> None:
-            if progress:
-                progress(offsets[stage] + done, total)
-
-        return self.pipeline.restore(image, scale, self.options, stage_progress)
+    def _restore(self, image: torch.Tensor, scale: int, progress: Callable[[str, int, int], None]) -> torch.Tensor:
+        return self.pipeline.restore(image, scale, self.options, progress)
 
     def _calibrate(self) -> float:
         """Seconds per latent pixel for one guided denoiser evaluation (cond + uncond)."""
@@ -139,31 +101,15 @@ class SupirEngine(WholeImageEngine):
             model.denoise(x, sigma, cond, 1.0)
             return (time.perf_counter() - started) / side**2
 
-    def estimate_seconds(self, width: int, height: int, scale: int) -> float:
-        self._check(width, height, scale)
-        with self._lock:
-            if self._seconds_per_eval_pixel is None:
-                self._seconds_per_eval_pixel = self._calibrate()
-            rate = self._seconds_per_eval_pixel
+    def _evaluations(self, width: int, height: int, scale: int) -> tuple[int, int]:
         o = self.options
         work_w, work_h = working_size(width, height, scale, o.min_side, o.unit)
-        latent = (work_w // 8) * (work_h // 8)
-        tiles = 1
-        if max(work_w, work_h) // 8 > o.sample_tile:
-            # overlapping tiles evaluate some latent pixels more than once
-            tiles_w = max(1, -(-(work_w // 8 - o.sample_tile) // o.sample_stride) + 1)
-            tiles_h = max(1, -(-(work_h // 8 - o.sample_tile) // o.sample_stride) + 1)
-            latent = tiles_w * tiles_h * o.sample_tile**2
-            tiles = tiles_w * tiles_h
-        evaluations = o.settings().num_steps
-        # the VAE passes (denoise encode, stage-1 decode, encode, final decode) cost about as much
-        # as a few denoiser evaluations at this size; counted as four
-        return rate * latent * (evaluations + 4) + 0.1 * tiles
+        latent = tiled_latent_pixels(work_w // 8, work_h // 8, o.sample_tile, o.sample_stride)
+        return latent, o.settings().num_steps
 
     def with_options(self, options: RestoreOptions) -> SupirEngine:
         """The same loaded model with other sampling options (shares the weights)."""
         clone = object.__new__(SupirEngine)
         clone.__dict__.update(self.__dict__)
         clone.options = options
-        clone.info = replace(self.info)
         return clone

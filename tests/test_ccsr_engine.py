@@ -1,0 +1,122 @@
+"""CCSR v1 end to end on the CPU with a tiny model in the official checkpoint layout: loading,
+the restoration pipeline tiled and untiled (with and without guidance), and the registry, CLI
+and upscale integration."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from sr_core.engines.ccsr.checkpoint import check_ccsr_files, load_ccsr
+from sr_core.engines.ccsr.model import CcsrConfig, CcsrModel
+from sr_core.engines.ccsr.pipeline import CcsrOptions, CcsrPipeline, working_size
+from sr_core.engines.ccsr.sampling import CcsrV1Settings
+from sr_core.engines.supir.model import official_shape
+from sr_core.errors import WeightsError
+from sr_core.registry import ModelRegistry
+from sr_core.upscale import upscale_file
+
+from .helpers import natural_image
+
+pytestmark = pytest.mark.slow
+FAST = CcsrV1Settings(steps=6)
+GUIDED = CcsrV1Settings(steps=6, cfg_scale=2.0)  # the classifier-free guidance branch
+
+
+@pytest.fixture(scope="module")
+def tiny() -> CcsrModel:
+    torch.manual_seed(0)
+    return CcsrModel(CcsrConfig.tiny(1)).eval()
+
+
+def _official_state(model: CcsrModel) -> dict[str, torch.Tensor]:
+    names = model.official_names()
+    return {
+        names[k]: v.reshape(official_shape(names[k], tuple(v.shape))).clone() for k, v in model.state_dict().items()
+    }
+
+
+@pytest.fixture(scope="module")
+def ccsr_weights(tmp_path_factory: pytest.TempPathFactory, tiny: CcsrModel) -> Path:
+    folder = tmp_path_factory.mktemp("weights")
+    (folder / "ccsr-tiny").mkdir()
+    state = _official_state(tiny)
+    state["decoder_loss.discriminator.main.0.weight"] = torch.zeros(64, 3, 4, 4)  # training-only
+    torch.save({"state_dict": state}, folder / "ccsr-tiny" / "real-world_ccsr.ckpt")
+    return folder
+
+
+def test_working_size_follows_the_official_arithmetic():
+    assert working_size(100, 75, 4, 512, 64) == (640, 512)  # 400x300 -> short side 512 -> floor 64
+    assert working_size(333, 250, 4, 512, 64) == (1332 // 64 * 64, 1000 // 64 * 64)
+
+
+def test_the_checkpoint_loads_strictly_and_ignores_the_discriminator(tiny, ccsr_weights, tmp_path):
+    files = [ccsr_weights / "ccsr-tiny" / "real-world_ccsr.ckpt"]
+    check = check_ccsr_files(files)
+    assert check.complete and check.config == CcsrConfig.tiny(1)
+    assert check.ignored == ["decoder_loss.discriminator.main.0.weight"]
+    loaded = load_ccsr(files)
+    x, hint, t = torch.randn(1, 4, 8, 8), torch.randn(1, 4, 8, 8), torch.tensor([700])
+    with torch.no_grad():
+        a = tiny.eps(x, t, {"c_crossattn": tiny.text([""]), "c_latent": hint})
+        b = loaded.eps(x, t, {"c_crossattn": loaded.text([""]), "c_latent": hint})
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    broken = _official_state(tiny)
+    del broken["control_model.zero_convs.3.0.weight"]
+    torch.save(broken, tmp_path / "broken.ckpt")
+    with pytest.raises(WeightsError, match=r"control_model\.zero_convs\.3\.0\.weight"):
+        load_ccsr([tmp_path / "broken.ckpt"])
+
+
+@pytest.mark.parametrize(
+    ("tiled", "sampler"),
+    [
+        (False, FAST),
+        (True, FAST),
+        (False, CcsrV1Settings(steps=6, cfg_scale=2.0)),
+        (True, CcsrV1Settings(steps=6, cfg_scale=2.0)),
+    ],
+)
+def test_restoration_runs_tiled_and_untiled(tiny, tiled, sampler):
+    pipeline = CcsrPipeline(tiny)
+    options = CcsrOptions(
+        sampler=sampler, min_side=64, tile=32 if tiled else 512, tile_stride=16, vae_encoder_tile=32,
+        vae_decoder_tile=4, negative="blurry",
+    )  # fmt: skip
+    image = torch.from_numpy(natural_image(20, 28)).permute(2, 0, 1)[None].float() / 255
+    seen: list[tuple[str, int, int]] = []
+    out = pipeline.restore(image, 2, options, progress=lambda s, d, n: seen.append((s, d, n)))
+    assert out.shape == (1, 3, 40, 56) and torch.isfinite(out).all() and 0 <= out.min() <= out.max() <= 1
+    calls = len(sampler.plan.loop_indices) + 1
+    assert [d for s, d, _ in seen if s == "sample"] == list(range(1, calls + 1))
+    assert torch.equal(out, pipeline.restore(image, 2, options))
+
+
+def test_registry_cli_and_upscale(ccsr_weights, tmp_path):
+    registry = ModelRegistry(ccsr_weights, ccsr={"steps": 6, "min_side": 64})
+    entries = {e.name: e for e in registry.entries()}
+    assert entries["ccsr-tiny"].source == "ccsr"
+    row = registry.describe("ccsr-tiny").to_dict()
+    assert row["architecture"] == "CCSR" and row["price_class"] == "diffusion"
+    engine = registry.load_engine("ccsr-tiny")
+    source = tmp_path / "in.png"
+    Image.fromarray(natural_image(20, 28)).save(source)
+    progress: list[tuple[int, int]] = []
+    upscale_file(engine, source, tmp_path / "out.png", progress=lambda d, n: progress.append((d, n)))
+    assert np.asarray(Image.open(tmp_path / "out.png")).shape == (40, 56, 3)
+    assert progress[-1][0] == progress[-1][1]
+    assert engine.estimate_seconds(28, 20, 2) > 0
+    check = subprocess.run(
+        [sys.executable, "-m", "service.cli", "models", "check", str(ccsr_weights / "ccsr-tiny")],
+        capture_output=True,
+        text=True,
+    )
+    assert check.returncode == 0, check.stderr
+    assert "a complete CCSR v1" in check.stdout and "ccsr-controlnet" in check.stdout
