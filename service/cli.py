@@ -150,6 +150,12 @@ def cmd_models_check(args: argparse.Namespace) -> int:
     from sr_core.engines.supir.checkpoint import check_files
 
     paths = [Path(p) for p in args.paths]
+    from sr_core.engines.ccsr.v2 import check_v2_folder, is_v2_folder
+
+    if len(paths) == 1 and paths[0].is_dir() and is_v2_folder(paths[0]):
+        v2 = check_v2_folder(paths[0])
+        print(f"{v2.title}: " + v2.summary())
+        return 0 if v2.complete else 1
     files: list[Path] = []
     for path in paths:
         if path.is_dir():

@@ -129,14 +129,15 @@ class ModelRegistry:
             engine = self._engines.get(key)
             if engine is None:
                 if entry.source == "ccsr":
-                    from .engines.ccsr.engine import CcsrEngine, ccsr_options
+                    from .engines.ccsr.engine import CcsrEngine
 
                     engine = CcsrEngine(
                         entry.files,
                         weights_sha256=digest,
                         device=device,
                         precision=precision,
-                        options=ccsr_options(self.ccsr),
+                        settings=self.ccsr,
+                        folder=entry.path,
                     )
                 elif entry.source == "supir":
                     from .engines.supir.engine import SupirEngine, SupirSetup  # heavy imports, only when used
@@ -176,6 +177,11 @@ class ModelRegistry:
 
         if entry.source == "ccsr":
             from .engines.ccsr.checkpoint import check_ccsr_files as check_files
+            from .engines.ccsr.v2 import check_v2_folder, is_v2_folder
+
+            if entry.path is not None and is_v2_folder(entry.path):
+                path = entry.path
+                check_files = lambda _files: check_v2_folder(path)  # noqa: E731
         else:
             from .engines.supir.checkpoint import check_files
         try:

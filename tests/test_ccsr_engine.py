@@ -120,3 +120,60 @@ def test_registry_cli_and_upscale(ccsr_weights, tmp_path):
     )
     assert check.returncode == 0, check.stderr
     assert "a complete CCSR v1" in check.stdout and "ccsr-controlnet" in check.stdout
+
+
+@pytest.fixture(scope="module")
+def v2_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """weights/ccsr-v2-tiny/ as the released v2 is laid out: diffusers folders."""
+    from safetensors.torch import save_file
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    torch.manual_seed(1)
+    model = CcsrModel(CcsrConfig.tiny(2))
+    folder = tmp_path_factory.mktemp("weights")
+    root = folder / "ccsr-v2-tiny"
+    model.unet.save_pretrained(root / "unet")
+    model.vae.save_pretrained(root / "vae")
+    (root / "controlnet").mkdir()
+    state = {k: v.contiguous() for k, v in model.control.state_dict().items()}
+    save_file(state, root / "controlnet" / "diffusion_pytorch_model.safetensors")
+    text = CLIPTextConfig(
+        vocab_size=49408, hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=1,
+        max_position_embeddings=77, hidden_act="gelu",
+    )  # fmt: skip
+    CLIPTextModel(text).save_pretrained(root / "text_encoder")
+    return folder
+
+
+@pytest.mark.parametrize("preset", ["one_step", "multi_step"])
+def test_v2_folders_load_and_restore(v2_weights, tmp_path, preset):
+    registry = ModelRegistry(v2_weights, ccsr={"preset": preset, "process_size": 64, "negative": "blurry"})
+    row = registry.describe("ccsr-v2-tiny").to_dict()
+    assert row["architecture"] == "CCSR" and row["price_class"] == "diffusion"
+    engine = registry.load_engine("ccsr-v2-tiny")
+    assert engine.info.architecture == "CCSR-v2"
+    source = tmp_path / "in.png"
+    Image.fromarray(natural_image(20, 28)).save(source)
+    progress: list[tuple[int, int]] = []
+    upscale_file(engine, source, tmp_path / "out.png", progress=lambda d, n: progress.append((d, n)))
+    assert np.asarray(Image.open(tmp_path / "out.png")).shape == (40, 56, 3)
+    calls = 1 if preset == "one_step" else 2  # 999 | 999 then 499
+    assert progress[-1] == (calls + 2, calls + 2)
+
+
+def test_v2_check_names_a_broken_controlnet(v2_weights, tmp_path):
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    broken = tmp_path / "ccsr-v2-broken"
+    shutil.copytree(v2_weights / "ccsr-v2-tiny", broken)
+    weights = broken / "controlnet" / "diffusion_pytorch_model.safetensors"
+    state = load_file(weights)
+    del state["condition_conv_in.weight"]
+    save_file(state, weights)
+    result = subprocess.run(
+        [sys.executable, "-m", "service.cli", "models", "check", str(broken)], capture_output=True, text=True
+    )
+    assert result.returncode == 1
+    assert "NOT a complete CCSR v2" in result.stdout and "controlnet.condition_conv_in.weight" in result.stdout

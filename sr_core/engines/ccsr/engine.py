@@ -14,16 +14,39 @@ from ...device import Precision, pick_device, resolve_precision
 from ...errors import ParameterError
 from ..diffusion.engine import DiffusionEngine, diffusion_info, tiled_latent_pixels
 from .checkpoint import load_ccsr
+from .model import CcsrModel
 from .pipeline import CcsrOptions, CcsrPipeline, working_size
-from .sampling import CcsrV1Settings
+from .sampling import CcsrV1Settings, CcsrV2Settings
+from .v2 import CcsrV2Model, CcsrV2Options, is_v2_folder, load_ccsr_v2, restore_v2, v2_working_size
 
 _CALIBRATION_LATENT = 16
+
+
+V2_PRESETS = {"multi_step": CcsrV2Settings.MULTI_STEP, "one_step": CcsrV2Settings.ONE_STEP}
+
+
+def ccsr_v2_options(values: Mapping[str, Any] | None) -> CcsrV2Options:
+    """v2 from plain values: preset (multi_step, one_step), seed, prompt, negative, color_fix,
+    strength, process_size; v1-only values (steps, t_max, t_min, cfg_scale, min_side) are not used."""
+    values = {k: v for k, v in dict(values or {}).items() if v is not None}
+    preset = values.pop("preset", "multi_step")
+    if preset not in V2_PRESETS:
+        raise ParameterError(f"unknown CCSR v2 preset {preset!r}; one of {', '.join(V2_PRESETS)}")
+    for v1_only in ("steps", "t_max", "t_min", "cfg_scale", "min_side"):
+        values.pop(v1_only, None)
+    known = {"seed", "prompt", "negative", "color_fix", "strength", "tile", "tile_stride", "process_size"}
+    unknown = set(values) - known
+    if unknown:
+        raise ParameterError(f"unknown CCSR settings: {', '.join(sorted(unknown))}")
+    return CcsrV2Options(sampler=V2_PRESETS[preset], **values)
 
 
 def ccsr_options(values: Mapping[str, Any] | None) -> CcsrOptions:
     """From plain values (SATSCALE_CCSR_* settings, CLI flags): steps, t_max, t_min, cfg_scale,
     seed, prompt, color_fix, min_side, strength. Unknown names are refused."""
     values = dict(values or {})
+    values.pop("preset", None)  # v2's
+    values.pop("process_size", None)
     sampler = {k: values.pop(k) for k in ("steps", "t_max", "t_min", "cfg_scale") if values.get(k) is not None}
     values = {k: v for k, v in values.items() if v is not None}
     known = {"seed", "prompt", "negative", "color_fix", "min_side", "strength", "tile", "tile_stride"}
@@ -37,6 +60,8 @@ def ccsr_options(values: Mapping[str, Any] | None) -> CcsrOptions:
 
 
 class CcsrEngine(DiffusionEngine):
+    """v1 from its checkpoint file, or v2 from a folder of diffusers parts (`folder`)."""
+
     def __init__(
         self,
         files: Sequence[Path],
@@ -44,26 +69,42 @@ class CcsrEngine(DiffusionEngine):
         weights_sha256: str,
         device: str | None = None,
         precision: Precision | str = Precision.AUTO,
-        options: CcsrOptions | None = None,
+        settings: Mapping[str, Any] | None = None,
+        folder: Path | None = None,
     ) -> None:
         super().__init__()
         self.device = pick_device(device)
         resolved = resolve_precision(precision, self.device, supports_half=True, supports_bf16=True)
-        self.options = options or CcsrOptions()
-        model = load_ccsr(files, dtype=resolved.dtype)
+        self.version = 2 if folder is not None and is_v2_folder(folder) else 1
+        if self.version == 2:
+            self.v2_options = ccsr_v2_options(settings)
+            model: CcsrModel | CcsrV2Model = load_ccsr_v2(folder, dtype=resolved.dtype).to(self.device)
+        else:
+            self.options = ccsr_options(settings)
+            model = load_ccsr(files, dtype=resolved.dtype)
+            self.pipeline = CcsrPipeline(model, self.device)
         if resolved is Precision.FP16:
             model.vae.to(torch.bfloat16)  # as for SUPIR: no fp16 autoencoder
-            model.cond_encoder.to(torch.bfloat16)
+            if isinstance(model, CcsrModel):
+                model.cond_encoder.to(torch.bfloat16)
         self.model = model
-        self.pipeline = CcsrPipeline(model, self.device)
         parameters = sum(t.numel() for t in model.parameters())
-        self.info = diffusion_info("ccsr", "CCSR", resolved, self.device, parameters, weights_sha256)
+        name = "CCSR" if self.version == 1 else "CCSR-v2"
+        self.info = diffusion_info("ccsr", name, resolved, self.device, parameters, weights_sha256)
+
+    def _calls(self) -> int:
+        if self.version == 2:
+            plan = self.v2_options.sampler.plan
+            return 1 if plan.one_step else 1 + len(plan.loop_timesteps)
+        return len(self.options.sampler.plan.loop_indices) + 1
 
     def _stages(self) -> dict[str, tuple[int, int]]:
-        calls = len(self.options.sampler.plan.loop_indices) + 1
+        calls = self._calls()
         return {"encode": (0, 1), "sample": (1, calls), "decode": (1 + calls, 1)}
 
     def _restore(self, image: torch.Tensor, scale: int, progress: Callable[[str, int, int], None]) -> torch.Tensor:
+        if self.version == 2:
+            return restore_v2(self.model, image, scale, self.v2_options, progress)  # type: ignore[arg-type]
         return self.pipeline.restore(image, scale, self.options, progress)
 
     def _calibrate(self) -> float:
@@ -80,8 +121,12 @@ class CcsrEngine(DiffusionEngine):
             return (time.perf_counter() - started) / side**2
 
     def _evaluations(self, width: int, height: int, scale: int) -> tuple[int, int]:
+        if self.version == 2:
+            o2 = self.v2_options
+            work_w, work_h = v2_working_size(width, height, scale, o2.process_size)
+            latent = tiled_latent_pixels(work_w // 8, work_h // 8, o2.tile // 8, o2.tile_stride // 8)
+            return latent, self._calls() * (2 if o2.sampler.guided else 1)
         o = self.options
         work_w, work_h = working_size(width, height, scale, o.min_side, o.unit)
         latent = tiled_latent_pixels(work_w // 8, work_h // 8, o.tile // 8, o.tile_stride // 8)
-        calls = len(o.sampler.plan.loop_indices) + 1
-        return latent, calls * (2 if o.sampler.cfg_scale != 1.0 else 1)
+        return latent, self._calls() * (2 if o.sampler.cfg_scale != 1.0 else 1)
