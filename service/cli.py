@@ -91,6 +91,7 @@ def _supir_flags(args: argparse.Namespace) -> dict:
 
 def _ccsr_flags(args: argparse.Namespace) -> dict:
     flags = {
+        "offload": args.offload or None,
         "steps": args.steps,
         "seed": args.seed,
         "prompt": args.prompt,

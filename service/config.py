@@ -89,10 +89,11 @@ class Settings(BaseSettings):
     ccsr_strength: float = 1.0
     #: CCSR v2 (diffusers folders): multi_step (6 steps, guidance 4.5) or one_step
     ccsr_preset: str = "multi_step"
+    ccsr_offload: bool = False  # sequential offloading (v1)
 
     def ccsr_setup(self) -> dict:
         """The CCSR settings as the model registry takes them."""
-        names = ("steps", "seed", "color_fix", "min_side", "strength", "preset")
+        names = ("steps", "seed", "color_fix", "min_side", "strength", "preset", "offload")
         return {name: getattr(self, f"ccsr_{name}") for name in names}
 
     def supir_setup(self) -> dict:

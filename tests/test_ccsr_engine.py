@@ -99,6 +99,16 @@ def test_restoration_runs_tiled_and_untiled(tiny, tiled, sampler):
     assert torch.equal(out, pipeline.restore(image, 2, options))
 
 
+def test_offloading_and_the_cached_empty_prompt_give_the_same_image(tiny):
+    options = CcsrOptions(sampler=FAST, min_side=64)
+    image = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    plain = CcsrPipeline(tiny)
+    first = plain.restore(image, 2, options)
+    assert list(plain._contexts) == [""]  # the empty-prompt embedding, computed once
+    assert torch.equal(first, plain.restore(image, 2, options))
+    assert torch.equal(first, CcsrPipeline(tiny, offload=True).restore(image, 2, options))
+
+
 def test_registry_cli_and_upscale(ccsr_weights, tmp_path):
     registry = ModelRegistry(ccsr_weights, ccsr={"steps": 6, "min_side": 64})
     entries = {e.name: e for e in registry.entries()}

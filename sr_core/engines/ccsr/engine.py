@@ -72,6 +72,8 @@ class CcsrEngine(DiffusionEngine):
         settings: Mapping[str, Any] | None = None,
         folder: Path | None = None,
     ) -> None:
+        settings = dict(settings or {})
+        offload = bool(settings.pop("offload", False))
         super().__init__()
         self.device = pick_device(device)
         resolved = resolve_precision(precision, self.device, supports_half=True, supports_bf16=True)
@@ -82,7 +84,7 @@ class CcsrEngine(DiffusionEngine):
         else:
             self.options = ccsr_options(settings)
             model = load_ccsr(files, dtype=resolved.dtype)
-            self.pipeline = CcsrPipeline(model, self.device)
+            self.pipeline = CcsrPipeline(model, self.device, offload=offload)
         if resolved is Precision.FP16:
             model.vae.to(torch.bfloat16)  # as for SUPIR: no fp16 autoencoder
             if isinstance(model, CcsrModel):

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from ..diffusion.colorfix import adain_color_fix, wavelet_color_fix
+from ..diffusion.offload import stage_on_device
 from ..diffusion.tiled_vae import tiled_decode, tiled_encode
 from .model import CcsrModel
 from .sampling import CcsrV1Settings, ccsr_v1_sample, ccsr_v1_sample_tiled
@@ -47,9 +48,20 @@ def working_size(width: int, height: int, scale: float, min_side: int, unit: int
 
 
 class CcsrPipeline:
-    def __init__(self, model: CcsrModel, device: torch.device | str = "cpu") -> None:
-        self.model = model.eval().requires_grad_(False).to(device)
+    def __init__(self, model: CcsrModel, device: torch.device | str = "cpu", offload: bool = False) -> None:
+        self.model = model.eval().requires_grad_(False)
         self.device = torch.device(device)
+        self.offload = offload
+        if not offload:
+            self.model.to(self.device)
+        self._contexts: dict[str, torch.Tensor] = {}
+
+    def _context(self, prompt: str) -> torch.Tensor:
+        """Text context, computed once per prompt (the default empty prompt: once per model)."""
+        if prompt not in self._contexts:
+            with stage_on_device(self.device, self.offload, self.model.text):
+                self._contexts[prompt] = self.model.text([prompt]).to("cpu")
+        return self._contexts[prompt].to(self.device)
 
     @torch.no_grad()
     def restore(
@@ -74,18 +86,18 @@ class CcsrPipeline:
         control = F.interpolate(image.float(), size=(work_h, work_w), mode="bicubic", antialias=True).clamp(0, 1)
         report("encode", 0, 1)
         encoder = model.cond_encoder
-        moments = tiled_encode(
-            encoder.encoder, (control * 2 - 1).to(self.device, dtype), tile_size=options.vae_encoder_tile, offload=None
-        )
-        mean, _ = encoder.quant_conv(moments).float().chunk(2, dim=1)
+        with stage_on_device(self.device, self.offload, encoder):
+            pixels_in = (control * 2 - 1).to(self.device, dtype)
+            moments = tiled_encode(encoder.encoder, pixels_in, tile_size=options.vae_encoder_tile, offload=None)
+            mean, _ = encoder.quant_conv(moments).float().chunk(2, dim=1)
         c_latent = mean * model.config.vae.scaling_factor  # the posterior's mode, as apply_condition_encoder
         report("encode", 1, 1)
 
         settings = options.sampler
-        cond = {"c_crossattn": model.text([options.prompt]), "c_latent": c_latent, "control_scale": options.strength}
+        cond = {"c_crossattn": self._context(options.prompt), "c_latent": c_latent, "control_scale": options.strength}
         uncond = None
         if settings.cfg_scale != 1.0:
-            uncond = cond | {"c_crossattn": model.text([options.negative])}
+            uncond = cond | {"c_crossattn": self._context(options.negative)}
         x_t = torch.randn(c_latent.shape, generator=generator).to(self.device)
         tile = options.tile // 8
 
@@ -93,18 +105,20 @@ class CcsrPipeline:
             report("sample", done, total)
 
         common = dict(generator=generator, progress=sampler_progress, device=self.device)
-        if max(c_latent.shape[-2:]) > tile:
-            stride = options.tile_stride // 8
-            latent = ccsr_v1_sample_tiled(
-                model.eps, x_t, cond, uncond, settings, tile_size=tile, tile_stride=stride, **common
-            )
-        else:
-            latent = ccsr_v1_sample(model.eps, x_t, cond, uncond, settings, **common)
+        with stage_on_device(self.device, self.offload, model.unet, model.control):
+            if max(c_latent.shape[-2:]) > tile:
+                stride = options.tile_stride // 8
+                latent = ccsr_v1_sample_tiled(
+                    model.eps, x_t, cond, uncond, settings, tile_size=tile, tile_stride=stride, **common
+                )
+            else:
+                latent = ccsr_v1_sample(model.eps, x_t, cond, uncond, settings, **common)
 
         report("decode", 0, 1)
         vae = model.vae
-        z = vae.post_quant_conv((latent / model.config.vae.scaling_factor).to(self.device, dtype))
-        pixels = tiled_decode(vae.decoder, z, tile_size=options.vae_decoder_tile, offload=None).float()
+        with stage_on_device(self.device, self.offload, vae):
+            z = vae.post_quant_conv((latent / model.config.vae.scaling_factor).to(self.device, dtype))
+            pixels = tiled_decode(vae.decoder, z, tile_size=options.vae_decoder_tile, offload=None).float()
         pixels = (pixels.cpu() + 1) / 2
         if options.color_fix == "adain":
             pixels = adain_color_fix(pixels, control)

@@ -16,8 +16,8 @@ The VAE runs tiled (seamless: shared GroupNorm statistics) once the image exceed
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Literal
 
@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..diffusion.colorfix import adain_color_fix, wavelet_color_fix
+from ..diffusion.offload import stage_on_device
 from ..diffusion.tiled_vae import tiled_decode, tiled_encode
 from .model import SupirModel
 from .sampling import PRESETS, SamplerSettings, restore_sample, tiled_restore_sample
@@ -90,20 +91,9 @@ class SupirPipeline:
         if not offload:
             self.model.to(self.device)
 
-    @contextmanager
-    def _on_device(self, *modules: nn.Module) -> Iterator[None]:
+    def _on_device(self, *modules: nn.Module) -> AbstractContextManager[None]:
         """Sequential offloading: the stage's modules live on the device only while it runs."""
-        if self.offload:
-            for module in modules:
-                module.to(self.device)
-        try:
-            yield
-        finally:
-            if self.offload:
-                for module in modules:
-                    module.to("cpu")
-                if self.device.type == "cuda":
-                    torch.cuda.empty_cache()
+        return stage_on_device(self.device, self.offload, *modules)
 
     def _encode(self, encoder: nn.Module, x: torch.Tensor, options: RestoreOptions) -> torch.Tensor:
         return tiled_encode(encoder, x, tile_size=options.vae_encoder_tile, offload=None)
