@@ -19,11 +19,10 @@ import torch
 from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKL
 from diffusers.models.autoencoders.vae import Encoder
 from diffusers.models.embeddings import TimestepEmbedding, Timesteps
-from diffusers.models.unets.unet_2d_blocks import get_down_block
 from torch import nn
 
 from ..diffusion.ldm_names import unet_key, vae_coder_key
-from ..diffusion.unet import UNetShape, build_mid, build_unet, down_block_types, embed, heads
+from ..diffusion.unet import UNetShape, build_down_blocks, build_mid, build_unet, embed, run_encoder
 from ..supir.config import ClipGShape, VaeShape
 from ..supir.text import OpenClipTextTower, tokenize
 from .schedule import CcsrV1Schedule
@@ -77,31 +76,7 @@ class CcsrControlNet(nn.Module):
             self.condition_conv_in = nn.Conv2d(shape.in_channels, c, 3, padding=1)
         self.time_proj = Timesteps(c, flip_sin_to_cos=True, downscale_freq_shift=0)
         self.time_embedding = TimestepEmbedding(c, shape.time_embed_dim)
-        per_level_heads = heads(shape)
-        self.down_blocks = nn.ModuleList()
-        in_ch = c
-        kinds = down_block_types(shape)
-        for level, (kind, out_ch) in enumerate(zip(kinds, shape.block_out_channels, strict=True)):
-            self.down_blocks.append(
-                get_down_block(
-                    kind,
-                    num_layers=shape.num_res_blocks,
-                    transformer_layers_per_block=shape.transformer_depth[level],
-                    in_channels=in_ch,
-                    out_channels=out_ch,
-                    temb_channels=shape.time_embed_dim,
-                    add_downsample=level != len(shape.channel_mult) - 1,
-                    resnet_eps=1e-5,
-                    resnet_act_fn="silu",
-                    resnet_groups=32,
-                    cross_attention_dim=shape.context_dim,
-                    num_attention_heads=per_level_heads[level],
-                    downsample_padding=1,
-                    use_linear_projection=True,
-                    attention_head_dim=per_level_heads[level],
-                )
-            )
-            in_ch = out_ch
+        self.down_blocks = build_down_blocks(shape)
         self.mid_block = build_mid(shape)
         self.controlnet_down_blocks = nn.ModuleList(nn.Conv2d(ch, ch, 1) for ch in shape.skip_channels())
         self.controlnet_mid_block = nn.Conv2d(shape.block_out_channels[-1], shape.block_out_channels[-1], 1)
@@ -120,14 +95,7 @@ class CcsrControlNet(nn.Module):
             h = self.conv_in(x) + self.condition_conv_in(hint)
         else:  # v1
             h = self.conv_in(torch.cat([x, hint], dim=1))
-        hs = [h]
-        for block in self.down_blocks:
-            if getattr(block, "has_cross_attention", False):
-                h, res = block(h, emb, encoder_hidden_states=context)
-            else:
-                h, res = block(h, emb)
-            hs.extend(res)
-        h = self.mid_block(h, emb, encoder_hidden_states=context)
+        h, hs = run_encoder(self.down_blocks, self.mid_block, h, emb, context)
         down = [conv(s) * scale for conv, s in zip(self.controlnet_down_blocks, hs, strict=True)]
         return down, self.controlnet_mid_block(h) * scale
 
@@ -197,22 +165,29 @@ class CcsrModel(nn.Module):
         return self.unet.conv_in.bias.dtype
 
     def eps(self, x: torch.Tensor, timesteps: torch.Tensor, cond: dict[str, torch.Tensor]) -> torch.Tensor:
-        """The noise prediction with control (ControlLDM.apply_model): cond["c_crossattn"] the
-        text context, cond["c_latent"] the low-quality latent; float32 out."""
-        dtype = self.dtype
-        x, context, hint = x.to(dtype), cond["c_crossattn"].to(dtype), cond["c_latent"].to(dtype)
-        down, mid = self.control(x, hint, timesteps, context, float(cond.get("control_scale", 1.0)))
-        out = self.unet(
-            x,
-            timesteps,
-            encoder_hidden_states=context,
-            down_block_additional_residuals=tuple(down),
-            mid_block_additional_residual=mid,
-        ).sample
-        return out.float()
+        return controlled_eps(self.unet, self.control, x, timesteps, cond)
 
     def official_names(self) -> dict[str, str]:
         return {k: ccsr_official_name(k, self.config) for k in self.state_dict()}
+
+
+def controlled_eps(
+    unet: nn.Module, control: CcsrControlNet, x: torch.Tensor, timesteps: torch.Tensor, cond: dict
+) -> torch.Tensor:
+    """The noise prediction with control (ControlLDM.apply_model; v2's pipeline step):
+    cond["c_crossattn"] the text context, cond["c_latent"] the low-quality latent,
+    cond["control_scale"] the strength; inputs cast to the UNet's dtype, float32 out."""
+    dtype = unet.conv_in.bias.dtype
+    x, context, hint = x.to(dtype), cond["c_crossattn"].to(dtype), cond["c_latent"].to(dtype)
+    down, mid = control(x, hint, timesteps, context, float(cond.get("control_scale", 1.0)))
+    out = unet(
+        x,
+        timesteps,
+        encoder_hidden_states=context,
+        down_block_additional_residuals=tuple(down),
+        mid_block_additional_residual=mid,
+    ).sample
+    return out.float()
 
 
 # the v1 ControlNet's zero convs are `zero_convs.N.0` / `middle_block_out.0` in ldm naming

@@ -26,7 +26,7 @@ from ..diffusion.colorfix import adain_color_fix, wavelet_color_fix
 from ..diffusion.tiled_vae import tiled_decode, tiled_encode
 from ..diffusion.unet import UNetShape
 from ..supir.text import tokenize
-from .model import SD21_UNET, CcsrControlNet
+from .model import SD21_UNET, CcsrControlNet, controlled_eps
 from .sampling import CcsrV2Settings, ccsr_v2_sample
 
 V2_PARTS = ("unet", "controlnet", "vae", "text_encoder")
@@ -89,17 +89,7 @@ class CcsrV2Model(nn.Module):
         return self.unet.conv_in.bias.dtype
 
     def eps(self, x: torch.Tensor, timesteps: torch.Tensor, cond: dict) -> torch.Tensor:
-        dtype = self.dtype
-        x, context, hint = x.to(dtype), cond["c_crossattn"].to(dtype), cond["c_latent"].to(dtype)
-        down, mid = self.control(x, hint, timesteps, context, float(cond.get("control_scale", 1.0)))
-        out = self.unet(
-            x,
-            timesteps,
-            encoder_hidden_states=context,
-            down_block_additional_residuals=tuple(down),
-            mid_block_additional_residual=mid,
-        ).sample
-        return out.float()
+        return controlled_eps(self.unet, self.control, x, timesteps, cond)
 
 
 def load_ccsr_v2(folder: Path, dtype: torch.dtype = torch.float32) -> CcsrV2Model:

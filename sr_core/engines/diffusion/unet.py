@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import torch
 from diffusers.models.embeddings import TimestepEmbedding, Timesteps
-from diffusers.models.unets.unet_2d_blocks import get_mid_block
+from diffusers.models.unets.unet_2d_blocks import get_down_block, get_mid_block
 from diffusers.models.unets.unet_2d_condition import UNet2DConditionModel
 from torch import nn
 
@@ -125,3 +125,46 @@ def embed(
     if add_embedding is not None and y is not None:
         emb = emb + add_embedding(y.to(dtype))
     return emb
+
+
+def build_down_blocks(shape: UNetShape) -> nn.ModuleList:
+    """The UNet's encoder levels, as UNet2DConditionModel builds them (control encoders copy them)."""
+    per_level_heads = heads(shape)
+    blocks = nn.ModuleList()
+    in_ch = shape.model_channels
+    for level, (kind, out_ch) in enumerate(zip(down_block_types(shape), shape.block_out_channels, strict=True)):
+        blocks.append(
+            get_down_block(
+                kind,
+                num_layers=shape.num_res_blocks,
+                transformer_layers_per_block=shape.transformer_depth[level],
+                in_channels=in_ch,
+                out_channels=out_ch,
+                temb_channels=shape.time_embed_dim,
+                add_downsample=level != len(shape.channel_mult) - 1,
+                resnet_eps=1e-5,
+                resnet_act_fn="silu",
+                resnet_groups=32,
+                cross_attention_dim=shape.context_dim,
+                num_attention_heads=per_level_heads[level],
+                downsample_padding=1,
+                use_linear_projection=True,
+                attention_head_dim=per_level_heads[level],
+            )
+        )
+        in_ch = out_ch
+    return blocks
+
+
+def run_encoder(
+    down_blocks: nn.ModuleList, mid_block: nn.Module, h: torch.Tensor, emb: torch.Tensor, context: torch.Tensor
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Encoder levels and middle block: (the middle block's output, every skip output incl. `h`)."""
+    hs = [h]
+    for block in down_blocks:
+        if getattr(block, "has_cross_attention", False):
+            h, res = block(h, emb, encoder_hidden_states=context)
+        else:
+            h, res = block(h, emb)
+        hs.extend(res)
+    return mid_block(h, emb, encoder_hidden_states=context), hs

@@ -12,10 +12,9 @@ from __future__ import annotations
 
 import torch
 from diffusers.models.embeddings import TimestepEmbedding, Timesteps
-from diffusers.models.unets.unet_2d_blocks import get_down_block
 from torch import nn
 
-from ..diffusion.unet import UNetShape, build_mid, build_unet, down_block_types, embed, heads
+from ..diffusion.unet import UNetShape, build_down_blocks, build_mid, build_unet, embed, run_encoder
 from .connectors import ZeroCrossAttn, ZeroSFT
 
 
@@ -31,30 +30,7 @@ class GLVControl(nn.Module):
         self.add_embedding = TimestepEmbedding(shape.adm_in_channels, shape.time_embed_dim)
         self.conv_in = nn.Conv2d(shape.in_channels, c, 3, padding=1)
         self.input_hint_block = nn.Conv2d(shape.in_channels, c, 3, padding=1)
-        per_level_heads = heads(shape)
-        self.down_blocks = nn.ModuleList()
-        in_ch = c
-        for level, (kind, out_ch) in enumerate(zip(down_block_types(shape), shape.block_out_channels, strict=True)):
-            self.down_blocks.append(
-                get_down_block(
-                    kind,
-                    num_layers=shape.num_res_blocks,
-                    transformer_layers_per_block=shape.transformer_depth[level],
-                    in_channels=in_ch,
-                    out_channels=out_ch,
-                    temb_channels=shape.time_embed_dim,
-                    add_downsample=level != len(shape.channel_mult) - 1,
-                    resnet_eps=1e-5,
-                    resnet_act_fn="silu",
-                    resnet_groups=32,
-                    cross_attention_dim=shape.context_dim,
-                    num_attention_heads=per_level_heads[level],
-                    downsample_padding=1,
-                    use_linear_projection=True,
-                    attention_head_dim=per_level_heads[level],
-                )
-            )
-            in_ch = out_ch
+        self.down_blocks = build_down_blocks(shape)
         self.mid_block = build_mid(shape)
 
     def forward(
@@ -69,17 +45,8 @@ class GLVControl(nn.Module):
         dtype = x.dtype
         xt, context = xt.to(dtype), context.to(dtype)
         emb = embed(self.time_proj, self.time_embedding, self.add_embedding, timesteps, y, dtype)
-        h = self.conv_in(xt) + self.input_hint_block(x)
-        hs = [h]
-        for block in self.down_blocks:
-            if getattr(block, "has_cross_attention", False):
-                h, res = block(h, emb, encoder_hidden_states=context)
-            else:
-                h, res = block(h, emb)
-            hs.extend(res)
-        h = self.mid_block(h, emb, encoder_hidden_states=context)
-        hs.append(h)
-        return hs
+        h, hs = run_encoder(self.down_blocks, self.mid_block, self.conv_in(xt) + self.input_hint_block(x), emb, context)
+        return [*hs, h]
 
 
 class SupirUNet(nn.Module):
@@ -115,15 +82,7 @@ class SupirUNet(nn.Module):
         dtype = control[0].dtype
         x, context = x.to(dtype), context.to(dtype)
         emb = embed(base.time_proj, base.time_embedding, base.add_embedding, timesteps, y, dtype)
-        h = base.conv_in(x)
-        hs = [h]
-        for block in base.down_blocks:
-            if getattr(block, "has_cross_attention", False):
-                h, res = block(h, emb, encoder_hidden_states=context)
-            else:
-                h, res = block(h, emb)
-            hs.extend(res)
-        h = base.mid_block(h, emb, encoder_hidden_states=context)
+        h, hs = run_encoder(base.down_blocks, base.mid_block, base.conv_in(x), emb, context)
 
         adapter = len(self.project_modules) - 1
         ci = len(control) - 1
