@@ -16,8 +16,6 @@ from dataclasses import dataclass, field, replace
 from typing import Literal
 
 import torch
-from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKL
-from diffusers.models.autoencoders.vae import Encoder
 from diffusers.models.embeddings import TimestepEmbedding, Timesteps
 from torch import nn
 
@@ -25,6 +23,7 @@ from ..diffusion.ldm_names import unet_key, vae_coder_key
 from ..diffusion.unet import UNetShape, build_down_blocks, build_mid, build_unet, embed, run_encoder
 from ..supir.config import ClipGShape, VaeShape
 from ..supir.text import OpenClipTextTower, tokenize
+from ..supir.vae import build_autoencoder, build_encoder
 from .schedule import CcsrV1Schedule
 
 #: SD 2.1-base: attention_resolutions [4, 2, 1] over channel_mult [1, 2, 4, 4], depth 1
@@ -105,16 +104,7 @@ class ConditionEncoder(nn.Module):
 
     def __init__(self, vae: VaeShape) -> None:
         super().__init__()
-        n = len(vae.block_out_channels)
-        self.encoder = Encoder(
-            in_channels=3,
-            out_channels=vae.latent_channels,
-            down_block_types=("DownEncoderBlock2D",) * n,
-            block_out_channels=vae.block_out_channels,
-            layers_per_block=vae.layers_per_block,
-            norm_num_groups=vae.norm_num_groups,
-            double_z=True,
-        )
+        self.encoder = build_encoder(vae)
         self.quant_conv = nn.Conv2d(2 * vae.latent_channels, 2 * vae.latent_channels, 1)
 
 
@@ -142,18 +132,7 @@ class CcsrModel(nn.Module):
         self.config = config
         self.unet = build_unet(config.unet)
         self.control = CcsrControlNet(config.unet, config.control_in_channels, condition_conv=config.version == 2)
-        n = len(config.vae.block_out_channels)
-        self.vae = AutoencoderKL(
-            in_channels=3,
-            out_channels=3,
-            down_block_types=("DownEncoderBlock2D",) * n,
-            up_block_types=("UpDecoderBlock2D",) * n,
-            block_out_channels=config.vae.block_out_channels,
-            layers_per_block=config.vae.layers_per_block,
-            latent_channels=config.vae.latent_channels,
-            norm_num_groups=config.vae.norm_num_groups,
-            scaling_factor=config.vae.scaling_factor,
-        )
+        self.vae = build_autoencoder(config.vae)
         self.text = ViTHText(config.text, config.vocab_size, config.context_length)
         if config.version == 1:
             self.cond_encoder = ConditionEncoder(config.vae)

@@ -12,31 +12,41 @@ from torch import nn
 from .config import VaeShape
 
 
+def build_autoencoder(shape: VaeShape) -> AutoencoderKL:
+    """diffusers' AutoencoderKL in the SD/SDXL layout (`shape`'s widths)."""
+    n = len(shape.block_out_channels)
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * n,
+        up_block_types=("UpDecoderBlock2D",) * n,
+        block_out_channels=shape.block_out_channels,
+        layers_per_block=shape.layers_per_block,
+        latent_channels=shape.latent_channels,
+        norm_num_groups=shape.norm_num_groups,
+        scaling_factor=shape.scaling_factor,
+    )
+
+
+def build_encoder(shape: VaeShape) -> Encoder:
+    """A copy of the VAE's encoder (SUPIR's denoise encoder, CCSR's condition encoder)."""
+    return Encoder(
+        in_channels=3,
+        out_channels=shape.latent_channels,
+        down_block_types=("DownEncoderBlock2D",) * len(shape.block_out_channels),
+        block_out_channels=shape.block_out_channels,
+        layers_per_block=shape.layers_per_block,
+        norm_num_groups=shape.norm_num_groups,
+        double_z=True,
+    )
+
+
 class SupirFirstStage(nn.Module):
     def __init__(self, shape: VaeShape) -> None:
         super().__init__()
-        n = len(shape.block_out_channels)
         self.scaling_factor = shape.scaling_factor
-        self.vae = AutoencoderKL(
-            in_channels=3,
-            out_channels=3,
-            down_block_types=("DownEncoderBlock2D",) * n,
-            up_block_types=("UpDecoderBlock2D",) * n,
-            block_out_channels=shape.block_out_channels,
-            layers_per_block=shape.layers_per_block,
-            latent_channels=shape.latent_channels,
-            norm_num_groups=shape.norm_num_groups,
-            scaling_factor=shape.scaling_factor,
-        )
-        self.denoise_encoder = Encoder(
-            in_channels=3,
-            out_channels=shape.latent_channels,
-            down_block_types=("DownEncoderBlock2D",) * n,
-            block_out_channels=shape.block_out_channels,
-            layers_per_block=shape.layers_per_block,
-            norm_num_groups=shape.norm_num_groups,
-            double_z=True,
-        )
+        self.vae = build_autoencoder(shape)
+        self.denoise_encoder = build_encoder(shape)
 
     @property
     def dtype(self) -> torch.dtype:
