@@ -89,7 +89,7 @@ class Settings(BaseSettings):
     ccsr_strength: float = 1.0
     #: CCSR v2 (diffusers folders): multi_step (6 steps, guidance 4.5) or one_step
     ccsr_preset: str = "multi_step"
-    ccsr_offload: bool = False  # sequential offloading (v1)
+    ccsr_offload: bool = False  # sequential offloading
 
     def ccsr_setup(self) -> dict:
         """The CCSR settings as the model registry takes them."""

@@ -187,3 +187,50 @@ def test_v2_check_names_a_broken_controlnet(v2_weights, tmp_path):
     )
     assert result.returncode == 1
     assert "NOT a complete CCSR v2" in result.stdout and "controlnet.condition_conv_in.weight" in result.stdout
+
+
+def test_v2_tiled_restoration_with_and_without_offloading(v2_weights, tmp_path):
+    settings = {"preset": "multi_step", "process_size": 64, "tile": 32, "tile_stride": 16}
+    engine = ModelRegistry(v2_weights, ccsr=settings).load_engine("ccsr-v2-tiny")
+    image = torch.from_numpy(natural_image(20, 28)).permute(2, 0, 1)[None].float() / 255
+    out = engine.upscale(image, 2)
+    assert out.shape == (1, 3, 40, 56) and torch.isfinite(out).all()
+    assert torch.equal(out, engine.upscale(image, 2))
+    offloaded = ModelRegistry(v2_weights, ccsr=settings | {"offload": True}).load_engine("ccsr-v2-tiny")
+    assert torch.equal(out, offloaded.upscale(image, 2))
+
+
+def test_ccsr_is_selectable_in_the_cli_the_api_and_the_web_app(ccsr_weights, tmp_path):
+    import os
+
+    import httpx
+
+    from app import create_app
+    from service.config import Settings
+
+    from .servers import serving
+
+    source = tmp_path / "in.png"
+    Image.fromarray(natural_image(20, 28)).save(source)
+    env = os.environ | {"SATSCALE_WEIGHTS_DIR": str(ccsr_weights)}
+    cli = subprocess.run(
+        [sys.executable, "-m", "service.cli", "upscale", str(source), "-o", str(tmp_path / "cli.png"), "-m",
+         "ccsr-tiny", "-s", "2", "--steps", "6", "--min-side", "64", "--color-fix", "wavelet"],
+        capture_output=True, text=True, env=env,
+    )  # fmt: skip
+    assert cli.returncode == 0, cli.stderr
+    assert Image.open(tmp_path / "cli.png").size == (56, 40)
+
+    registry = ModelRegistry(ccsr_weights, ccsr={"steps": 6, "min_side": 64})
+    app = create_app(Settings(data_dir=tmp_path / "data"), registry)
+    with serving(app) as url:
+        quote = httpx.get(f"{url}/v1/quote", params={"model": "ccsr-tiny", "width": 500, "height": 400, "scale": 2})
+        assert quote.status_code == 200 and quote.json()["rate_msat_per_megapixel"] == 500_000
+        files = {"image": ("in.png", source.read_bytes(), "image/png")}
+        challenge = httpx.post(f"{url}/v1/upscales", files=files, data={"model": "ccsr-tiny", "scale": "2"})
+        assert challenge.status_code == 402 and challenge.json()["amount_msat"] == 10_000  # the minimum
+        config = httpx.get(f"{url}/config", timeout=30).json()
+        choices = [
+            c["props"].get("choices") for c in config["components"] if c.get("props", {}).get("label") == "Model"
+        ]
+        assert any("ccsr-tiny" in str(options) for options in choices)

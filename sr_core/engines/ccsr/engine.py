@@ -80,7 +80,10 @@ class CcsrEngine(DiffusionEngine):
         self.version = 2 if folder is not None and is_v2_folder(folder) else 1
         if self.version == 2:
             self.v2_options = ccsr_v2_options(settings)
-            model: CcsrModel | CcsrV2Model = load_ccsr_v2(folder, dtype=resolved.dtype).to(self.device)
+            model: CcsrModel | CcsrV2Model = load_ccsr_v2(folder, dtype=resolved.dtype)
+            self.offload = offload
+            if not offload:
+                model.to(self.device)
         else:
             self.options = ccsr_options(settings)
             model = load_ccsr(files, dtype=resolved.dtype)
@@ -106,7 +109,15 @@ class CcsrEngine(DiffusionEngine):
 
     def _restore(self, image: torch.Tensor, scale: int, progress: Callable[[str, int, int], None]) -> torch.Tensor:
         if self.version == 2:
-            return restore_v2(self.model, image, scale, self.v2_options, progress)  # type: ignore[arg-type]
+            return restore_v2(
+                self.model,  # type: ignore[arg-type]
+                image,
+                scale,
+                self.v2_options,
+                progress,
+                device=self.device,
+                offload=self.offload,
+            )
         return self.pipeline.restore(image, scale, self.options, progress)
 
     def _calibrate(self) -> float:

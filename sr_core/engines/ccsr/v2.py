@@ -23,6 +23,7 @@ from transformers import CLIPTextModel
 from ...errors import WeightsError
 from ..diffusion.checkpoints import LayoutCheck, compare_layout, read_checkpoint, read_keys
 from ..diffusion.colorfix import adain_color_fix, wavelet_color_fix
+from ..diffusion.offload import stage_on_device
 from ..diffusion.tiled_vae import tiled_decode, tiled_encode
 from ..diffusion.unet import UNetShape
 from ..supir.text import tokenize
@@ -183,28 +184,35 @@ def restore_v2(
     scale: int,
     options: CcsrV2Options | None = None,
     progress: Callable[[str, int, int], None] | None = None,
+    device: torch.device | str | None = None,
+    offload: bool = False,
 ) -> torch.Tensor:
-    """image: 1x3xHxW RGB in [0, 1] -> 1x3x(H*scale)x(W*scale) in [0, 1] (float32, CPU)."""
+    """image: 1x3xHxW RGB in [0, 1] -> 1x3x(H*scale)x(W*scale) in [0, 1] (float32, CPU).
+    With `offload`, the model stays on the CPU and each stage visits `device` in turn."""
     options = options or CcsrV2Options()
     report = progress or (lambda stage, done, total: None)
     height, width = image.shape[-2:]
     work_w, work_h = v2_working_size(width, height, scale, options.process_size)
     generator = torch.Generator(device="cpu").manual_seed(options.seed)
-    device, dtype = model.unet.device, model.dtype
+    device = torch.device(device) if device is not None else model.unet.device
+    dtype = model.dtype
     lq = F.interpolate(image.float(), size=(work_h, work_w), mode="bicubic", antialias=True).clamp(0, 1)
     report("encode", 0, 1)
     vae = model.vae
-    moments = tiled_encode(
-        vae.encoder, (lq * 2 - 1).to(device, dtype), tile_size=options.vae_encoder_tile, offload=None
-    )
-    mean, logvar = vae.quant_conv(moments).float().chunk(2, dim=1)
+    with stage_on_device(device, offload, vae):
+        pixels_in = (lq * 2 - 1).to(device, dtype)
+        moments = tiled_encode(vae.encoder, pixels_in, tile_size=options.vae_encoder_tile, offload=None)
+        mean, logvar = vae.quant_conv(moments).float().chunk(2, dim=1)
     std = torch.exp(0.5 * logvar.clamp(-30.0, 20.0))
     sample = mean + std * torch.randn(mean.shape, generator=generator).to(mean.device)
     lq_latent = sample * vae.config.scaling_factor
     report("encode", 1, 1)
     settings = options.sampler
-    cond = {"c_crossattn": model.text([options.prompt]), "c_latent": lq_latent, "control_scale": options.strength}
-    uncond = cond | {"c_crossattn": model.text([options.negative])} if settings.guided else None
+    with stage_on_device(device, offload, model.text):
+        context = model.text([options.prompt]).to(device)
+        negative = model.text([options.negative]).to(device) if settings.guided else None
+    cond = {"c_crossattn": context, "c_latent": lq_latent, "control_scale": options.strength}
+    uncond = cond | {"c_crossattn": negative} if negative is not None else None
     tile = options.tile // 8
     tiles = {}
     if max(lq_latent.shape[-2:]) > tile:
@@ -213,12 +221,15 @@ def restore_v2(
     def sampler_progress(done: int, total: int) -> None:
         report("sample", done, total)
 
-    latent = ccsr_v2_sample(
-        model.eps, lq_latent, cond, uncond, settings, generator=generator, progress=sampler_progress, **tiles
-    )
+    with stage_on_device(device, offload, model.unet, model.control):
+        latent = ccsr_v2_sample(
+            model.eps, lq_latent, cond, uncond, settings, generator=generator, progress=sampler_progress, **tiles
+        )
     report("decode", 0, 1)
-    z = vae.post_quant_conv((latent / vae.config.scaling_factor).to(device, dtype))
-    pixels = (tiled_decode(vae.decoder, z, tile_size=options.vae_decoder_tile, offload=None).float().cpu() + 1) / 2
+    with stage_on_device(device, offload, vae):
+        z = vae.post_quant_conv((latent / vae.config.scaling_factor).to(device, dtype))
+        decoded = tiled_decode(vae.decoder, z, tile_size=options.vae_decoder_tile, offload=None)
+    pixels = (decoded.float().cpu() + 1) / 2
     if options.color_fix == "adain":
         pixels = adain_color_fix(pixels, lq)
     elif options.color_fix == "wavelet":
