@@ -40,7 +40,7 @@ from payments.backend import (
 )
 from sr_core.errors import ImageTooLargeError, ParameterError
 from sr_core.imageio import FORMAT_EXTENSIONS, ImageInfo, ImageLimits, OutputOptions, validate_image
-from sr_core.registry import ModelRegistry
+from sr_core.registry import DIFFUSION_TITLES, ModelRegistry
 from sr_core.tiling import MIN_TILE
 from sr_core.upscale import UpscaleOptions, upscale_file
 from sr_core.weights import sha256_file
@@ -181,6 +181,12 @@ class JobService:
         """Refuse (422) a tile size or precision this model cannot run with, before any invoice."""
         if request.tile is not None and not MIN_TILE <= request.tile <= MAX_REQUEST_TILE:
             raise ParameterError(f"tile size must be between {MIN_TILE} and {MAX_REQUEST_TILE} pixels")
+        if self.registry.get(request.model).source in DIFFUSION_TITLES:
+            # a multi-GB model is loaded once, in the server's precision; never per request
+            if request.precision not in ("auto", self.settings.precision):
+                server = self.settings.precision
+                raise ParameterError(f"{request.model} runs in the server's precision ({server}); leave it at auto")
+            return
         self.registry.load_engine(request.model, device=self.settings.device, precision=request.precision)
 
     async def estimate(self, model: str, width: int, height: int, scale: int | None = None) -> Estimate:

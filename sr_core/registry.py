@@ -128,6 +128,8 @@ class ModelRegistry:
         with self._lock:
             engine = self._engines.get(key)
             if engine is None:
+                # drop this model's other variant first: two diffusion models may not fit at once
+                self._engines = {k: v for k, v in self._engines.items() if k[0] != name}
                 if entry.source == "ccsr":
                     from .engines.ccsr.engine import CcsrEngine
 
@@ -156,7 +158,6 @@ class ModelRegistry:
                     engine = SpandrelEngine(
                         load_descriptor(path), weights_sha256=digest, device=device, precision=precision
                     )
-                self._engines = {k: v for k, v in self._engines.items() if k[0] != name}
                 self._engines[key] = engine
             return engine
 
@@ -193,8 +194,8 @@ class ModelRegistry:
             digest = self.weights_file(entry)[1]
             info = diffusion_info(entry.source, check.title.split()[0], precision, device, check.parameters, digest)
             return ModelDescription(entry, info)
-        except SatscaleError as exc:
-            return ModelDescription(entry, None, str(exc))
+        except (SatscaleError, OSError, ValueError, KeyError) as exc:  # a damaged folder is listed, not a 500
+            return ModelDescription(entry, None, f"{type(exc).__name__}: {exc}")
 
     def describe_all(self) -> list[ModelDescription]:
         return [self.describe(entry.name) for entry in self.entries()]

@@ -234,3 +234,11 @@ def test_ccsr_is_selectable_in_the_cli_the_api_and_the_web_app(ccsr_weights, tmp
             c["props"].get("choices") for c in config["components"] if c.get("props", {}).get("label") == "Model"
         ]
         assert any("ccsr-tiny" in str(options) for options in choices)
+
+
+def test_thin_images_tile_within_the_latent(tiny):
+    """A 4:1 image whose short latent side is below the tile size still samples tiled."""
+    # latent 8x16 with 12-pixel tiles: the short side is below the tile, the long side above it
+    options = CcsrOptions(sampler=FAST, min_side=32, tile=96, tile_stride=32, vae_encoder_tile=64, vae_decoder_tile=8)
+    out = CcsrPipeline(tiny).restore(torch.rand(1, 3, 8, 40), 2, options)
+    assert out.shape == (1, 3, 16, 80) and torch.isfinite(out).all()

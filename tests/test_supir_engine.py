@@ -199,6 +199,13 @@ def test_supir_is_sold_over_the_api_at_the_diffusion_rate(supir_weights, tmp_pat
         assert "2200x2200" in big.json()["detail"]
 
         image = _png(natural_image(20, 28))
+        # a multi-GB model is never reloaded per request: another precision is refused up front
+        other = client.post(
+            "/v1/upscales",
+            files={"image": ("in.png", image, "image/png")},
+            data={"model": "supir-tiny", "scale": "2", "precision": "fp32"},
+        )
+        assert other.status_code == 422 and "server's precision" in other.json()["detail"]
         data = {"model": "supir-tiny", "scale": "2"}
         response = client.post("/v1/upscales", files={"image": ("in.png", image, "image/png")}, data=data)
         assert response.status_code == 402, response.text

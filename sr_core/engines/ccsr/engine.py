@@ -12,14 +12,15 @@ import torch
 
 from ...device import Precision, pick_device, resolve_precision
 from ...errors import ParameterError
-from ..diffusion.engine import DiffusionEngine, diffusion_info, tiled_latent_pixels
+from ..diffusion.engine import DiffusionEngine, autoencoder_dtype, diffusion_info, synchronize, tiled_latent_pixels
+from ..diffusion.offload import stage_on_device
 from .checkpoint import load_ccsr
 from .model import CcsrModel
 from .pipeline import CcsrOptions, CcsrPipeline, working_size
 from .sampling import CcsrV1Settings, CcsrV2Settings
 from .v2 import CcsrV2Model, CcsrV2Options, is_v2_folder, load_ccsr_v2, restore_v2, v2_working_size
 
-_CALIBRATION_LATENT = 16
+_CALIBRATION_LATENT = 32
 
 
 V2_PRESETS = {"multi_step": CcsrV2Settings.MULTI_STEP, "one_step": CcsrV2Settings.ONE_STEP}
@@ -78,20 +79,20 @@ class CcsrEngine(DiffusionEngine):
         self.device = pick_device(device)
         resolved = resolve_precision(precision, self.device, supports_half=True, supports_bf16=True)
         self.version = 2 if folder is not None and is_v2_folder(folder) else 1
+        self.offload = offload
         if self.version == 2:
             self.v2_options = ccsr_v2_options(settings)
             model: CcsrModel | CcsrV2Model = load_ccsr_v2(folder, dtype=resolved.dtype)
-            self.offload = offload
             if not offload:
                 model.to(self.device)
         else:
             self.options = ccsr_options(settings)
             model = load_ccsr(files, dtype=resolved.dtype)
             self.pipeline = CcsrPipeline(model, self.device, offload=offload)
-        if resolved is Precision.FP16:
-            model.vae.to(torch.bfloat16)  # as for SUPIR: no fp16 autoencoder
+        if resolved is Precision.FP16:  # as for SUPIR: no fp16 autoencoder
+            model.vae.to(autoencoder_dtype(self.device))
             if isinstance(model, CcsrModel):
-                model.cond_encoder.to(torch.bfloat16)
+                model.cond_encoder.to(autoencoder_dtype(self.device))
         self.model = model
         parameters = sum(t.numel() for t in model.parameters())
         name = "CCSR" if self.version == 1 else "CCSR-v2"
@@ -123,15 +124,20 @@ class CcsrEngine(DiffusionEngine):
     def _calibrate(self) -> float:
         side = _CALIBRATION_LATENT
         model = self.model
+        offload = self.offload if self.version == 2 else self.pipeline.offload
         with torch.no_grad():
-            context = model.text([""]).to(self.device)
+            with stage_on_device(self.device, offload, model.text):
+                context = model.text([""]).to(self.device)
             cond = {"c_crossattn": context, "c_latent": torch.zeros(1, 4, side, side, device=self.device)}
             x = torch.zeros(1, 4, side, side, device=self.device)
             t = torch.tensor([500], device=self.device)
-            model.eps(x, t, cond)  # warm-up
-            started = time.perf_counter()
-            model.eps(x, t, cond)
-            return (time.perf_counter() - started) / side**2
+            with stage_on_device(self.device, offload, model.unet, model.control):
+                model.eps(x, t, cond)  # warm-up
+                synchronize(self.device)
+                started = time.perf_counter()
+                model.eps(x, t, cond)
+                synchronize(self.device)
+                return (time.perf_counter() - started) / side**2
 
     def _evaluations(self, width: int, height: int, scale: int) -> tuple[int, int]:
         if self.version == 2:

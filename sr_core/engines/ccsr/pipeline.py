@@ -106,8 +106,9 @@ class CcsrPipeline:
 
         common = dict(generator=generator, progress=sampler_progress, device=self.device)
         with stage_on_device(self.device, self.offload, model.unet, model.control):
+            tile = min(tile, *c_latent.shape[-2:])  # a thin image: tiles as wide as it
             if max(c_latent.shape[-2:]) > tile:
-                stride = options.tile_stride // 8
+                stride = min(options.tile_stride // 8, tile)
                 latent = ccsr_v1_sample_tiled(
                     model.eps, x_t, cond, uncond, settings, tile_size=tile, tile_stride=stride, **common
                 )
@@ -117,7 +118,8 @@ class CcsrPipeline:
         report("decode", 0, 1)
         vae = model.vae
         with stage_on_device(self.device, self.offload, vae):
-            z = vae.post_quant_conv((latent / model.config.vae.scaling_factor).to(self.device, dtype))
+            vae_dtype = vae.post_quant_conv.weight.dtype  # bf16/fp32 when the UNet runs in fp16
+            z = vae.post_quant_conv((latent / model.config.vae.scaling_factor).to(self.device, vae_dtype))
             pixels = tiled_decode(vae.decoder, z, tile_size=options.vae_decoder_tile, offload=None).float()
         pixels = (pixels.cpu() + 1) / 2
         if options.color_fix == "adain":

@@ -122,7 +122,10 @@ CcsrV2Settings.MULTI_STEP = CcsrV2Settings(num_inference_steps=6, t_max=0.6667, 
 
 
 def _randn(like: Tensor, generator: torch.Generator | None) -> Tensor:
-    return torch.randn(like.shape, generator=generator, device=like.device, dtype=like.dtype)
+    # drawn where the generator lives (a CPU generator for a CUDA latent), then moved: a seed
+    # gives the same image on every device
+    device = generator.device if generator is not None else like.device
+    return torch.randn(like.shape, generator=generator, device=device, dtype=like.dtype).to(like.device)
 
 
 def _state_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -229,7 +232,8 @@ def _v1_initial(x_t: Tensor | Sequence[int], generator: torch.Generator | None, 
         raise ValueError(f"the latent shape must be [B, C, H, W], got {list(shape)}")
     if device is None:
         device = generator.device if generator is not None else "cpu"
-    return torch.randn(shape, generator=generator, device=device, dtype=torch.float32)
+    source = generator.device if generator is not None else device
+    return torch.randn(shape, generator=generator, device=source, dtype=torch.float32).to(device)
 
 
 def _v1_run(

@@ -213,10 +213,10 @@ def restore_v2(
         negative = model.text([options.negative]).to(device) if settings.guided else None
     cond = {"c_crossattn": context, "c_latent": lq_latent, "control_scale": options.strength}
     uncond = cond | {"c_crossattn": negative} if negative is not None else None
-    tile = options.tile // 8
+    tile = min(options.tile // 8, *lq_latent.shape[-2:])  # a thin image: tiles as wide as it
     tiles = {}
     if max(lq_latent.shape[-2:]) > tile:
-        tiles = {"tile_size": tile, "tile_stride": options.tile_stride // 8}
+        tiles = {"tile_size": tile, "tile_stride": min(options.tile_stride // 8, tile)}
 
     def sampler_progress(done: int, total: int) -> None:
         report("sample", done, total)
@@ -227,9 +227,10 @@ def restore_v2(
         )
     report("decode", 0, 1)
     with stage_on_device(device, offload, vae):
-        z = vae.post_quant_conv((latent / vae.config.scaling_factor).to(device, dtype))
+        vae_dtype = vae.post_quant_conv.weight.dtype  # bf16/fp32 when the UNet runs in fp16
+        z = vae.post_quant_conv((latent / vae.config.scaling_factor).to(device, vae_dtype))
         decoded = tiled_decode(vae.decoder, z, tile_size=options.vae_decoder_tile, offload=None)
-    pixels = (decoded.float().cpu() + 1) / 2
+    pixels = ((decoded.float().cpu() + 1) / 2).clamp(0, 1)
     if options.color_fix == "adain":
         pixels = adain_color_fix(pixels, lq)
     elif options.color_fix == "wavelet":

@@ -18,6 +18,20 @@ MAX_OUTPUT_PIXELS = 2048 * 2048
 SCALES = (2, 3, 4)
 
 
+def autoencoder_dtype(device: torch.device) -> torch.dtype:
+    """The autoencoder's dtype when the denoiser runs in fp16: the official code reports NaNs in
+    an fp16 VAE, so bf16 where the GPU has it, else fp32."""
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for queued GPU work, so a timing measures it."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def diffusion_info(
     family: str,
     architecture: str,

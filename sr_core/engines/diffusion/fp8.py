@@ -13,14 +13,17 @@ FP8 = torch.float8_e4m3fn
 _FP8_MAX = torch.finfo(FP8).max
 
 
+def _weight(module: nn.Module, dtype: torch.dtype) -> torch.Tensor:
+    # dequantised in float32 (a tiny scale would be subnormal in fp16), then cast
+    return (module.weight_fp8.float() * module.weight_scale).to(dtype)
+
+
 def _linear_forward(module: nn.Linear, x: torch.Tensor) -> torch.Tensor:
-    w = module.weight_fp8.to(x.dtype) * module.weight_scale.to(x.dtype)
-    return F.linear(x, w, module.bias)
+    return F.linear(x, _weight(module, x.dtype), module.bias)
 
 
 def _conv_forward(module: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
-    w = module.weight_fp8.to(x.dtype) * module.weight_scale.to(x.dtype)
-    return module._conv_forward(x, w, module.bias)
+    return module._conv_forward(x, _weight(module, x.dtype), module.bias)
 
 
 def store_fp8(root: nn.Module) -> int:
@@ -38,7 +41,7 @@ def store_fp8(root: nn.Module) -> int:
         dims = tuple(range(1, weight.ndim))
         scale = weight.abs().float().amax(dim=dims, keepdim=True).clamp(min=1e-12) / _FP8_MAX
         module.register_buffer("weight_fp8", (weight.float() / scale).to(FP8))
-        module.register_buffer("weight_scale", scale.to(weight.dtype))
+        module.register_buffer("weight_scale", scale)  # float32
         del module.weight
         module.forward = forward.__get__(module)  # type: ignore[method-assign]
         count += 1

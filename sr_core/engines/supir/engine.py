@@ -12,7 +12,7 @@ import torch
 
 from ...device import Precision, pick_device, resolve_precision
 from ...errors import ParameterError
-from ..diffusion.engine import DiffusionEngine, diffusion_info, tiled_latent_pixels
+from ..diffusion.engine import DiffusionEngine, autoencoder_dtype, diffusion_info, synchronize, tiled_latent_pixels
 from ..diffusion.fp8 import store_fp8
 from .checkpoint import load_supir
 from .pipeline import RestoreOptions, SupirPipeline, working_size
@@ -20,7 +20,7 @@ from .sampling import PRESETS
 
 # SDXL UNet + control, per latent pixel and evaluation (official widths): measured by the
 # calibration below; this is only the size of the calibration latent
-_CALIBRATION_LATENT = 16
+_CALIBRATION_LATENT = 32
 
 
 @dataclass(frozen=True)
@@ -69,8 +69,8 @@ class SupirEngine(DiffusionEngine):
         self.options = options or RestoreOptions()
         model = load_supir(files, dtype=resolved.dtype)
         if resolved is Precision.FP16:
-            # the official code refuses fp16 for the autoencoder (NaNs); it runs in bf16 then
-            model.first_stage.to(torch.bfloat16)
+            # the official code refuses fp16 for the autoencoder (NaNs)
+            model.first_stage.to(autoencoder_dtype(self.device))
         if fp8:
             store_fp8(model.unet)
             store_fp8(model.control)
@@ -89,17 +89,21 @@ class SupirEngine(DiffusionEngine):
     def _calibrate(self) -> float:
         """Seconds per latent pixel for one guided denoiser evaluation (cond + uncond)."""
         side = _CALIBRATION_LATENT
-        model = self.model
+        model, on_device = self.model, self.pipeline._on_device
         with torch.no_grad():
-            cond = model.conditioner(["calibration"])
+            with on_device(model.conditioner):
+                cond = model.conditioner(["calibration"])
             cond = {k: v.to(self.device).repeat(2, *[1] * (v.ndim - 1)) for k, v in cond.items()}
             cond["control"] = torch.zeros(2, 4, side, side, device=self.device)
             x = torch.zeros(2, 4, side, side, device=self.device)
             sigma = torch.full((2,), 5.0, device=self.device)
-            model.denoise(x, sigma, cond, 1.0)  # warm-up
-            started = time.perf_counter()
-            model.denoise(x, sigma, cond, 1.0)
-            return (time.perf_counter() - started) / side**2
+            with on_device(model.unet, model.control, model.denoiser):
+                model.denoise(x, sigma, cond, 1.0)  # warm-up
+                synchronize(self.device)
+                started = time.perf_counter()
+                model.denoise(x, sigma, cond, 1.0)
+                synchronize(self.device)
+                return (time.perf_counter() - started) / side**2
 
     def _evaluations(self, width: int, height: int, scale: int) -> tuple[int, int]:
         o = self.options

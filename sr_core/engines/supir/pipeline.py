@@ -153,8 +153,9 @@ class SupirPipeline:
         with self._on_device(model.unet, model.control, model.denoiser):
             args = (model.denoise, noise, cond, uncond, z_center.to(self.device), settings)
             common = dict(generator=generator, progress=sampler_progress)
-            if max(latent_h, latent_w) > options.sample_tile:
-                tiles = dict(tile_size=options.sample_tile, tile_stride=options.sample_stride)
+            tile = min(options.sample_tile, latent_h, latent_w)  # a thin image: tiles as wide as it
+            if max(latent_h, latent_w) > tile:
+                tiles = dict(tile_size=tile, tile_stride=min(options.sample_stride, tile))
                 sample = tiled_restore_sample(*args, **common, **tiles)
             else:
                 sample = restore_sample(*args, **common)

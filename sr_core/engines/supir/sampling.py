@@ -402,7 +402,10 @@ def _dpmpp2m_step(
 
 
 def _randn(like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    return torch.randn(like.shape, generator=generator, device=like.device, dtype=like.dtype)
+    # drawn where the generator lives (a CPU generator for a CUDA latent), then moved: a seed
+    # gives the same image on every device
+    device = generator.device if generator is not None else like.device
+    return torch.randn(like.shape, generator=generator, device=device, dtype=like.dtype).to(like.device)
 
 
 def _check_inputs(
