@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -12,7 +11,7 @@ import torch
 
 from ...device import Precision, pick_device, resolve_precision
 from ...errors import ParameterError
-from ..diffusion.engine import DiffusionEngine, autoencoder_dtype, diffusion_info, synchronize, tiled_latent_pixels
+from ..diffusion.engine import DiffusionEngine, autoencoder_dtype, diffusion_info, seconds_per_call, tiled_latent_pixels
 from ..diffusion.offload import stage_on_device
 from .checkpoint import load_ccsr
 from .model import CcsrModel
@@ -124,20 +123,14 @@ class CcsrEngine(DiffusionEngine):
     def _calibrate(self) -> float:
         side = _CALIBRATION_LATENT
         model = self.model
-        offload = self.offload if self.version == 2 else self.pipeline.offload
         with torch.no_grad():
-            with stage_on_device(self.device, offload, model.text):
+            with stage_on_device(self.device, self.offload, model.text):
                 context = model.text([""]).to(self.device)
             cond = {"c_crossattn": context, "c_latent": torch.zeros(1, 4, side, side, device=self.device)}
             x = torch.zeros(1, 4, side, side, device=self.device)
             t = torch.tensor([500], device=self.device)
-            with stage_on_device(self.device, offload, model.unet, model.control):
-                model.eps(x, t, cond)  # warm-up
-                synchronize(self.device)
-                started = time.perf_counter()
-                model.eps(x, t, cond)
-                synchronize(self.device)
-                return (time.perf_counter() - started) / side**2
+            with stage_on_device(self.device, self.offload, model.unet, model.control):
+                return seconds_per_call(self.device, lambda: model.eps(x, t, cond)) / side**2
 
     def _evaluations(self, width: int, height: int, scale: int) -> tuple[int, int]:
         if self.version == 2:

@@ -4,6 +4,7 @@ limit, progress over stages, and a measured time estimate."""
 from __future__ import annotations
 
 import threading
+import time
 from abc import abstractmethod
 from collections.abc import Callable
 
@@ -30,6 +31,16 @@ def synchronize(device: torch.device) -> None:
     """Wait for queued GPU work, so a timing measures it."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def seconds_per_call(device: torch.device, call: Callable[[], object]) -> float:
+    """Time one call after a warm-up call, with queued GPU work included."""
+    call()
+    synchronize(device)
+    started = time.perf_counter()
+    call()
+    synchronize(device)
+    return time.perf_counter() - started
 
 
 def diffusion_info(

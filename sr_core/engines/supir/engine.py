@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -12,7 +11,7 @@ import torch
 
 from ...device import Precision, pick_device, resolve_precision
 from ...errors import ParameterError
-from ..diffusion.engine import DiffusionEngine, autoencoder_dtype, diffusion_info, synchronize, tiled_latent_pixels
+from ..diffusion.engine import DiffusionEngine, autoencoder_dtype, diffusion_info, seconds_per_call, tiled_latent_pixels
 from ..diffusion.fp8 import store_fp8
 from .checkpoint import load_supir
 from .pipeline import RestoreOptions, SupirPipeline, working_size
@@ -98,22 +97,10 @@ class SupirEngine(DiffusionEngine):
             x = torch.zeros(2, 4, side, side, device=self.device)
             sigma = torch.full((2,), 5.0, device=self.device)
             with on_device(model.unet, model.control, model.denoiser):
-                model.denoise(x, sigma, cond, 1.0)  # warm-up
-                synchronize(self.device)
-                started = time.perf_counter()
-                model.denoise(x, sigma, cond, 1.0)
-                synchronize(self.device)
-                return (time.perf_counter() - started) / side**2
+                return seconds_per_call(self.device, lambda: model.denoise(x, sigma, cond, 1.0)) / side**2
 
     def _evaluations(self, width: int, height: int, scale: int) -> tuple[int, int]:
         o = self.options
         work_w, work_h = working_size(width, height, scale, o.min_side, o.unit)
         latent = tiled_latent_pixels(work_w // 8, work_h // 8, o.sample_tile, o.sample_stride)
         return latent, o.settings().num_steps
-
-    def with_options(self, options: RestoreOptions) -> SupirEngine:
-        """The same loaded model with other sampling options (shares the weights)."""
-        clone = object.__new__(SupirEngine)
-        clone.__dict__.update(self.__dict__)
-        clone.options = options
-        return clone
