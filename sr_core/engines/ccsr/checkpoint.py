@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from ...errors import WeightsError
-from ..diffusion.checkpoints import LayoutCheck, compare_layout, gather_keys, read_checkpoint
+from ..diffusion.checkpoints import LayoutCheck, assign_official, compare_layout, gather_keys
 from ..supir.config import clip_g_from, unet_from, vae_from
 from ..supir.model import official_shape
 from .model import CcsrConfig, CcsrModel
@@ -70,23 +70,17 @@ def load_ccsr(
     check = check_ccsr_files(paths)
     if not check.complete or check.config is None:
         raise WeightsError("not a complete CCSR v1: " + ", ".join(str(p) for p in paths) + "\n" + check.summary())
-    state: dict[str, torch.Tensor] = {}
-    for path in paths:
-        state.update(read_checkpoint(Path(path)))
     with torch.device("meta"):
         model = CcsrModel(check.config)
-    names = model.official_names()
-    ours = {}
-    for key, param in model.state_dict().items():
-        official = names[key]
-        if official in BUFFER_NAMES:
-            # the schedule is computed; a checkpoint's copy is only checked for its shape
-            ours[key] = param
-            continue
-        ours[key] = state.pop(official).reshape(param.shape).to(device=device, dtype=dtype)
-    model.load_state_dict(ours, strict=True, assign=True)
+    assign_official(
+        model,
+        model.official_names(),
+        paths,
+        device=device,
+        dtype=dtype,
+        # the schedule is computed; a checkpoint's copy is only checked for its shape
+        keep_own=lambda official, state: official in BUFFER_NAMES,
+    )
     model.schedule.to(device)
-    tower = model.text.model
-    n = tower.positional_embedding.shape[0]
-    tower.register_buffer("attn_mask", torch.full((n, n), float("-inf"), device=device).triu_(1), persistent=False)
+    model.text.model.rebuild_attn_mask(device)
     return model.eval().requires_grad_(False)

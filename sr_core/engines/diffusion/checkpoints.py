@@ -4,12 +4,13 @@ every missing, unexpected and misshapen tensor. Shared by the SUPIR and CCSR eng
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
+from torch import nn
 
 from ...errors import WeightsError
 
@@ -152,3 +153,31 @@ def _numel(shape: Iterable[int]) -> int:
     for s in shape:
         n *= s
     return n
+
+
+def assign_official(
+    model: nn.Module,
+    names: Mapping[str, str],
+    paths: Sequence[Path],
+    *,
+    device: torch.device | str,
+    dtype: torch.dtype,
+    keep_own: Callable[[str, Mapping[str, torch.Tensor]], bool],
+    float32: Callable[[str], bool] = lambda key: False,
+) -> None:
+    """Load the files (a later one overrides) into a meta-built `model`, every tensor from its
+    official name (`names`: ours -> official), reshaped and cast to `dtype` on `device`
+    (`float32(ours)` keeps a table in float32). `keep_own(official, file_state)` keeps the
+    model's own computed value (schedule tables). Strict: the layout was checked before."""
+    state: dict[str, torch.Tensor] = {}
+    for path in paths:
+        state.update(read_checkpoint(Path(path)))
+    ours: dict[str, torch.Tensor] = {}
+    for key, param in model.state_dict().items():
+        official = names[key]
+        if keep_own(official, state):
+            ours[key] = param
+            continue
+        wanted = torch.float32 if float32(key) else dtype
+        ours[key] = state.pop(official).reshape(param.shape).to(device=device, dtype=wanted)
+    model.load_state_dict(ours, strict=True, assign=True)

@@ -19,10 +19,10 @@ import torch
 from ...errors import WeightsError
 from ..diffusion.checkpoints import (
     LayoutCheck,
+    assign_official,
     compare_layout,
     gather_keys,
     layout_part,
-    read_checkpoint,
 )
 from .config import SupirConfig
 from .model import SupirModel, official_shape
@@ -98,27 +98,21 @@ def load_supir(
         raise WeightsError(
             "these files do not make a complete SUPIR: " + ", ".join(str(p) for p in paths) + "\n" + check.summary()
         )
-    state: dict[str, torch.Tensor] = {}
-    for path in paths:
-        state.update(read_checkpoint(Path(path)))
     with torch.device("meta"):
         model = SupirModel(check.config)
-    names = model.official_names()
-    ours: dict[str, torch.Tensor] = {}
-    for key, param in model.state_dict().items():
-        official = names[key]
-        if official == "denoiser.sigmas" and official not in state:
-            ours[key] = param  # computed on construction, not meta
-            continue
-        ours[key] = state.pop(official).reshape(param.shape).to(device=device, dtype=_dtype_for(key, dtype))
-    model.load_state_dict(ours, strict=True, assign=True)
+    assign_official(
+        model,
+        model.official_names(),
+        paths,
+        device=device,
+        dtype=dtype,
+        # the sigma table is computed on construction (not meta); a file's copy is used if present
+        keep_own=lambda official, state: official == "denoiser.sigmas" and official not in state,
+        # it stays float32: it decides timesteps by nearest match
+        float32=lambda key: key == "denoiser.sigmas",
+    )
     rebuild_buffers(model, device)
     return model.eval().requires_grad_(False)
-
-
-def _dtype_for(key: str, dtype: torch.dtype) -> torch.dtype:
-    # the sigma table stays float32: it decides timesteps by nearest match
-    return torch.float32 if key == "denoiser.sigmas" else dtype
 
 
 def rebuild_buffers(model: SupirModel, device: torch.device | str) -> None:
@@ -128,10 +122,7 @@ def rebuild_buffers(model: SupirModel, device: torch.device | str) -> None:
     clip_l.embeddings.register_buffer(
         "position_ids", torch.arange(positions, device=device).expand((1, -1)), persistent=False
     )
-    tower = model.conditioner.embedders[1].model
-    n = tower.positional_embedding.shape[0]
-    mask = torch.full((n, n), float("-inf"), device=device).triu_(1)
-    tower.register_buffer("attn_mask", mask, persistent=False)
+    model.conditioner.embedders[1].model.rebuild_attn_mask(device)
     for name, buffer in list(model.named_buffers()):
         if buffer.device.type == "meta":
             raise WeightsError(f"internal: buffer {name} was not materialised")

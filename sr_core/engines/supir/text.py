@@ -83,6 +83,12 @@ class OpenClipTextTower(TextTransformer):
         )
         self.logit_scale = nn.Parameter(torch.ones([]) * math.log(1 / 0.07))
 
+    def rebuild_attn_mask(self, device: torch.device | str) -> None:
+        """The causal mask is not in any checkpoint: recompute it after a meta-device build."""
+        n = self.positional_embedding.shape[0]
+        mask = torch.full((n, n), float("-inf"), device=device).triu_(1)
+        self.register_buffer("attn_mask", mask, persistent=False)
+
 
 class ClipGEmbedder(nn.Module):
     def __init__(self, shape: ClipGShape, vocab_size: int, context_length: int) -> None:
