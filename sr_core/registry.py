@@ -81,6 +81,8 @@ class ModelRegistry:
         self.supir = supir
         self.ccsr = ccsr
         self._engines: dict[tuple, Engine] = {}
+        # diffusion listings build the model tree on the meta device: once per file change
+        self._diffusion_rows: dict[tuple, ModelDescription] = {}
         self._lock = threading.Lock()
 
     def entries(self) -> list[ModelEntry]:
@@ -164,7 +166,12 @@ class ModelRegistry:
     def describe(self, name: str) -> ModelDescription:
         entry = self.get(name)
         if entry.source in DIFFUSION_TITLES:
-            return self._describe_diffusion(entry)
+            stats = tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in entry.files)
+            key = (entry.name, entry.source, stats)
+            if key not in self._diffusion_rows:
+                self._diffusion_rows = {k: v for k, v in self._diffusion_rows.items() if k[0] != entry.name}
+                self._diffusion_rows[key] = self._describe_diffusion(entry)
+            return self._diffusion_rows[key]
         try:
             return ModelDescription(entry, self.load_engine(name).info)
         except SatscaleError as exc:
