@@ -196,12 +196,7 @@ class PinningServiceClient:
         meta: Mapping[str, str] | None = None,
     ) -> PinStatus:
         """POST /pins: ask the service to pin `cid` recursively. Usually answers queued; see wait_pinned."""
-        target = Cid.parse(cid)
-        pin = Pin(target.encode(), name, tuple(origins), dict(meta or {}))
-        response = await self._request("POST", "pins", json=pin.to_json())
-        status = self._checked(_parse_status(response.json(), response.status_code), target, "POST /pins")
-        self._requested[status.requestid] = target
-        return status
+        return await self._post_pin("pins", cid, name, origins, meta, "POST /pins")
 
     async def replace_pin(
         self,
@@ -213,11 +208,25 @@ class PinningServiceClient:
         meta: Mapping[str, str] | None = None,
     ) -> PinStatus:
         """POST /pins/{requestid}: swap the pinned CID without unpinning shared blocks; returns a new requestid."""
+        status = await self._post_pin(f"pins/{requestid}", cid, name, origins, meta, "replace pin")
+        if status.requestid != requestid:
+            self._requested.pop(requestid, None)
+        return status
+
+    async def _post_pin(
+        self,
+        path: str,
+        cid: str | Cid,
+        name: str | None,
+        origins: Sequence[str],
+        meta: Mapping[str, str] | None,
+        context: str,
+    ) -> PinStatus:
+        """POST a Pin object; the answer's CID is checked and its requestid remembered for `cid`."""
         target = Cid.parse(cid)
         pin = Pin(target.encode(), name, tuple(origins), dict(meta or {}))
-        response = await self._request("POST", f"pins/{requestid}", json=pin.to_json())
-        status = self._checked(_parse_status(response.json(), response.status_code), target, "replace pin")
-        self._requested.pop(requestid, None)
+        response = await self._request("POST", path, json=pin.to_json())
+        status = self._checked(_parse_status(response.json(), response.status_code), target, context)
         self._requested[status.requestid] = target
         return status
 
