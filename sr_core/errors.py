@@ -58,3 +58,8 @@ class NcnnFormatError(WeightsError):
 
 class ParameterError(SatscaleError):
     """An option (scale, tile size, precision...) is out of range."""
+
+
+class Cancelled(SatscaleError):
+    """The caller asked the run to stop (its job failed, expired or ran out of time); the run
+    ends between two tiles or sampler steps and leaves no output behind."""

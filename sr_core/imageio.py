@@ -103,6 +103,12 @@ def _check_limits(source: str, width: int, height: int, byte_size: int, limits: 
         )
 
 
+def check_dimensions(width: int, height: int, limits: ImageLimits, source: str = "image") -> None:
+    """The size limits alone, for an image known only by its dimensions (a quote): the same
+    rule, and the same error, as for an uploaded file."""
+    _check_limits(source, width, height, 0, limits)
+
+
 def _orientation(image: pyvips.Image) -> int:
     return image.get("orientation") if image.get_typeof("orientation") else 1
 

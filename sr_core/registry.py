@@ -80,7 +80,8 @@ class ModelRegistry:
         self.folder = folder or weights_dir()
         self.supir = supir
         self.ccsr = ccsr
-        self._engines: dict[tuple, Engine] = {}
+        self._engines: dict[tuple, Engine] = {}  # (name, weights sha256, device, resolved precision)
+        self._resolved: dict[tuple, Precision] = {}  # (name, weights sha256, device, requested) -> resolved
         # diffusion listings build the model tree on the meta device: once per file change
         self._diffusion_rows: dict[tuple, ModelDescription] = {}
         self._lock = threading.Lock()
@@ -119,6 +120,8 @@ class ModelRegistry:
         return entry.path, sha256_file(entry.path)
 
     def load_engine(self, name: str, device: str | None = None, precision: Precision | str = Precision.AUTO) -> Engine:
+        """The engine for a model, built once per (weights, device, resolved precision): asking
+        for `auto` and for the precision it resolves to gives the same engine."""
         entry = self.get(name)
         try:
             wanted = Precision(precision)
@@ -126,42 +129,45 @@ class ModelRegistry:
             choices = ", ".join(p.value for p in Precision)
             raise ParameterError(f"precision {precision!r} is not one of {choices}") from None
         path, digest = self.weights_file(entry)
-        key = (name, digest, device, wanted)
+        alias = (name, digest, device, wanted)
         with self._lock:
-            engine = self._engines.get(key)
+            resolved = self._resolved.get(alias)
+            engine = self._engines.get((name, digest, device, resolved)) if resolved else None
             if engine is None:
-                # drop this model's other variant first: two diffusion models may not fit at once
-                self._engines = {k: v for k, v in self._engines.items() if k[0] != name}
-                if entry.source == "ccsr":
-                    from .engines.ccsr.engine import CcsrEngine
-
-                    engine = CcsrEngine(
-                        entry.files,
-                        weights_sha256=digest,
-                        device=device,
-                        precision=precision,
-                        settings=self.ccsr,
-                        folder=entry.path,
-                    )
-                elif entry.source == "supir":
-                    from .engines.supir.engine import SupirEngine, SupirSetup  # heavy imports, only when used
-
-                    setup = SupirSetup.from_settings(self.supir)
-                    engine = SupirEngine(
-                        entry.files,
-                        weights_sha256=digest,
-                        device=device,
-                        precision=precision,
-                        options=setup.options,
-                        offload=setup.offload,
-                        fp8=setup.fp8,
-                    )
-                else:
-                    engine = SpandrelEngine(
-                        load_descriptor(path), weights_sha256=digest, device=device, precision=precision
-                    )
-                self._engines[key] = engine
+                # an engine too large to keep twice (it says so) gives way to its other variant
+                if any(k[0] == name and e.info.precision_fixed for k, e in self._engines.items()):
+                    self._engines = {k: e for k, e in self._engines.items() if k[0] != name}
+                engine = self._build(entry, path, digest, device, wanted)
+                self._engines[(name, digest, device, engine.info.precision)] = engine
+                self._resolved[alias] = engine.info.precision
             return engine
+
+    def _build(self, entry: ModelEntry, path: Path, digest: str, device: str | None, precision: Precision) -> Engine:
+        if entry.source == "ccsr":
+            from .engines.ccsr.engine import CcsrEngine
+
+            return CcsrEngine(
+                entry.files,
+                weights_sha256=digest,
+                device=device,
+                precision=precision,
+                settings=self.ccsr,
+                folder=entry.path,
+            )
+        if entry.source == "supir":
+            from .engines.supir.engine import SupirEngine, SupirSetup  # heavy imports, only when used
+
+            setup = SupirSetup.from_settings(self.supir)
+            return SupirEngine(
+                entry.files,
+                weights_sha256=digest,
+                device=device,
+                precision=precision,
+                options=setup.options,
+                offload=setup.offload,
+                fp8=setup.fp8,
+            )
+        return SpandrelEngine(load_descriptor(path), weights_sha256=digest, device=device, precision=precision)
 
     def describe(self, name: str) -> ModelDescription:
         entry = self.get(name)

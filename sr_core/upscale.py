@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from .engines import Engine, EngineInfo, TiledEngine, WholeImageEngine
-from .errors import ParameterError
+from .errors import Cancelled, ParameterError
 from .imageio import ImageInfo, ImageLimits, ImageReader, OutputOptions, OutputSpec, StreamingWriter
 from .tiling import (
     MAX_TILE_CPU,
@@ -37,6 +37,10 @@ from .tiling import (
 
 #: called after every batch with (tiles done, tiles total)
 ProgressCallback = Callable[[int, int], None]
+#: asked before every batch of tiles (and every sampler step): True stops the run with `Cancelled`
+StopCheck = Callable[[], bool]
+#: told after every engine call of a tiled engine: (input pixels in the batch, seconds it took)
+TimingCallback = Callable[[int, float], None]
 
 
 @dataclass(frozen=True)
@@ -60,21 +64,29 @@ class UpscaleResult:
     batch: int
     seconds: float
     engine: EngineInfo
+    #: seconds spent inside the engine, and the input pixels it processed there (tile windows with
+    #: their context, alpha passes included): what a throughput measurement divides
+    engine_seconds: float = 0.0
+    work_pixels: int = 0
 
 
 @dataclass(frozen=True)
-class _Plan:
+class UpscalePlan:
+    """How an image will be cut for a tiled engine: what the pipeline runs and what a time
+    estimate counts."""
+
     scale: int
     tiles: TilePlan
     batch: int
+    #: input pixels the engine will process: every window (core + context), twice where an alpha
+    #: plane needs its own pass
+    work_pixels: int
 
 
-def _make_plan(info: EngineInfo, image: ImageInfo, options: UpscaleOptions) -> _Plan:
-    scale = options.scale or info.native_scale
-    if scale not in info.scales:
-        offered = ", ".join(f"x{s}" for s in info.scales)
-        raise ParameterError(f"scale x{scale} is not offered by this model ({offered})")
-    check_output_size(info, image.width, image.height, scale)
+def plan_upscale(info: EngineInfo, image: ImageInfo, options: UpscaleOptions) -> UpscalePlan:
+    """The tile plan of a tiled engine for this image (scale and size checked first)."""
+    scale = info.resolve_scale(options.scale)
+    info.check_output_size(image.width, image.height, scale)
     context = info.context if options.context is None else options.context
     budget = options.memory_budget or default_memory_budget(info.device)
     on_cuda = info.device.startswith("cuda")
@@ -90,7 +102,8 @@ def _make_plan(info: EngineInfo, image: ImageInfo, options: UpscaleOptions) -> _
     batch = options.batch or max(1, batch_size(info.bytes_per_pixel, plan.window_size, budget) // passes)
     if batch < 1:
         raise ParameterError("batch size must be at least 1")
-    return _Plan(scale, plan, batch)
+    window_w, window_h = plan.window_size
+    return UpscalePlan(scale, plan, batch, plan.count * window_w * window_h * passes)
 
 
 def resize_to_scale(output: torch.Tensor, native: int, scale: int) -> torch.Tensor:
@@ -109,12 +122,17 @@ def _to_tensor(windows: list[np.ndarray], peak: float) -> torch.Tensor:
 
 
 class _Runner:
-    def __init__(self, engine: TiledEngine, plan: _Plan, image: ImageInfo) -> None:
+    def __init__(
+        self, engine: TiledEngine, plan: UpscalePlan, image: ImageInfo, timings: TimingCallback | None = None
+    ) -> None:
         self.engine = engine
+        self.timings = timings
         self.plan = plan
         self.image = image
         self.peak = 65535.0 if image.bit_depth == 16 else 255.0
         self.dtype = np.uint16 if image.bit_depth == 16 else np.uint8
+        self.engine_seconds = 0.0
+        self.work_pixels = 0
 
     def _quantise(self, values: torch.Tensor) -> np.ndarray:
         return values.mul(self.peak).round_().numpy().astype(self.dtype)
@@ -125,7 +143,15 @@ class _Runner:
         colour = [w[..., : info.colour_channels] for w in windows]
         alpha_needed = [info.has_alpha and w[..., -1].min() != w[..., -1].max() for w in windows]
         inputs = colour + [w[..., -1:] for w, needed in zip(windows, alpha_needed, strict=True) if needed]
-        native = self.engine.run(_to_tensor(inputs, self.peak))
+        batch = _to_tensor(inputs, self.peak)
+        started = time.perf_counter()
+        native = self.engine.run(batch)
+        seconds = time.perf_counter() - started
+        pixels = batch.shape[0] * batch.shape[2] * batch.shape[3]
+        self.engine_seconds += seconds
+        self.work_pixels += pixels
+        if self.timings:
+            self.timings(pixels, seconds)
         outputs = resize_to_scale(native, self.engine.info.native_scale, self.plan.scale).clamp_(0.0, 1.0)
         scale = self.plan.scale
         cores = []
@@ -149,16 +175,31 @@ class _Runner:
         return cores
 
 
-def check_output_size(info: EngineInfo, width: int, height: int, scale: int) -> None:
-    """Refuse an output larger than the engine takes (before any work or invoice)."""
-    if info.max_output_pixels is not None and width * scale * height * scale > info.max_output_pixels:
-        raise ParameterError(
-            f"output {width * scale}x{height * scale} is larger than this model's "
-            f"{info.max_output_pixels / 1e6:.1f} MP limit: choose a smaller scale or input"
-        )
-
-
 WHOLE_IMAGE_BAND_ROWS = 256
+
+
+@dataclass(frozen=True)
+class _Ran:
+    """What a run did: its plan and what the engine's share of it cost."""
+
+    plan: UpscalePlan
+    engine_seconds: float
+    work_pixels: int
+
+
+def _stopping(progress: ProgressCallback | None, should_stop: StopCheck | None) -> ProgressCallback | None:
+    """A progress callback that also stops the run when asked: engines that tile internally (the
+    diffusion samplers) report every step, so this is where they can be stopped."""
+    if should_stop is None:
+        return progress
+
+    def report(done: int, total: int) -> None:
+        if should_stop():
+            raise Cancelled("the run was stopped")
+        if progress:
+            progress(done, total)
+
+    return report
 
 
 def _run_whole_image(
@@ -168,20 +209,22 @@ def _run_whole_image(
     write_rows: Callable[[np.ndarray], None],
     options: UpscaleOptions,
     progress: ProgressCallback | None,
-) -> _Plan:
+    should_stop: StopCheck | None,
+) -> _Ran:
     """One pass over the whole image (the engine tiles internally); alpha, which a diffusion
     model cannot restore, is resized bicubically. Rows are still handed out in bands."""
     info = engine.info
-    scale = options.scale or info.native_scale
-    if scale not in info.scales:
-        offered = ", ".join(f"x{s}" for s in info.scales)
-        raise ParameterError(f"scale x{scale} is not offered by this model ({offered})")
-    check_output_size(info, image.width, image.height, scale)
+    scale = info.resolve_scale(options.scale)
+    info.check_output_size(image.width, image.height, scale)
+    if should_stop and should_stop():
+        raise Cancelled("the run was stopped")
     peak = 65535.0 if image.bit_depth == 16 else 255.0
     dtype = np.uint16 if image.bit_depth == 16 else np.uint8
     pixels = read(0, 0, image.width, image.height)
     colour = _to_tensor([pixels[..., : image.colour_channels]], peak)
-    rgb = engine.upscale(colour, scale, progress)[0].clamp(0.0, 1.0)
+    started = time.perf_counter()
+    rgb = engine.upscale(colour, scale, _stopping(progress, should_stop))[0].clamp(0.0, 1.0)
+    engine_seconds = time.perf_counter() - started
     planes = [rgb.mean(0, keepdim=True)] if image.colour_channels == 1 else [rgb]
     if image.has_alpha:
         alpha = _to_tensor([pixels[..., -1:]], peak)[:, :1]
@@ -192,7 +235,8 @@ def _run_whole_image(
         band = out[top : top + WHOLE_IMAGE_BAND_ROWS]
         write_rows(band.mul(peak).round_().numpy().astype(dtype))
     one_tile = plan_tiles(image.width, image.height, max(image.width, image.height, MIN_TILE), 0)
-    return _Plan(scale, one_tile, 1)
+    work = image.width * image.height
+    return _Ran(UpscalePlan(scale, one_tile, 1, work), engine_seconds, work)
 
 
 def run_tiles(
@@ -202,12 +246,15 @@ def run_tiles(
     write_rows: Callable[[np.ndarray], None],
     options: UpscaleOptions,
     progress: ProgressCallback | None = None,
-) -> _Plan:
-    """Drive the engine over the image tile by tile, handing finished rows to `write_rows`."""
+    should_stop: StopCheck | None = None,
+    timings: TimingCallback | None = None,
+) -> _Ran:
+    """Drive the engine over the image tile by tile, handing finished rows to `write_rows`.
+    `should_stop` is asked before every batch: a stopped run raises `Cancelled` within one batch."""
     if isinstance(engine, WholeImageEngine):
-        return _run_whole_image(engine, read, image, write_rows, options, progress)
-    plan = _make_plan(engine.info, image, options)
-    runner = _Runner(engine, plan, image)
+        return _run_whole_image(engine, read, image, write_rows, options, progress, should_stop)
+    plan = plan_upscale(engine.info, image, options)
+    runner = _Runner(engine, plan, image, timings)
     scale = plan.scale
     done = 0
     total = plan.tiles.count
@@ -215,6 +262,8 @@ def run_tiles(
     for row in plan.tiles.rows:
         band = np.empty(((row.y.stop - row.y.start) * scale, out_width, image.channels), dtype=runner.dtype)
         for tiles in iter_batches(row, plan.batch):
+            if should_stop and should_stop():
+                raise Cancelled(f"the run was stopped after {done} of {total} tiles")
             windows = [
                 read(
                     t.x.window_start,
@@ -230,7 +279,7 @@ def run_tiles(
             if progress:
                 progress(done, total)
         write_rows(band)
-    return plan
+    return _Ran(plan, runner.engine_seconds, runner.work_pixels)
 
 
 def output_spec(
@@ -255,17 +304,21 @@ def upscale_file(
     output_options: OutputOptions | None = None,
     limits: ImageLimits | None = None,
     progress: ProgressCallback | None = None,
+    should_stop: StopCheck | None = None,
+    timings: TimingCallback | None = None,
 ) -> UpscaleResult:
-    """Upscale an image file (or encoded bytes) into `output`, streaming rows to disk."""
+    """Upscale an image file (or encoded bytes) into `output`, streaming rows to disk. A run that
+    fails or is stopped (`should_stop`, asked between tiles) leaves no output and no staging file."""
     options = options or UpscaleOptions()
     started = time.perf_counter()
     reader = ImageReader(source, limits, source=str(source) if isinstance(source, Path) else "image")
     info = reader.info
-    scale = options.scale or engine.info.native_scale
+    scale = engine.info.resolve_scale(options.scale)
     spec = output_spec(info, scale, reader.exif, reader.resolution)
     with StreamingWriter(output, spec, output_options) as writer:
-        plan = run_tiles(engine, reader.read, info, writer.write_rows, options, progress)
+        ran = run_tiles(engine, reader.read, info, writer.write_rows, options, progress, should_stop, timings)
         writer.close()
+    plan = ran.plan
     return UpscaleResult(
         input=info,
         output_path=output,
@@ -277,6 +330,8 @@ def upscale_file(
         batch=plan.batch,
         seconds=time.perf_counter() - started,
         engine=engine.info,
+        engine_seconds=ran.engine_seconds,
+        work_pixels=ran.work_pixels,
     )
 
 
@@ -285,6 +340,7 @@ def upscale_array(
     pixels: np.ndarray,
     options: UpscaleOptions | None = None,
     progress: ProgressCallback | None = None,
+    should_stop: StopCheck | None = None,
 ) -> np.ndarray:
     """In-memory variant: (H, W, C) uint8/uint16 array in, upscaled array out."""
     if pixels.ndim == 2:
@@ -311,5 +367,6 @@ def upscale_array(
         rows.append,
         options or UpscaleOptions(),
         progress,
+        should_stop,
     )
     return np.concatenate(rows, axis=0)

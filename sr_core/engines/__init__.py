@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import torch
 
 from ..device import Precision
+from ..errors import ParameterError
 
 # Price classes by multiply-accumulates per input pixel (see EngineInfo.price_class).
 LIGHT_MACS_PER_PIXEL = 5_000_000
@@ -35,6 +36,29 @@ class EngineInfo:
     weights_sha256: str
     #: largest output (pixels) the engine accepts; None: bounded only by the image limits
     max_output_pixels: int | None = None
+    #: True when the engine is too large to load a second time in another precision per request
+    #: (a multi-GB diffusion model): it runs in the precision it was loaded in
+    precision_fixed: bool = False
+
+    def resolve_scale(self, scale: int | None) -> int:
+        """The scale a request gets: None means the model's own; anything the model does not offer
+        (0 and negatives included) is refused. The one scale rule: pricing, admission, the
+        pipeline and the CLI all call it."""
+        if scale is None:
+            return self.native_scale
+        if isinstance(scale, bool) or not isinstance(scale, int) or scale not in self.scales:
+            offered = ", ".join(f"x{s}" for s in self.scales)
+            named = f"x{scale}" if isinstance(scale, int) else repr(scale)
+            raise ParameterError(f"scale {named} is not offered by this model (it offers {offered})")
+        return scale
+
+    def check_output_size(self, width: int, height: int, scale: int) -> None:
+        """Refuse an output larger than the engine takes (before any work or invoice)."""
+        if self.max_output_pixels is not None and width * scale * height * scale > self.max_output_pixels:
+            raise ParameterError(
+                f"output {width * scale}x{height * scale} is larger than this model's "
+                f"{self.max_output_pixels / 1e6:.1f} MP limit: choose a smaller scale or input"
+            )
 
     @property
     def whole_image(self) -> bool:

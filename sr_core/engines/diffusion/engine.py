@@ -11,7 +11,6 @@ from collections.abc import Callable
 import torch
 
 from ...device import Precision, available_precisions
-from ...errors import ParameterError
 from .. import EngineInfo, WholeImageEngine
 
 #: output sizes the diffusion engines accept (the official demos work up to 2048 px)
@@ -66,6 +65,7 @@ def diffusion_info(
         macs_per_pixel=0,
         weights_sha256=weights_sha256,
         max_output_pixels=MAX_OUTPUT_PIXELS,
+        precision_fixed=True,
     )
 
 
@@ -79,13 +79,7 @@ class DiffusionEngine(WholeImageEngine):
         self._lock = threading.Lock()
 
     def check(self, width: int, height: int, scale: int) -> None:
-        name = self.info.architecture
-        if scale not in SCALES:
-            raise ParameterError(f"{name} offers x2, x3, x4, not x{scale}")
-        if width * scale * height * scale > MAX_OUTPUT_PIXELS:
-            raise ParameterError(
-                f"{name} output {width * scale}x{height * scale} is over {MAX_OUTPUT_PIXELS / 1e6:.1f} MP"
-            )
+        self.info.check_output_size(width, height, self.info.resolve_scale(scale))
 
     @abstractmethod
     def _stages(self) -> dict[str, tuple[int, int]]:
