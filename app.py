@@ -23,10 +23,13 @@ from provenance.ipfs import LocalIpfsStore
 from provenance.kubo import KuboRpcClient
 from provenance.pinning import PinningServiceClient
 from service import problems, ui
+from service.access import Gatekeeper
 from service.api import build_router, dev_router, provenance_router
 from service.chain_sender import ChainSender
 from service.config import Settings
+from service.frontdoor import FrontDoor
 from service.gateway import gateway_router
+from service.openapi import install_contract
 from service.provenance import Provenance
 from service.remote_pins import RemotePinner
 from service.store import SqliteJobStore
@@ -92,6 +95,7 @@ def create_app(
     store = SqliteJobStore(settings.database_path)
     backend = backend or make_backend(settings)
     ipfs = LocalIpfsStore(settings.data_dir / "ipfs")
+    private_ipfs = LocalIpfsStore(settings.data_dir / "ipfs-private")  # unpublished jobs: never served
     sender = ChainSender(store, chain_connector(settings, store))
     pinner = RemotePinner(
         store,
@@ -106,14 +110,16 @@ def create_app(
         sender.wake()
         pinner.wake()
 
+    provenance = Provenance(ipfs, private_ipfs, settings.ipfs_cid_version, remote=pinner.enabled)
     service = JobService(
         settings,
         store,
         backend,
         registry,
-        provenance=Provenance(ipfs, settings.ipfs_cid_version, remote=pinner.enabled),
+        provenance=provenance,
         on_record=recorded,
     )
+    front = FrontDoor(service, Gatekeeper(store), provenance, lambda: sender.chain, sender.describe)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -139,18 +145,19 @@ def create_app(
     app = FastAPI(
         title="Satscale",
         description="Self-hosted AI image upscaling, paid per image over Lightning (L402).",
-        version="0.2.0",
+        version="0.6.0",
         lifespan=lifespan,
     )
     app.state.service = service
+    app.state.front = front
     app.state.ipfs = ipfs
     app.state.chain_sender = sender
     problems.install(app)
-    app.include_router(build_router(service, registry))
-    app.include_router(provenance_router(service, sender, ipfs))
+    app.include_router(build_router(front))
+    app.include_router(provenance_router(front))
     app.include_router(gateway_router(ipfs))
     if isinstance(backend, DevNode):
-        app.include_router(dev_router(service))
+        app.include_router(dev_router(front))
 
     @app.get("/healthz", tags=["health"])
     def health() -> dict:
@@ -161,8 +168,14 @@ def create_app(
             "chain": "up" if sender.available else "down",
         }
 
+    def listed_models() -> tuple[list[str], list[int]]:
+        rows = [row.to_dict() for row in front.models()]
+        scales = sorted({scale for row in rows for scale in row.get("scales", [])})
+        return [row["name"] for row in rows if "error" not in row], scales
+
+    install_contract(app, listed_models)
     # last: the UI takes "/" and everything no route above claimed
-    return ui.mount(app, service, ipfs, sender)
+    return ui.mount(app, front)
 
 
 def main(**overrides: object) -> None:

@@ -1,112 +1,58 @@
-"""The paid HTTP API under /v1 (L402 over Lightning)."""
+"""The paid HTTP API under /v1 (L402 over Lightning), a thin client of the front door.
+
+Every error is RFC 9457 problem+json, and the OpenAPI document says so for every status an
+operation can answer (service.openapi), with the real constraints on every parameter.
+"""
 
 from __future__ import annotations
 
-import asyncio
-import hashlib
-import time
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, File, Form, Header, Query, Request, UploadFile
 from fastapi.responses import FileResponse, JSONResponse
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from payments import l402
 from payments.backend import InvoiceState
-from provenance.ipfs import LocalIpfsStore
-from sr_core.imageio import FORMAT_EXTENSIONS, normalise_format
-from sr_core.registry import ModelRegistry
+from sr_core.imageio import ACCEPTED_FORMATS, ImageLimits
+from sr_core.tiling import MIN_TILE
 
-from .chain_sender import ChainSender
-from .jobs import Job, JobRequest, JobState
+from .access import Grant, Level, LinkSignature, Proof
+from .config import Settings
+from .engines import DEFAULT_MODEL
+from .frontdoor import FrontDoor
+from .intake import MAX_REQUEST_TILE, JobOptions
+from .jobs import JobState
+from .openapi import errors
 from .problems import Problem
-from .verify import NothingToVerify, Verifier
-from .worker import JobService, request_hash
+from .views import JobView, job_document
 
-DEFAULT_MODEL = "realesrgan-x4plus"
 PROCESSING_RETRY_AFTER = "2"
-MEDIA_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp", "tiff": "image/tiff"}
 UPLOAD_CHUNK = 1 << 20
+MAX_SIDE = ImageLimits().max_side
+IMAGE_TYPES = ", ".join(f"image/{fmt}" for fmt in ACCEPTED_FORMATS)
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
+OutputFormat = Literal["png", "jpeg", "jpg", "webp", "tiff", "tif"]
 
 
-def job_document(job: Job, service: JobService, base_url: str, chain: dict[str, Any] | None = None) -> dict[str, Any]:
-    """What a client sees of a job. The preimage never appears here."""
-    document: dict[str, Any] = {
-        "job_id": job.id,
-        "status": job.state.value,
-        "model": job.model,
-        "scale": job.scale,
-        "format": job.output_format,
-        "tile": job.tile,
-        "precision": job.precision,
-        "created_at": int(job.created_at),
-        "amount_msat": job.amount_msat,
-        "payment_hash": job.payment_hash,
-        "invoice_status": job.invoice_status.value,
-        "charged": job.charged,
-        "input": {"sha256": job.input_sha256, "width": job.input_width, "height": job.input_height},
-        "links": {"self": f"{base_url}/v1/upscales/{job.id}"},
-    }
-    if job.state is JobState.AWAITING_PAYMENT:
-        document["payment_request"] = job.payment_request
-        document["expires_at"] = int(job.invoice_expires_at or 0)
-    if job.state is JobState.PROCESSING:
-        document["progress"] = round(service.progress(job.id) or 0.0, 3)
-    if job.hold_deadline and job.state in (JobState.PAYMENT_HELD, JobState.PROCESSING):
-        document["hold_deadline"] = int(job.hold_deadline)
-    if job.output_cid:
-        document["provenance"] = {
-            "input_cid": job.input_cid,
-            "output_cid": job.output_cid,
-            "metadata_cid": job.metadata_cid,
-            "gateway": {
-                name: f"{base_url}/ipfs/{cid}"
-                for name, cid in (("input", job.input_cid), ("output", job.output_cid), ("metadata", job.metadata_cid))
-            },
-            "remote_ipfs": {"status": job.ipfs_remote_status, "error": job.ipfs_remote_error},
-            "chain": {
-                "status": job.chain_status.value,
-                "tx": job.chain_tx,
-                "block": job.chain_block,
-                "error": job.chain_error,
-                **(chain or {}),
-            },
-        }
-    if job.state is JobState.SUCCEEDED:
-        document["output"] = {
-            "sha256": job.output_sha256,
-            "width": job.output_width,
-            "height": job.output_height,
-            "url": f"{base_url}/v1/upscales/{job.id}/result",
-        }
-        document["links"]["result"] = document["output"]["url"]
-    if job.error:
-        document["error"] = job.error
-    return document
+def base_url(settings: Settings) -> str:
+    """Links in documents: relative, unless the operator configured the public address. Never
+    the request's Host header (a client could make the server hand out links to anywhere)."""
+    return (settings.public_url or "").rstrip("/")
 
 
-def _base_url(request: Request, service: JobService) -> str:
-    return (service.settings.public_url or str(request.base_url)).rstrip("/")
-
-
-def job_response(request: Request, service: JobService, job: Job, proof_of_payment: bool = False) -> JSONResponse:
-    """402 with the challenge while unpaid, 202 while held or processing, 200 when final.
-
-    A caller holding the preimage has paid (a plain invoice gives it at once) even if the
-    node's notice has not reached us yet: never ask them to pay again."""
-    sender = getattr(request.app.state, "chain_sender", None)
-    body = job_document(job, service, _base_url(request, service), sender.describe() if sender else None)
-    headers = {"Location": f"/v1/upscales/{job.id}"}
-    unpaid = job.state is JobState.AWAITING_PAYMENT
-    if unpaid and not proof_of_payment and job.macaroon and job.payment_request:
-        headers["WWW-Authenticate"] = l402.challenge_header(job.macaroon, job.payment_request)
-        code = 402
-    elif unpaid or job.state in (JobState.PAYMENT_HELD, JobState.PROCESSING):
-        headers["Retry-After"] = PROCESSING_RETRY_AFTER
-        code = 202
-    else:
-        code = 200
-    return JSONResponse(body, status_code=code, headers=headers)
+def job_response(front: FrontDoor, job_view: JobView, challenge: str | None = None) -> JSONResponse:
+    """402 with the challenge for the request that created the job (or a holder who has the
+    macaroon already) while unpaid; 202 while unpaid, held or processing; 200 when final."""
+    body = job_document(job_view, base_url(front.settings), front.chain_description())
+    headers = {"Location": f"/v1/upscales/{job_view.job_id}"}
+    if challenge is not None:
+        headers["WWW-Authenticate"] = challenge
+        return JSONResponse(body, status_code=402, headers=headers)
+    if job_view.status.final:
+        return JSONResponse(body, status_code=200, headers=headers)
+    headers["Retry-After"] = PROCESSING_RETRY_AFTER
+    return JSONResponse(body, status_code=202, headers=headers)
 
 
 async def _read_upload(request: Request, image: UploadFile, limit: int) -> bytes:
@@ -120,12 +66,6 @@ async def _read_upload(request: Request, image: UploadFile, limit: int) -> bytes
             raise Problem(413, "image-too-large", "Image too large", f"the upload exceeds {limit} bytes")
         chunks.append(chunk)
     return b"".join(chunks)
-
-
-def _credential(authorization: str | None) -> l402.Credential | None:
-    if not authorization:
-        return None
-    return l402.parse_authorization(authorization)
 
 
 class QuoteDocument(BaseModel):
@@ -144,81 +84,165 @@ class QuoteDocument(BaseModel):
     estimated_seconds: float
 
 
-def build_router(service: JobService, registry: ModelRegistry) -> APIRouter:
-    router = APIRouter(prefix="/v1")
+class ModelListing(BaseModel):
+    name: str
+    source: str
+    description: str
+    path: str | None = None
+    error: str | None = None
+    architecture: str | None = None
+    native_scale: int | None = None
+    scales: list[int] | None = None
+    precision: str | None = None
+    precisions: list[str] | None = None
+    parameters: int | None = None
+    price_class: str | None = None
+    weights_sha256: str | None = None
 
-    @router.get("/models", tags=["models"])
+
+class JobDocument(BaseModel):
+    """A job as its caller may see it: `access` says how much (public, holder, owner)."""
+
+    model_config = {"extra": "allow"}
+    job_id: str
+    status: str
+    access: str
+    model: str
+    scale: int
+    format: str
+    publish: bool
+    amount_msat: int
+    invoice_status: str
+    charged: bool
+    links: dict[str, str]
+
+
+class PayRequest(BaseModel):
+    payment_request: str = Field(min_length=1, max_length=4096)
+    #: wait until the hold invoice settles (or is cancelled), as a real wallet's pay call does
+    wait: bool = False
+    timeout: float = Field(300.0, gt=0, le=3600)
+
+
+def build_router(front: FrontDoor) -> APIRouter:
+    router = APIRouter(prefix="/v1")
+    settings = front.settings
+
+    @router.get("/models", tags=["models"], response_model=list[ModelListing])
     def models() -> list[dict]:
         """Every model the server can run, with the scales and precisions it offers."""
-        return [description.to_dict() for description in registry.describe_all()]
+        return [description.to_dict() for description in front.models()]
 
-    @router.get("/quote", tags=["upscales"], response_model=QuoteDocument)
+    @router.get("/quote", tags=["upscales"], response_model=QuoteDocument, responses=errors(413, 422))
     async def get_quote(
-        width: Annotated[int, Query(gt=0, le=100_000)],
-        height: Annotated[int, Query(gt=0, le=100_000)],
-        model: str = DEFAULT_MODEL,
-        scale: int | None = None,
+        width: Annotated[int, Query(ge=1, le=MAX_SIDE, description="input width in pixels")],
+        height: Annotated[int, Query(ge=1, le=MAX_SIDE, description="input height in pixels")],
+        model: Annotated[str, Query(description="a model name from GET /v1/models")] = DEFAULT_MODEL,
+        scale: Annotated[int | None, Query(description="output scale; default: the model's own")] = None,
+        tile: Annotated[int | None, Query(ge=MIN_TILE, le=MAX_REQUEST_TILE, description="tile side")] = None,
+        precision: Annotated[Precision, Query()] = "auto",
     ) -> QuoteDocument:
-        """The price of an upscale, in msat, before uploading anything."""
-        priced = await service.quote(model, width, height, scale)
-        estimate = await service.estimate(model, width, height, priced.scale)
+        """The price of an upscale, in msat, before uploading anything. The upload limits apply:
+        an image that could never be uploaded is refused (413), not priced."""
+        priced = await front.quote(JobOptions(model, scale, None, tile, precision), width, height)
         return QuoteDocument(
-            **priced.__dict__, amount_sat=priced.amount_sat, estimated_seconds=round(estimate.seconds, 1)
+            **priced.quote.__dict__,
+            amount_sat=priced.quote.amount_sat,
+            estimated_seconds=round(priced.estimate.seconds, 1),
         )
 
     @router.post(
         "/upscales",
         tags=["upscales"],
         status_code=402,
+        response_model=JobDocument,
         responses={
             402: {"description": "Pay the invoice in WWW-Authenticate, then repeat with the L402 credential"},
-            200: {"description": "The job (with a credential for a finished job)"},
-            202: {"description": "The job is paid and running"},
+            200: {"description": "The job this credential paid for (finished)", "model": JobDocument},
+            202: {"description": "The job this credential paid for (paid and running)", "model": JobDocument},
+            **errors(401, 409, 413, 415, 422, 503),
+        },
+        openapi_extra={
+            "requestBody": {"content": {"multipart/form-data": {"encoding": {"image": {"contentType": IMAGE_TYPES}}}}}
         },
     )
     async def create_upscale(
         request: Request,
         image: Annotated[UploadFile, File(description="PNG, JPEG, WebP or TIFF")],
-        model: Annotated[str, Form()] = DEFAULT_MODEL,
-        scale: Annotated[int | None, Form()] = None,
-        format: Annotated[str | None, Form(description="png, jpeg, webp, tiff; default: as the input")] = None,
-        tile: Annotated[int | None, Form(description="tile size in input pixels; default: from memory")] = None,
-        precision: Annotated[str, Form(description="auto, fp32, bf16 or fp16")] = "auto",
+        model: Annotated[str, Form(description="a model name from GET /v1/models")] = DEFAULT_MODEL,
+        scale: Annotated[int | None, Form(description="output scale; default: the model's own")] = None,
+        format: Annotated[OutputFormat | None, Form(description="output format; default: as the input")] = None,
+        tile: Annotated[
+            int | None, Form(ge=MIN_TILE, le=MAX_REQUEST_TILE, description="tile size in input pixels")
+        ] = None,
+        precision: Annotated[Precision, Form(description="numeric precision; auto: the server's choice")] = "auto",
+        publish: Annotated[
+            bool | None,
+            Form(
+                description="true: pin the input, output and metadata on the public IPFS gateway (the NFT "
+                "case); false: only the hashes go on chain and the files are served only with this job's "
+                "credential. Default: the server's setting (false unless configured)."
+            ),
+        ] = None,
         idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", max_length=200)] = None,
         authorization: Annotated[str | None, Header()] = None,
     ) -> JSONResponse:
         """Ask for an upscale. Unpaid: 402 with an invoice and a macaroon. Paid (repeat the request
         with `Authorization: L402 <macaroon>:<preimage>`): the job this token paid for."""
-        data = await _read_upload(request, image, service.settings.max_upload_bytes)
-        credential = _credential(authorization)
-        info = await service.inspect(data)
-        fmt = normalise_format(format) if format else info.format
-        priced = await service.quote(model, info.width, info.height, scale)
-        job_request = JobRequest(model, priced.scale, fmt, tile, precision)
-        if credential is not None:
-            binding = request_hash(hashlib.sha256(data).hexdigest(), job_request)
-            job = _authorised_job(service, credential, binding, require_preimage=False)
-            return job_response(request, service, job, proof_of_payment=credential.preimage is not None)
-        challenge = await service.create_job(data, job_request, idempotency_key)
-        return job_response(request, service, challenge.job)
+        data = await _read_upload(request, image, settings.max_upload_bytes)
+        proof = Proof.from_authorization(authorization)
+        options = JobOptions(
+            model, scale, format, tile, precision, settings.publish_default if publish is None else publish
+        )
+        if proof is not None and proof.l402 is not None:
+            grant = await front.repeat(data, options, proof.l402)
+            return job_response(front, front.view(grant), _challenge_for_holder(grant))
+        created = await front.create(data, options, idempotency_key)
+        holder = Grant(created.job, Level.HOLDER)  # the creating request holds the token
+        return job_response(front, front.view(holder), created.challenge)
 
-    @router.get("/upscales/{job_id}", tags=["upscales"])
-    async def get_upscale(
-        request: Request, job_id: str, authorization: Annotated[str | None, Header()] = None
-    ) -> JSONResponse:
-        """The job's status. The job id suffices; a credential, if sent, must be this job's."""
-        job = _job_or_404(service, job_id)
-        credential = _credential(authorization)
-        if credential is not None:
-            _authorised_job(service, credential, job.request_hash, require_preimage=False, expected=job)
-        return job_response(request, service, job, proof_of_payment=bool(credential and credential.preimage))
+    @router.get(
+        "/upscales/{job_id}",
+        tags=["upscales"],
+        response_model=JobDocument,
+        responses={
+            202: {"description": "Not final yet (unpaid, held or processing)", "model": JobDocument},
+            402: {"description": "Unpaid: the holder of the macaroon is sent the challenge again"},
+            **errors(401, 404),
+        },
+    )
+    async def get_upscale(job_id: str, authorization: Annotated[str | None, Header()] = None) -> JSONResponse:
+        """The job's status. The job id alone shows its state and progress, nothing of the input
+        or output; the macaroon adds the invoice and the input; proof of payment adds the output."""
+        grant = front.grant(job_id, Proof.from_authorization(authorization))
+        return job_response(front, front.view(grant), _challenge_for_holder(grant))
 
-    @router.get("/upscales/{job_id}/result", tags=["upscales"], response_class=FileResponse)
-    async def get_result(job_id: str, authorization: Annotated[str | None, Header()] = None) -> FileResponse:
-        """The upscaled image: needs the full credential (macaroon and preimage)."""
-        job = _job_or_404(service, job_id)
-        credential = _credential(authorization)
-        if credential is None:
+    @router.get(
+        "/upscales/{job_id}/result",
+        tags=["upscales"],
+        response_class=FileResponse,
+        responses={
+            200: {
+                "description": "The upscaled image",
+                "content": {
+                    f"image/{fmt}": {"schema": {"type": "string", "format": "binary"}} for fmt in ACCEPTED_FORMATS
+                },
+            },
+            **errors(401, 404, 409),
+        },
+    )
+    async def get_result(
+        job_id: str,
+        authorization: Annotated[str | None, Header()] = None,
+        expires: Annotated[int | None, Query(description="signed link (web app): expiry, unix time")] = None,
+        signature: Annotated[str | None, Query(max_length=128, description="signed link (web app)")] = None,
+    ) -> FileResponse:
+        """The upscaled image: needs the full credential (macaroon and preimage), or a signed link
+        the web app gave the browser that made the job."""
+        proof = Proof.from_authorization(authorization)
+        if proof is None and (expires is not None or signature is not None):
+            proof = Proof(link=LinkSignature(expires if expires is not None else 0, signature or ""))
+        if proof is None:
             raise Problem(
                 401,
                 "credential-required",
@@ -226,66 +250,39 @@ def build_router(service: JobService, registry: ModelRegistry) -> APIRouter:
                 "send Authorization: L402 <macaroon>:<preimage> for this job",
                 {"WWW-Authenticate": 'L402 realm="satscale"'},
             )
-        _authorised_job(service, credential, job.request_hash, require_preimage=True, expected=job)
-        if job.state is not JobState.SUCCEEDED or not job.output_path:
-            raise Problem(409, "not-ready", "Result not ready", f"the job is {job.state.value}", status=job.state.value)
+        result = front.result(front.owner_grant(job_id, proof))
         return FileResponse(
-            job.output_path,
-            media_type=MEDIA_TYPES[job.output_format],
-            filename=f"{job.id}{FORMAT_EXTENSIONS[job.output_format]}",
-            headers={"ETag": f'"{job.output_sha256}"', "X-Content-SHA256": job.output_sha256 or ""},
+            result.path,
+            media_type=result.media_type,
+            filename=result.filename,
+            headers={"ETag": f'"{result.sha256}"', "X-Content-SHA256": result.sha256},
         )
 
     return router
 
 
-def _job_or_404(service: JobService, job_id: str) -> Job:
-    job = service.store.get(job_id)
-    if job is None:
-        raise Problem(404, "not-found", "No such job", f"there is no job {job_id!r}")
-    return job
+def _challenge_for_holder(grant: Grant) -> str | None:
+    """A holder of an unpaid job's macaroon may be sent the challenge again: it already has the
+    macaroon. Nobody else ever is (a 402 carries the macaroon)."""
+    job = grant.job
+    if grant.level is Level.HOLDER and job.state is JobState.AWAITING_PAYMENT and job.payment_request and job.macaroon:
+        return l402.challenge_header(job.macaroon, job.payment_request)
+    return None
 
 
-def _authorised_job(
-    service: JobService,
-    credential: l402.Credential,
-    binding: str,
-    *,
-    require_preimage: bool,
-    expected: Job | None = None,
-) -> Job:
-    """The job a verified token paid for; a token never unlocks another job."""
-    token = l402.verify(
-        credential,
-        service.root_keys,
-        now=int(time.time()),
-        request_binding=binding,
-        require_preimage=require_preimage,
-    )
-    job = service.store.by_payment_hash(token.payment_hash.hex())
-    if job is None or (expected is not None and job.id != expected.id):
-        raise Problem(401, "invalid-credential", "Invalid L402 credential", "this token does not belong to this job")
-    return job
-
-
-class PayRequest(BaseModel):
-    payment_request: str
-    #: wait until the hold invoice settles (or is cancelled), as a real wallet's pay call does
-    wait: bool = False
-    timeout: float = 300.0
-
-
-def dev_router(service: JobService) -> APIRouter:
+def dev_router(front: FrontDoor) -> APIRouter:
     """Routes that exist only with the simulated dev node: paying with play money."""
-    from payments.dev import DevNode, DevPaymentError
+    from payments.dev import DevPaymentError
 
-    node = service.backend
-    assert isinstance(node, DevNode)
+    node = front.dev_node
+    assert node is not None
+    lists_preimages = front.settings.dev_wallet_lists_preimages
     router = APIRouter(prefix="/v1/dev", tags=["dev (simulated node, not real money)"])
 
-    @router.post("/pay")
+    @router.post("/pay", responses=errors(422))
     async def pay(body: PayRequest) -> dict[str, Any]:
-        """Pay an invoice from the simulated wallet. Not real money."""
+        """Pay an invoice from the simulated wallet. Not real money. The payer (this request) gets
+        the preimage once the invoice settles, as a real wallet would."""
         try:
             result = await node.pay(body.payment_request)
             preimage = result.preimage
@@ -304,43 +301,38 @@ def dev_router(service: JobService) -> APIRouter:
 
     @router.get("/payments")
     async def payments() -> list[dict[str, Any]]:
-        """The simulated wallet's history: what it paid, and what each payment became
-        (accepted: held; settled: charged, with the preimage it received; canceled: returned)."""
+        """The simulated wallet's history: what it paid and what each payment became (accepted:
+        held; settled: charged; canceled: returned). The wallet is shared by everyone who uses
+        this server, so it never lists preimages (with a job's macaroon, a preimage is that job's
+        credential), unless the operator set SATSCALE_DEV_WALLET_LISTS_PREIMAGES for a private
+        test server."""
         history = []
         for payment in await node.payments():
-            preimage = None
-            if payment.state is InvoiceState.SETTLED:
-                preimage = (await node.lookup(bytes.fromhex(payment.payment_hash))).preimage
-            history.append(
-                {
-                    "payment_hash": payment.payment_hash,
-                    "amount_msat": payment.amount_msat,
-                    "charged_msat": payment.charged_msat,
-                    "state": str(payment.state),
-                    "paid_at": payment.paid_at,
-                    "preimage": preimage,
-                }
-            )
+            entry = {
+                "payment_hash": payment.payment_hash,
+                "amount_msat": payment.amount_msat,
+                "charged_msat": payment.charged_msat,
+                "state": str(payment.state),
+                "paid_at": payment.paid_at,
+            }
+            if lists_preimages and payment.state is InvoiceState.SETTLED:
+                entry["preimage"] = (await node.lookup(bytes.fromhex(payment.payment_hash))).preimage
+            history.append(entry)
         return history
 
     return router
 
 
-def provenance_router(service: JobService, sender: ChainSender, ipfs: LocalIpfsStore) -> APIRouter:
+def provenance_router(front: FrontDoor) -> APIRouter:
     router = APIRouter(prefix="/v1", tags=["provenance"])
 
-    @router.get("/provenance/{ref}")
-    async def verify(ref: str) -> dict[str, Any]:
+    @router.get("/provenance/{ref}", responses=errors(401, 404, 503))
+    async def verify(ref: str, authorization: Annotated[str | None, Header()] = None) -> dict[str, Any]:
         """The chain of custody of an image, by its sha256 or a CID: input -> model -> output ->
-        payment, each link re-checked against the bytes, with what does not match."""
-
-        def run() -> dict[str, Any]:
-            verifier = Verifier(sender.chain, ipfs, service.store, service.registry)
-            return verifier.verify(ref).to_dict()
-
-        try:
-            return await asyncio.to_thread(run)
-        except NothingToVerify as exc:
-            raise Problem(404, "no-provenance", "No provenance record", str(exc)) from None
+        payment, each link re-checked against the bytes, with what does not match. A job whose
+        owner did not publish it is shown by its input without its output; send that job's
+        `L402 <macaroon>:<preimage>` to see it whole."""
+        report = await front.verify(ref, Proof.from_authorization(authorization))
+        return report.to_dict()
 
     return router

@@ -104,10 +104,10 @@ def _ccsr_flags(args: argparse.Namespace) -> dict:
 def cmd_upscale(args: argparse.Namespace) -> int:
     registry = ModelRegistry(supir=_supir_flags(args), ccsr=_ccsr_flags(args))
     engine = registry.load_engine(args.model, device=args.device, precision=args.precision)
-    scale = args.scale or engine.info.native_scale
-    if scale not in engine.info.scales:
-        offered = ", ".join(f"x{s}" for s in engine.info.scales)
-        raise ParameterError(f"scale x{scale} is not offered by {args.model} ({offered})")
+    try:
+        scale = engine.info.resolve_scale(args.scale)
+    except ParameterError as exc:
+        raise ParameterError(f"{args.model}: {exc}") from None
     jobs = plan_jobs([Path(p) for p in args.inputs], Path(args.output) if args.output else None, scale, args.format)
     options = UpscaleOptions(scale=scale, tile=args.tile, batch=args.batch)
     output_options = OutputOptions(format=args.format, quality=args.quality, lossless=args.lossless)

@@ -25,7 +25,8 @@ class Settings(BaseSettings):
     port: int = 7860
     #: jobs database, stored inputs and outputs
     data_dir: Path = PROJECT_ROOT / "data"
-    #: base URL clients see (for result links); default: the request's own
+    #: the public address links in job documents start with (e.g. https://upscale.example);
+    #: default: relative links. Never taken from the request's Host header.
     public_url: str | None = None
 
     #: "dev" is an embedded simulated node (no real money); "lnd" talks to a real LND
@@ -62,6 +63,14 @@ class Settings(BaseSettings):
     chain_id: int | None = None
     chain_private_key: str | None = None  # signs the records; needs the registry's recorder role
     chain_registry_address: str | None = None  # none: deploy one (its address is remembered)
+
+    #: whether a job is published when the request does not say: True pins input, output and
+    #: metadata on the public IPFS gateway (anyone holding the input finds the upscale); False
+    #: records only the hashes on chain and serves the files only with the job's credential
+    publish_default: bool = False
+    #: dev backend only, for a private test server: list each settled payment's preimage in
+    #: GET /v1/dev/payments (with a job's macaroon, that is the credential for its result)
+    dev_wallet_lists_preimages: bool = False
 
     max_upload_bytes: int = 50 * 1024 * 1024
     max_input_megapixels: float = 16.0

@@ -17,6 +17,7 @@ from provenance.cid import Cid
 from provenance.errors import BlockNotFound, CorruptBlock, InvalidCid, IpfsError, NotAFile
 from provenance.ipfs import LocalIpfsStore
 
+from .openapi import errors
 from .problems import Problem
 
 RAW = "application/vnd.ipld.raw"
@@ -68,7 +69,19 @@ def _prepend(first: bytes, rest: Iterator[bytes]) -> Iterator[bytes]:
 def gateway_router(store: LocalIpfsStore) -> APIRouter:
     router = APIRouter(tags=["ipfs gateway"])
 
-    @router.get("/ipfs/{cid}")
+    binary = {"schema": {"type": "string", "format": "binary"}}
+    served = [kind for _, kind in SIGNATURES] + ["image/webp", "application/octet-stream", RAW, f"{CAR}; version=1"]
+
+    @router.get(
+        "/ipfs/{cid}",
+        response_class=Response,
+        responses={
+            200: {"description": "The content, verified block by block", "content": dict.fromkeys(served, binary)},
+            304: {"description": "Not modified (the ETag matched; content is immutable)"},
+            **errors(400, 404, 422),
+            502: {"description": "A stored block does not match its CID", "content": errors(400)[400]["content"]},
+        },
+    )
     def get_ipfs(request: Request, cid: str, format: str | None = Query(None, pattern="^(raw|car)$")) -> Response:
         """Content by CID: the file, `?format=raw` for one block, `?format=car` for the DAG."""
         kind = _requested_format(request, format)

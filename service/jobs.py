@@ -66,13 +66,18 @@ def check_transition(current: JobState, target: JobState) -> None:
 
 @dataclass(frozen=True)
 class JobRequest:
-    """What the client asked for; its hash binds the L402 token to this request."""
+    """What the client asked for, resolved (scale and format filled in); its hash binds the L402
+    token to this request."""
 
     model: str
     scale: int
     output_format: str
     tile: int | None = None  # None: sized from the memory budget
     precision: str = "auto"
+    #: True: input, output and metadata are pinned on the public IPFS gateway and provenance
+    #: lookups by either hash show the whole record (the NFT case). False: only the hashes go on
+    #: chain; the files are served only to the holder of the job's credential.
+    publish: bool = False
 
 
 @dataclass(frozen=True)
@@ -125,7 +130,20 @@ class Job:
     ipfs_remote_next_at: float = 0.0
     tile: int | None = None
     precision: str = "auto"
+    publish: bool = False
+    #: sha256 of the web app's per-job key (the browser that created the job keeps the key)
+    owner_key_sha256: str | None = None
+    #: the admission's estimate of the engine run, seconds (what the queue's backlog adds up)
+    estimated_seconds: float | None = None
 
     @property
     def charged(self) -> bool:
         return self.invoice_status is InvoiceStatus.SETTLED
+
+    @property
+    def releasable(self) -> bool:
+        """A result leaves the server only for a finished job whose payment is held or taken."""
+        return self.state is JobState.SUCCEEDED and self.invoice_status in (
+            InvoiceStatus.SETTLED,
+            InvoiceStatus.ACCEPTED,
+        )

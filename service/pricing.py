@@ -33,10 +33,7 @@ class Quote:
 
 
 def quote(settings: Settings, model: str, info: EngineInfo, width: int, height: int, scale: int | None) -> Quote:
-    scale = scale or info.native_scale
-    if scale not in info.scales:
-        offered = ", ".join(f"x{s}" for s in info.scales)
-        raise ParameterError(f"scale x{scale} is not offered by {model} ({offered})")
+    scale = info.resolve_scale(scale)
     if width < 1 or height < 1:
         raise ParameterError("width and height must be positive")
     rate = settings.model_prices_msat.get(model, settings.price_per_megapixel_msat.get(info.price_class))

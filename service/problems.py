@@ -14,6 +14,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from payments.backend import BackendUnavailable, PaymentError
+from payments.dev import DevPaymentError
 from payments.l402 import L402Error
 from provenance.chain import ChainUnavailable
 from sr_core.errors import (
@@ -26,11 +27,17 @@ from sr_core.errors import (
     UnsupportedImageError,
 )
 
+from .access import AccessDenied, UnknownJob
+from .checkout import IdempotencyConflict
+from .frontdoor import DevWalletMissing, NotReady
+from .intake import ServerBusy
 from .jobs import TransitionError
-from .worker import IdempotencyConflict
+from .verify import NothingToVerify
 
 log = logging.getLogger("satscale.api")
 MEDIA_TYPE = "application/problem+json"
+#: sent with every 401: the scheme a client should answer with
+CHALLENGE = 'L402 realm="satscale"'
 BACKEND_RETRY_AFTER = "5"
 
 
@@ -63,8 +70,20 @@ def to_problem(exc: Exception) -> Problem:
     """The problem document for an exception the core, payments or service raised."""
     if isinstance(exc, Problem):
         return exc
-    if isinstance(exc, L402Error):
-        return Problem(401, "invalid-credential", "Invalid L402 credential", str(exc))
+    if isinstance(exc, L402Error | AccessDenied):
+        return Problem(401, "invalid-credential", "Invalid credential", str(exc), {"WWW-Authenticate": CHALLENGE})
+    if isinstance(exc, UnknownJob):
+        return Problem(404, "not-found", "No such job", str(exc))
+    if isinstance(exc, NothingToVerify):
+        return Problem(404, "no-provenance", "No provenance record", str(exc))
+    if isinstance(exc, NotReady):
+        return Problem(409, "not-ready", "Result not ready", str(exc), status=exc.job.state.value)
+    if isinstance(exc, ServerBusy):
+        return Problem(503, "busy", "Server busy", str(exc), {"Retry-After": str(exc.retry_after)})
+    if isinstance(exc, DevWalletMissing):
+        return Problem(404, "no-dev-wallet", "No dev wallet", str(exc))
+    if isinstance(exc, DevPaymentError):
+        return Problem(422, "dev-payment-refused", "Payment refused", str(exc))
     if isinstance(exc, UnsupportedImageError):
         return Problem(415, "unsupported-image", "Not a supported image", str(exc))
     if isinstance(exc, ImageTooLargeError):
@@ -138,6 +157,11 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, handle_validation)
     for exc_type in (
         L402Error,
+        AccessDenied,
+        UnknownJob,
+        NothingToVerify,
+        NotReady,
+        ServerBusy,
         ImageError,
         ParameterError,
         ModelError,

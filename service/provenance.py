@@ -3,14 +3,21 @@
 Runs in the worker thread right after the engine, before the job is marked succeeded:
 the record that goes into the outbox (in the same transaction as the success) carries
 the CIDs, so nothing on chain ever points at content we do not hold.
+
+A published job's content goes into the public store, which the /ipfs gateway serves and
+remote pinning copies. An unpublished job's content goes into a private store with the
+same CIDs: the chain record and verification work the same, but nothing serves those bytes
+to anyone (the result is released only to the job's credential, by the API).
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from provenance.chain import RecordFields
+from provenance.errors import IpfsError
 from provenance.ipfs import LocalIpfsStore
 from provenance.metadata import ProvenanceFacts, canonical_bytes, metadata_document, params_hash
 
@@ -39,24 +46,42 @@ class Pinned:
 
 
 class Provenance:
-    def __init__(self, ipfs: LocalIpfsStore, cid_version: int = 1, remote: bool = False) -> None:
-        """`remote`: copies also go to a remote IPFS node or pinning service (see remote_pins)."""
+    def __init__(
+        self, ipfs: LocalIpfsStore, private: LocalIpfsStore, cid_version: int = 1, remote: bool = False
+    ) -> None:
+        """`ipfs`: the public store; `private`: unpublished jobs' content; `remote`: published
+        copies also go to a remote IPFS node or pinning service (see remote_pins)."""
         self.ipfs = ipfs
+        self.private = private
         self.cid_version = cid_version
         self.remote = remote
 
-    def _pin_file(self, path: Path) -> str:
-        return self.ipfs.add_file(path, cid_version=self.cid_version, pin=True).cid
+    def store_for(self, job: Job) -> LocalIpfsStore:
+        return self.ipfs if job.publish else self.private
+
+    def metadata(self, job: Job) -> dict | None:
+        """The job's metadata document, from whichever store holds it."""
+        if not job.metadata_cid:
+            return None
+        try:
+            return json.loads(b"".join(self.store_for(job).cat(job.metadata_cid)))
+        except (IpfsError, ValueError):
+            return None
 
     def pin_job(
         self, job: Job, output: Path, output_sha256: str, weights_sha256: str, width: int, height: int
     ) -> Pinned:
         """Pin the job's input, output and metadata document (blocking)."""
+        store = self.store_for(job)
+
+        def pin_file(path: Path) -> str:
+            return store.add_file(path, cid_version=self.cid_version, pin=True).cid
+
         facts = ProvenanceFacts(
             job_id=job.id,
-            input_cid=self._pin_file(Path(job.input_path)),
+            input_cid=pin_file(Path(job.input_path)),
             input_sha256=job.input_sha256,
-            output_cid=self._pin_file(output),
+            output_cid=pin_file(output),
             output_sha256=output_sha256,
             model=job.model,
             weights_sha256=weights_sha256,
@@ -68,5 +93,5 @@ class Provenance:
             output_format=job.output_format,
         )
         document = canonical_bytes(metadata_document(facts))
-        metadata_cid = self.ipfs.add_bytes(document, cid_version=self.cid_version, pin=True).cid
+        metadata_cid = store.add_bytes(document, cid_version=self.cid_version, pin=True).cid
         return Pinned(facts, metadata_cid)

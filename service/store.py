@@ -68,7 +68,10 @@ CREATE TABLE IF NOT EXISTS jobs (
     ipfs_remote_attempts INTEGER NOT NULL DEFAULT 0,
     ipfs_remote_next_at REAL NOT NULL DEFAULT 0,
     tile INTEGER,
-    precision TEXT NOT NULL DEFAULT 'auto'
+    precision TEXT NOT NULL DEFAULT 'auto',
+    publish INTEGER NOT NULL DEFAULT 0,
+    owner_key_sha256 TEXT,
+    estimated_seconds REAL
 );
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state);
 CREATE TABLE IF NOT EXISTS job_events (
@@ -100,6 +103,15 @@ CREATE TABLE IF NOT EXISTS l402_root_keys (
 """
 
 _COLUMNS = [f.name for f in fields(Job)]
+#: columns added after the first release: (name, definition) added to an older database at open.
+#: Jobs made before per-job publication was a choice were all published.
+_ADDED_COLUMNS = (
+    ("tile", "INTEGER"),
+    ("precision", "TEXT NOT NULL DEFAULT 'auto'"),
+    ("publish", "INTEGER NOT NULL DEFAULT 1"),
+    ("owner_key_sha256", "TEXT"),
+    ("estimated_seconds", "REAL"),
+)
 
 
 @dataclass(frozen=True)
@@ -166,6 +178,7 @@ def _from_row(row: sqlite3.Row) -> Job:
     values["invoice_status"] = InvoiceStatus(values["invoice_status"])
     values["chain_status"] = ChainStatus(values["chain_status"])
     values["hold"] = bool(values["hold"])
+    values["publish"] = bool(values["publish"])
     return Job(**{name: values[name] for name in _COLUMNS})
 
 
@@ -187,7 +200,17 @@ class SqliteJobStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")  # money state: durable across power loss too
         self._db.execute("PRAGMA foreign_keys=ON")
+        self._migrate()
         self._db.executescript(SCHEMA)
+
+    def _migrate(self) -> None:
+        """Bring a database written by an older release up to the current columns."""
+        existing = {row["name"] for row in self._db.execute("PRAGMA table_info(jobs)")}
+        if not existing:
+            return  # a new database: SCHEMA creates everything
+        for name, definition in _ADDED_COLUMNS:
+            if name not in existing:
+                self._db.execute(f"ALTER TABLE jobs ADD COLUMN {name} {definition}")
 
     def close(self) -> None:
         with self._lock:

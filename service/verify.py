@@ -5,13 +5,20 @@ input), then check every link against the bytes themselves: the content behind e
 CID is re-read from the store and re-hashed (sha256 and CID), the model's weights are
 compared with the weights this server runs, the parameters hash is recomputed, and the
 payment is matched with its job. Each check says precisely what does not match.
+
+A job that was not published keeps its content out of the public store; its bytes are still
+checked here (from the private store), but a lookup by its *input* hash never names the
+output: holding a public low-resolution image must not lead anyone to its paid upscale.
+The job's owner (who may see the output anyway) gets the whole record.
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 from provenance.chain import OnChainRecord, ProvenanceChain
 from provenance.cid import Cid, hash_bytes
@@ -19,8 +26,8 @@ from provenance.errors import IpfsError
 from provenance.ipfs import LocalIpfsStore
 from provenance.metadata import params_hash
 from sr_core.errors import SatscaleError
-from sr_core.registry import ModelRegistry
 
+from .jobs import Job
 from .store import JobStore
 
 SHA256 = re.compile(r"^(0x)?[0-9a-fA-F]{64}$")
@@ -44,6 +51,8 @@ class RecordReport:
     custody: dict
     chain: dict
     checks: list[Check] = field(default_factory=list)
+    #: the job's output was not published: this report leaves it out
+    withheld: bool = False
 
     @property
     def verified(self) -> bool:
@@ -69,16 +78,18 @@ class Report:
         }
 
 
-def _content(store: LocalIpfsStore, cid: str) -> bytes | None:
-    try:
-        return b"".join(store.cat(cid))
-    except IpfsError:
-        return None
+def _content(stores: tuple[LocalIpfsStore, ...], cid: str) -> bytes | None:
+    for store in stores:
+        try:
+            return b"".join(store.cat(cid))
+        except IpfsError:
+            continue
+    return None
 
 
-def _check_content(store: LocalIpfsStore, label: str, cid: str, sha256: str) -> list[Check]:
+def _check_content(stores: tuple[LocalIpfsStore, ...], label: str, cid: str, sha256: str) -> list[Check]:
     """The bytes behind `cid` hash to `sha256`, and rebuilding the CID from them gives `cid`."""
-    data = _content(store, cid)
+    data = _content(stores, cid)
     if data is None:
         return [Check(f"{label} content", False, f"{cid} is not held by this node (or a block is corrupt)")]
     actual = hashlib.sha256(data).hexdigest()
@@ -101,12 +112,24 @@ def _check_content(store: LocalIpfsStore, label: str, cid: str, sha256: str) -> 
     return checks
 
 
+Disclose = Callable[[str], bool]
+
+
 class Verifier:
-    def __init__(self, chain: ProvenanceChain, store: LocalIpfsStore, jobs: JobStore, registry: ModelRegistry) -> None:
+    def __init__(
+        self,
+        chain: ProvenanceChain,
+        public: LocalIpfsStore,
+        private: LocalIpfsStore,
+        jobs: JobStore,
+        weights: Callable[[str], tuple[Path, str]],
+    ) -> None:
+        """`weights(model)`: the file this server runs for a model and its sha256."""
         self.chain = chain
-        self.store = store
+        self.public = public
+        self.stores = (public, private)
         self.jobs = jobs
-        self.registry = registry
+        self.weights = weights
 
     def resolve(self, query: str) -> str:
         """The sha256 the query stands for: given directly, or of the content behind a CID."""
@@ -116,12 +139,13 @@ class Verifier:
             Cid.parse(query)
         except IpfsError:
             raise NothingToVerify(f"{query!r} is neither a sha256 (64 hex digits) nor a CID") from None
-        data = _content(self.store, query)
+        data = _content((self.public,), query)  # by CID: only what this node publishes
         if data is None:
             raise NothingToVerify(f"{query} is not held by this node; verify by the image's sha256 instead")
         return hashlib.sha256(data).hexdigest()
 
-    def verify(self, query: str) -> Report:
+    def verify(self, query: str, disclose: Disclose = lambda _payment_hash: False) -> Report:
+        """`disclose(payment_hash)`: the caller may see that job's output even if unpublished."""
         sha256 = self.resolve(query)
         found = [(h, "output") for h in self.chain.records_for_output(sha256)]
         found += [(h, "input") for h in self.chain.records_for_input(sha256)]
@@ -131,15 +155,17 @@ class Verifier:
         for payment_hash, role in found:
             record = self.chain.record_of(payment_hash)
             if record is not None:
-                reports.append(self._verify_record(record, role))
+                job = self.jobs.by_payment_hash(record.fields.payment_hash)
+                withheld = role == "input" and job is not None and not job.publish and not disclose(payment_hash)
+                reports.append(self._verify_record(record, role, job, withheld))
         return Report(query, sha256, reports)
 
-    def _verify_record(self, record: OnChainRecord, role: str) -> RecordReport:
+    def _verify_record(self, record: OnChainRecord, role: str, job: Job | None, withheld: bool) -> RecordReport:
         fields = record.fields
-        checks = _check_content(self.store, "input", fields.input_cid, fields.input_sha256)
-        checks += _check_content(self.store, "output", fields.output_cid, fields.output_sha256)
+        checks = _check_content(self.stores, "input", fields.input_cid, fields.input_sha256)
+        if not withheld:
+            checks += _check_content(self.stores, "output", fields.output_cid, fields.output_sha256)
         checks.append(self._check_model(fields.model, fields.weights_sha256))
-        job = self.jobs.by_payment_hash(fields.payment_hash)
         if job is None:
             checks.append(Check("payment", False, f"no job on this server was paid with {fields.payment_hash}"))
         else:
@@ -171,14 +197,17 @@ class Verifier:
         custody = {
             "input": {"cid": fields.input_cid, "sha256": fields.input_sha256},
             "model": {"id": fields.model, "weights_sha256": fields.weights_sha256, "params_hash": fields.params_hash},
-            "output": {"cid": fields.output_cid, "sha256": fields.output_sha256},
+            "output": {"published": False} if withheld else {"cid": fields.output_cid, "sha256": fields.output_sha256},
             "payment": {"hash": fields.payment_hash},
         }
-        return RecordReport(fields.payment_hash, role, custody, chain, checks)
+        if withheld:
+            chain.pop("tx", None)  # the transaction's calldata names the output too
+            chain.pop("block", None)
+        return RecordReport(fields.payment_hash, role, custody, chain, checks, withheld)
 
     def _check_model(self, model: str, weights_sha256: str) -> Check:
         try:
-            path, digest = self.registry.weights_file(self.registry.get(model))
+            path, digest = self.weights(model)
         except SatscaleError as exc:
             return Check("model weights", False, f"{model} is not available here to compare: {exc}")
         return Check(

@@ -62,10 +62,12 @@ def refunded(body: dict) -> bool:
     return body["status"] == "failed" and body["invoice_status"] == "canceled"
 
 
-def wait_for(client: TestClient, job_id: str, done, timeout: float = 60) -> dict:
+def wait_for(client: TestClient, job_id: str, done, timeout: float = 60, credential: str | None = None) -> dict:
+    """Poll the job's status (public, or as the holder of `credential`) until `done`."""
+    headers = {"Authorization": credential} if credential else None
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        body = client.get(f"/v1/upscales/{job_id}").json()
+        body = client.get(f"/v1/upscales/{job_id}", headers=headers).json()
         if done(body) if callable(done) else body["status"] in done:
             return body
         time.sleep(0.05)
@@ -127,11 +129,15 @@ def test_paid_flow_end_to_end(client: TestClient) -> None:
     paid = pay(client, challenge.invoice)  # the dev wallet returns once the hold invoice settles
     preimage = bytes.fromhex(paid["preimage"])
     assert hashlib.sha256(preimage).hexdigest() == body["payment_hash"]
-    done = wait_for(client, body["job_id"], settled)
-    assert done["invoice_status"] == "settled"
-    assert done["output"]["width"] == 64 and done["output"]["height"] == 48
+    public = wait_for(client, body["job_id"], settled)
+    assert public["invoice_status"] == "settled" and public["access"] == "public"
+    assert "output" not in public and "provenance" not in public and "input" not in public
 
     credential = f"L402 {challenge.macaroon}:{preimage.hex()}"
+    done = client.get(f"/v1/upscales/{body['job_id']}", headers={"Authorization": credential}).json()
+    assert done["access"] == "owner"
+    assert done["output"]["width"] == 64 and done["output"]["height"] == 48
+    assert done["output"]["url"] == f"/v1/upscales/{body['job_id']}/result"  # relative: no Host header in links
     result = client.get(f"/v1/upscales/{body['job_id']}/result", headers={"Authorization": credential})
     assert result.status_code == 200 and result.headers["content-type"] == "image/png"
     assert hashlib.sha256(result.content).hexdigest() == done["output"]["sha256"]
@@ -150,8 +156,14 @@ def test_status_needs_only_the_job_id_but_the_result_needs_the_preimage(client: 
     response = post_upscale(client, png())
     body = response.json()
     macaroon = l402.parse_challenge(response.headers["WWW-Authenticate"]).macaroon
+    # anyone with the job id sees its state, never the macaroon or the invoice
+    anonymous_status = client.get(f"/v1/upscales/{body['job_id']}")
+    assert anonymous_status.status_code == 202 and "WWW-Authenticate" not in anonymous_status.headers
+    assert "payment_request" not in anonymous_status.json() and anonymous_status.json()["status"] == "awaiting_payment"
+    # the holder of the macaroon is sent its challenge again
     status_only = client.get(f"/v1/upscales/{body['job_id']}", headers={"Authorization": f"L402 {macaroon}"})
     assert status_only.status_code == 402 and "WWW-Authenticate" in status_only.headers
+    assert status_only.json()["payment_request"] == body["payment_request"]
     pay(client, body["payment_request"])
     wait_for(client, body["job_id"], {"succeeded"})
     no_preimage = client.get(f"/v1/upscales/{body['job_id']}/result", headers={"Authorization": f"L402 {macaroon}"})
@@ -211,7 +223,7 @@ def test_a_failed_job_is_not_charged(client: TestClient, monkeypatch: pytest.Mon
     def broken_engine(job):
         raise RuntimeError("CUDA out of memory")
 
-    monkeypatch.setattr(service, "_run_engine", broken_engine)
+    monkeypatch.setattr(service.runner, "_run_engine", lambda job, stop: broken_engine(job))
     body = post_upscale(client, png()).json()
     refused = client.post("/v1/dev/pay", json={"payment_request": body["payment_request"], "wait": True})
     assert refused.status_code == 422 and "cancel" in refused.json()["detail"].lower()
@@ -226,13 +238,13 @@ def test_a_failed_job_is_not_charged(client: TestClient, monkeypatch: pytest.Mon
 def test_hold_budget_returns_the_payment(tmp_path: Path, registry, monkeypatch: pytest.MonkeyPatch) -> None:
     with make_client(tmp_path, registry, hold_budget_seconds=1) as client:
         service = client.app.state.service
-        original = service._run_engine
+        original = service.runner._run_engine
 
-        def slow_engine(job):
+        def slow_engine(job, stop):
             time.sleep(3)
-            return original(job)
+            return original(job, stop)
 
-        monkeypatch.setattr(service, "_run_engine", slow_engine)
+        monkeypatch.setattr(service.runner, "_run_engine", slow_engine)
         body = post_upscale(client, png()).json()
         pay(client, body["payment_request"], wait=False)
         failed = wait_for(client, body["job_id"], refunded)
@@ -325,6 +337,6 @@ def test_tile_and_precision_options(client: TestClient) -> None:
     done = wait_for(client, body["job_id"], settled)
     assert done["tile"] == 32
     too_small = post_upscale(client, png(), tile="8")
-    assert too_small.status_code == 422 and "tile size" in too_small.json()["detail"]
+    assert too_small.status_code == 422 and "tile" in too_small.json()["detail"]
     unknown = post_upscale(client, png(), precision="int4")
-    assert unknown.status_code == 422 and "int4" in unknown.json()["detail"]
+    assert unknown.status_code == 422 and "precision" in unknown.json()["detail"]

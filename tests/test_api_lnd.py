@@ -100,10 +100,10 @@ async def test_paid_flow_settles_on_lnd(server, double: LndDouble) -> None:
 async def test_failed_job_cancels_the_held_htlc(server, double: LndDouble) -> None:
     url, app = server
 
-    def broken(job):
+    def broken(job, stop):
         raise RuntimeError("the GPU fell off the bus")
 
-    app.state.service._run_engine = broken
+    app.state.service.runner._run_engine = broken
     async with httpx.AsyncClient(base_url=url, timeout=60) as http:
         body = (await create(http, 2)).json()
         double.pay(body["payment_request"])

@@ -38,6 +38,7 @@ class Server:
 
     def __init__(self, data_dir: Path, weights_dir: Path, log: Path) -> None:
         self.port = free_port()
+        self.data_dir = data_dir
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = {
             **os.environ,
@@ -45,6 +46,8 @@ class Server:
             "SATSCALE_WEIGHTS_DIR": str(weights_dir),
             "SATSCALE_PORT": str(self.port),
             "SATSCALE_HOST": "127.0.0.1",
+            # a private test server: the shared dev wallet may list preimages (the payers' proofs)
+            "SATSCALE_DEV_WALLET_LISTS_PREIMAGES": "1",
         }
         self.log = log
         self.process: subprocess.Popen | None = None
@@ -211,3 +214,7 @@ def test_kill_nine_at_every_stage_loses_nothing_and_charges_once(server: Server)
             assert final["charged"] is False
     # with a 180 s hold budget and seconds of work, every one of these jobs should have succeeded
     assert all(final["status"] == "succeeded" for final in finals.values()), finals
+    # the attempts the kills interrupted left nothing half-written behind
+    outputs = server.data_dir / "outputs"
+    leftovers = [p.name for p in outputs.iterdir() if p.name.endswith((".partial", ".staging.tif"))]
+    assert leftovers == [], leftovers

@@ -76,7 +76,11 @@ def test_verify_from_the_command_line(tmp_path: Path, registry) -> None:
         downloaded = tmp_path / "upscaled.png"
         downloaded.write_bytes(result.content)
         deadline = time.monotonic() + 60
-        while httpx.get(f"{url}/v1/upscales/{body['job_id']}").json()["provenance"]["chain"]["status"] != "confirmed":
+        owner = {"Authorization": f"L402 {macaroon}:{paid['preimage']}"}
+        while (
+            httpx.get(f"{url}/v1/upscales/{body['job_id']}", headers=owner).json()["provenance"]["chain"]["status"]
+            != "confirmed"
+        ):
             assert time.monotonic() < deadline
             time.sleep(0.1)
 

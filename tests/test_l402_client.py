@@ -70,7 +70,8 @@ def test_l402_requests_pays_and_gets_the_upscale(server_url: str) -> None:
     # the credential the client built and sent on its paid retry
     credential = response.request.headers["Authorization"]
     assert credential.startswith("L402 ")
-    result = httpx.get(job["output"]["url"], headers={"Authorization": credential}, timeout=60)
+    assert job["output"]["url"].startswith("/v1/")  # relative: links never follow the request's Host header
+    result = httpx.get(f"{server_url}{job['output']['url']}", headers={"Authorization": credential}, timeout=60)
     assert result.status_code == 200 and result.headers["content-type"] == "image/webp"
     assert hashlib.sha256(result.content).hexdigest() == job["output"]["sha256"]
     assert Image.open(io.BytesIO(result.content)).size == (120, 90)

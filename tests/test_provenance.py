@@ -29,9 +29,11 @@ def png(seed: int = 0) -> bytes:
     return buffer.getvalue()
 
 
-def paid_job(client: TestClient, image: bytes) -> tuple[dict, str]:
+def paid_job(client: TestClient, image: bytes, publish: bool = True) -> tuple[dict, str]:
     response = client.post(
-        "/v1/upscales", files={"image": ("a.png", image, "image/png")}, data={"model": MODEL, "scale": "2"}
+        "/v1/upscales",
+        files={"image": ("a.png", image, "image/png")},
+        data={"model": MODEL, "scale": "2", "publish": str(publish).lower()},
     )
     assert response.status_code == 402
     body = response.json()
@@ -42,10 +44,11 @@ def paid_job(client: TestClient, image: bytes) -> tuple[dict, str]:
     return body, f"L402 {macaroon}:{preimage}"
 
 
-def wait_confirmed(client: TestClient, job_id: str, timeout: float = 60) -> dict:
+def wait_confirmed(client: TestClient, job_id: str, credential: str, timeout: float = 60) -> dict:
+    """The owner's view of the job once its record is on chain."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        body = client.get(f"/v1/upscales/{job_id}").json()
+        body = client.get(f"/v1/upscales/{job_id}", headers={"Authorization": credential}).json()
         if body.get("provenance", {}).get("chain", {}).get("status") == "confirmed":
             return body
         time.sleep(0.05)
@@ -56,7 +59,7 @@ def test_a_paid_job_is_pinned_recorded_and_verifiable(tmp_path: Path, registry) 
     image = png()
     with TestClient(create_app(Settings(data_dir=tmp_path / "data"), registry)) as client:
         body, credential = paid_job(client, image)
-        job = wait_confirmed(client, body["job_id"])
+        job = wait_confirmed(client, body["job_id"], credential)
         provenance = job["provenance"]
         result = client.get(job["output"]["url"], headers={"Authorization": credential}).content
 
@@ -114,8 +117,8 @@ def test_a_paid_job_is_pinned_recorded_and_verifiable(tmp_path: Path, registry) 
 
 def test_verification_says_what_does_not_match(tmp_path: Path, registry) -> None:
     with TestClient(create_app(Settings(data_dir=tmp_path / "data"), registry)) as client:
-        body, _ = paid_job(client, png(1))
-        job = wait_confirmed(client, body["job_id"])
+        body, credential = paid_job(client, png(1))
+        job = wait_confirmed(client, body["job_id"], credential)
         store = client.app.state.ipfs
         block = store.block_path(job["provenance"]["output_cid"])
         block.write_bytes(block.read_bytes()[:-10] + b"tampered!!")
@@ -134,11 +137,51 @@ def test_verification_says_what_does_not_match(tmp_path: Path, registry) -> None
 def test_the_embedded_chain_is_replayed_after_a_restart(tmp_path: Path, registry) -> None:
     settings = Settings(data_dir=tmp_path / "data")
     with TestClient(create_app(settings, registry)) as client:
-        body, _ = paid_job(client, png(2))
-        first = wait_confirmed(client, body["job_id"])["provenance"]["chain"]
+        body, credential = paid_job(client, png(2))
+        first = wait_confirmed(client, body["job_id"], credential)["provenance"]["chain"]
     with TestClient(create_app(settings, registry)) as client:  # a new process: a new, empty chain
-        job = wait_confirmed(client, body["job_id"])
+        job = wait_confirmed(client, body["job_id"], credential)
         second = job["provenance"]["chain"]
         assert second["status"] == "confirmed" and second["tx"] and first["tx"]
         assert client.app.state.chain_sender.chain.record_of(body["payment_hash"]) is not None
         assert client.get(f"/v1/provenance/{job['output']['sha256']}").json()["verified"] is True
+
+
+def test_an_unpublished_job_keeps_its_files_to_its_owner(tmp_path: Path, registry) -> None:
+    """publish=false: the chain gets the hashes, nobody gets the bytes without the credential, and
+    holding the (public) input leads nobody to the paid upscale."""
+    image = png(3)
+    with TestClient(create_app(Settings(data_dir=tmp_path / "data"), registry)) as client:
+        body, credential = paid_job(client, image, publish=False)
+        job = wait_confirmed(client, body["job_id"], credential)
+        provenance = job["provenance"]
+        assert job["publish"] is False and provenance["published"] is False and provenance["gateway"] == {}
+        result = client.get(job["output"]["url"], headers={"Authorization": credential})
+        assert result.status_code == 200 and hashlib.sha256(result.content).hexdigest() == job["output"]["sha256"]
+        # the CIDs are content hashes (on chain), but no gateway serves their bytes
+        assert provenance["output_cid"] == hash_bytes(result.content, cid_version=1).cid
+        for cid in (provenance["input_cid"], provenance["output_cid"], provenance["metadata_cid"]):
+            assert client.get(f"/ipfs/{cid}").status_code == 404
+            assert client.get(f"/ipfs/{cid}?format=car").status_code == 404
+        record = client.app.state.chain_sender.chain.record_of(body["payment_hash"])
+        assert record.fields.output_sha256 == job["output"]["sha256"]
+
+        # by the input's hash: the record exists, the output is not named anywhere in the answer
+        input_sha = hashlib.sha256(image).hexdigest()
+        anonymous = client.get(f"/v1/provenance/{input_sha}")
+        assert anonymous.status_code == 200
+        (entry,) = anonymous.json()["records"]
+        assert entry["role"] == "input" and entry["withheld"] is True
+        assert entry["custody"]["output"] == {"published": False}
+        for secret in (job["output"]["sha256"], provenance["output_cid"], provenance["chain"]["tx"]):
+            assert secret not in anonymous.text
+        assert client.get(f"/v1/provenance/{provenance['input_cid']}").status_code == 404  # not held publicly
+        # the owner sees it whole, and everything verifies against the private copies
+        owner = client.get(f"/v1/provenance/{input_sha}", headers={"Authorization": credential}).json()
+        assert (
+            owner["verified"] is True and owner["records"][0]["custody"]["output"]["sha256"] == job["output"]["sha256"]
+        )
+        assert client.get(f"/v1/provenance/{input_sha}", headers={"Authorization": "L402 forged:00"}).status_code == 401
+        # whoever holds the output (and so its hash) may check it
+        assert client.get(f"/v1/provenance/{job['output']['sha256']}").json()["verified"] is True
+        assert client.get(f"/v1/upscales/{body['job_id']}").json().get("provenance") is None

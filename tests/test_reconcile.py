@@ -15,8 +15,10 @@ from PIL import Image
 
 from payments.backend import InvoiceState
 from payments.dev import DevNode
+from service.checkout import Created
 from service.config import Settings
-from service.jobs import InvoiceStatus, JobRequest, JobState
+from service.intake import JobOptions
+from service.jobs import InvoiceStatus, JobState
 from service.store import SqliteJobStore
 from service.worker import JobService
 
@@ -33,7 +35,12 @@ def png() -> bytes:
     return buffer.getvalue()
 
 
-REQUEST = JobRequest("realesr-animevideov3", 2, "png")
+OPTIONS = JobOptions("realesr-animevideov3", 2, "png")
+
+
+async def create_job(service: JobService, data: bytes) -> Created:
+    """What a door does: admit the upload, then check it out (job row, invoice, token)."""
+    return await service.checkout.create(await service.intake.admit(data, OPTIONS))
 
 
 @pytest.fixture
@@ -61,8 +68,10 @@ killed: list[JobService] = []
 
 def kill(service: JobService) -> None:
     """The process dies: its tasks stop where they are, nothing is cleaned up."""
-    for task in [*service._tasks, *service._watchers.values()]:
-        task.cancel()
+    tasks = [service.runner._task, service.watcher._timer, *service.watcher._watchers.values()]
+    for task in tasks:
+        if task is not None:
+            task.cancel()
     killed.append(service)
 
 
@@ -81,7 +90,7 @@ async def test_crash_before_the_node_issued_the_invoice(world, monkeypatch: pyte
 
     monkeypatch.setattr(first.backend, "add_hold_invoice", die)
     with pytest.raises(Crash):
-        await first.create_job(png(), REQUEST)
+        await create_job(first, png())
     (job,) = first.store.unfinished()
     assert job.invoice_status is InvoiceStatus.NONE
     second = world()
@@ -101,7 +110,7 @@ async def test_crash_after_the_node_issued_the_invoice(world, monkeypatch: pytes
 
     monkeypatch.setattr(first.backend, "add_hold_invoice", issue_then_die)
     with pytest.raises(Crash):
-        await first.create_job(png(), REQUEST)
+        await create_job(first, png())
     (job,) = first.store.unfinished()
     second = world()
     await second.start()
@@ -119,8 +128,8 @@ async def test_crash_between_success_and_settlement(world, monkeypatch: pytest.M
     async def die(job):
         raise Crash
 
-    monkeypatch.setattr(first, "_settle", die)
-    challenge = await first.create_job(png(), REQUEST)
+    monkeypatch.setattr(first.settlement, "settle", die)
+    challenge = await create_job(first, png())
     await first.backend.pay(challenge.job.payment_request)
     await until(lambda: first.store.get(challenge.job.id).state is JobState.SUCCEEDED)
     assert first.store.get(challenge.job.id).invoice_status is InvoiceStatus.ACCEPTED  # held, not yet taken
@@ -136,15 +145,15 @@ async def test_crash_between_failure_and_cancellation(world, monkeypatch: pytest
     first = world()
     await first.start()
 
-    def broken(job):
+    def broken(job, stop):
         raise RuntimeError("engine exploded")
 
     async def die(job):
         raise Crash
 
-    monkeypatch.setattr(first, "_run_engine", broken)
-    monkeypatch.setattr(first, "_cancel", die)
-    challenge = await first.create_job(png(), REQUEST)
+    monkeypatch.setattr(first.runner, "_run_engine", broken)
+    monkeypatch.setattr(first.settlement, "cancel", die)
+    challenge = await create_job(first, png())
     await first.backend.pay(challenge.job.payment_request)
     await until(lambda: first.store.get(challenge.job.id).state is JobState.FAILED)
     kill(first)
@@ -162,13 +171,13 @@ async def test_crash_in_the_middle_of_the_engine_run(world, monkeypatch: pytest.
     started = threading.Event()
     release = threading.Event()
 
-    def hang(job):
+    def hang(job, stop):
         started.set()
         release.wait(60)
         raise Crash
 
-    monkeypatch.setattr(first, "_run_engine", hang)
-    challenge = await first.create_job(png(), REQUEST)
+    monkeypatch.setattr(first.runner, "_run_engine", hang)
+    challenge = await create_job(first, png())
     await first.backend.pay(challenge.job.payment_request)
     await until(started.is_set)
     assert first.store.get(challenge.job.id).state is JobState.PROCESSING

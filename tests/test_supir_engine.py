@@ -200,10 +200,12 @@ def test_supir_is_sold_over_the_api_at_the_diffusion_rate(supir_weights, tmp_pat
 
         image = _png(natural_image(20, 28))
         # a multi-GB model is never reloaded per request: another precision is refused up front
+        listed = models["supir-tiny"]
+        elsewise = next(p for p in listed["precisions"] if p != listed["precision"])
         other = client.post(
             "/v1/upscales",
             files={"image": ("in.png", image, "image/png")},
-            data={"model": "supir-tiny", "scale": "2", "precision": "fp32"},
+            data={"model": "supir-tiny", "scale": "2", "precision": elsewise},
         )
         assert other.status_code == 422 and "server's precision" in other.json()["detail"]
         data = {"model": "supir-tiny", "scale": "2"}
@@ -211,9 +213,9 @@ def test_supir_is_sold_over_the_api_at_the_diffusion_rate(supir_weights, tmp_pat
         assert response.status_code == 402, response.text
         body = response.json()
         paid = pay(client, body["payment_request"])
-        done = wait_for(client, body["job_id"], settled, timeout=120)
-        assert done["output"]["width"] == 56 and done["output"]["height"] == 40
         challenge = l402.parse_challenge(response.headers["WWW-Authenticate"])
         credential = f"L402 {challenge.macaroon}:{paid['preimage']}"
+        done = wait_for(client, body["job_id"], settled, timeout=120, credential=credential)
+        assert done["output"]["width"] == 56 and done["output"]["height"] == 40
         result = client.get(f"/v1/upscales/{body['job_id']}/result", headers={"Authorization": credential})
         assert result.status_code == 200 and Image.open(io.BytesIO(result.content)).size == (56, 40)

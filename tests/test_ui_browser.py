@@ -61,7 +61,7 @@ def photo(tmp_path: Path) -> Path:
     return path
 
 
-def upload_and_pay(page: Page, url: str, photo: Path) -> str:
+def upload_and_pay(page: Page, url: str, photo: Path, publish: bool = False) -> str:
     page.goto(url)
     page.set_input_files("#upload input[type=file]", str(photo))
     expect(page.locator("#image-info")).to_contain_text("80 × 60 px · PNG · RGB · 8-bit")
@@ -71,6 +71,12 @@ def upload_and_pay(page: Page, url: str, photo: Path) -> str:
     page.locator('#scale [data-testid="2-radio-label"]').click()
     expect(page.locator("#quote")).to_contain_text("10 sats")
     expect(page.locator("#quote")).to_contain_text("output 160 × 120")
+    # the choice to publish, and what it means, are on the page before any invoice
+    expect(page.locator("#publish")).to_contain_text("anyone who holds the input can find the upscale")
+    expect(page.locator("#quote")).to_contain_text("private (not published)")
+    if publish:
+        page.locator("#publish input").check()
+        expect(page.locator("#quote")).to_contain_text("published on IPFS")
     page.click("#get-invoice")
     expect(page.locator("#invoice-qr img")).to_be_visible()
     expect(page.locator("#bolt11 textarea")).to_have_value(re.compile("^lnbcrt"))
@@ -86,16 +92,16 @@ def test_upload_quote_pay_result_and_provenance(browser: Browser, server, photo:
     url, app = server
     expect.set_options(timeout=60_000)
     page = browser.new_page(viewport={"width": 1280, "height": 1000})
-    invoice = upload_and_pay(page, url, photo)
+    invoice = upload_and_pay(page, url, photo, publish=True)
 
     store = app.state.service.store
     (job,) = store.recent(1)
-    assert job.payment_request == invoice
+    assert job.payment_request == invoice and job.publish is True
     expect(page.locator("#job-status")).to_contain_text(job.id)
     # before / after slider with both images, and the full-resolution download
     expect(page.locator("#slider img")).to_have_count(2)
     with page.expect_download() as download_info:
-        page.click("#download")
+        page.click("#download a")
     downloaded = download_info.value.path()
     assert hashlib.sha256(Path(downloaded).read_bytes()).hexdigest() == store.get(job.id).output_sha256
     with Image.open(downloaded) as full:
@@ -132,6 +138,9 @@ def test_phone_and_dark_mode(browser: Browser, server, photo: Path) -> None:
     page = context.new_page()
     upload_and_pay(page, url, photo)
     expect(page.locator("#slider img")).to_have_count(2)
+    # not published: the provenance names the CIDs but links no gateway, which would not serve them
+    expect(page.locator("#provenance")).to_contain_text("only the hashes are on chain")
+    assert page.locator("#provenance a[data-cid]").count() == 0
     # nothing wider than the phone, and the dark theme is in use
     overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
     assert overflow <= 1

@@ -1,0 +1,205 @@
+"""The one intake both doors use: an upload is decoded and validated once, its options checked
+once, and the result is an `Admission` that the job is created from (or a refusal, before
+any invoice exists).
+
+    inspect   decode and validate the bytes (format, size limits, a full streaming decode)
+    resolve   + the options: model, scale, output format, tile, precision, publication;
+              the price, the engine's description, the time estimate, the token binding
+    admit     + refuse what this server cannot finish while a payment can be held (413) or
+              cannot start in time because of the work queued ahead (503, retry later)
+    price     the same checks for an image known only by its size (a quote)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from sr_core.engines import Engine, EngineInfo
+from sr_core.errors import ImageTooLargeError, ParameterError
+from sr_core.imageio import (
+    ImageInfo,
+    ImageLimits,
+    OutputSpec,
+    check_dimensions,
+    check_output,
+    normalise_format,
+    validate_image,
+)
+from sr_core.tiling import MIN_TILE
+from sr_core.upscale import UpscaleOptions
+
+from .capacity import Estimate, ThroughputMeter, nominal_image
+from .config import Settings
+from .engines import DEFAULT_MODEL, Engines
+from .jobs import JobRequest
+from .pricing import Quote, quote
+
+#: refuse a job whose estimated run takes more than this share of the hold budget
+ADMISSION_SHARE = 0.8
+MAX_REQUEST_TILE = 2048
+
+
+class ServerBusy(Exception):
+    """The work queued ahead would not leave this job enough of the hold budget (503)."""
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+@dataclass(frozen=True)
+class JobOptions:
+    """What a caller asks for, as sent (either door); checked by the intake."""
+
+    model: str = DEFAULT_MODEL
+    scale: int | None = None  # None: the model's own
+    output_format: str | None = None  # None: as the input
+    tile: int | None = None  # None: sized from the memory budget
+    precision: str = "auto"
+    publish: bool = False
+
+
+@dataclass(frozen=True)
+class Priced:
+    quote: Quote
+    estimate: Estimate
+    engine: EngineInfo
+
+
+@dataclass(frozen=True)
+class Admission:
+    """An accepted upload: what the job is created from."""
+
+    data: bytes
+    image: ImageInfo
+    input_sha256: str
+    request: JobRequest
+    #: what the L402 token is bound to (request_hash)
+    binding: str
+    quote: Quote
+    estimate: Estimate
+
+
+def upload_limits(settings: Settings) -> ImageLimits:
+    """What an upload may be (bytes, pixels, side): one rule for uploads, quotes and the runner."""
+    return ImageLimits(max_bytes=settings.max_upload_bytes, max_pixels=int(settings.max_input_megapixels * 1e6))
+
+
+def request_hash(input_sha256: str, request: JobRequest) -> str:
+    """What an L402 token is bound to: the input bytes and every parameter of the request."""
+    fields = {
+        "input": input_sha256,
+        "model": request.model,
+        "scale": request.scale,
+        "format": request.output_format,
+        "tile": request.tile,
+        "precision": request.precision,
+    }
+    if request.publish:  # absent when false: tokens minted before publication was a choice still match
+        fields["publish"] = True
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
+
+
+class Intake:
+    def __init__(
+        self,
+        settings: Settings,
+        engines: Engines,
+        meter: ThroughputMeter,
+        backlog: Callable[[], float] = lambda: 0.0,
+    ) -> None:
+        """`backlog`: seconds of engine work already paid for and not yet done."""
+        self.settings = settings
+        self.engines = engines
+        self.meter = meter
+        self.backlog = backlog
+
+    def limits(self) -> ImageLimits:
+        return upload_limits(self.settings)
+
+    async def inspect(self, data: bytes) -> ImageInfo:
+        """The core's validation, the same checks the CLI applies."""
+        return await asyncio.to_thread(validate_image, data, self.limits(), "upload")
+
+    async def price(self, options: JobOptions, width: int, height: int) -> Priced:
+        """Price and time of an upscale of an image of this size (the upload limits apply)."""
+        check_dimensions(width, height, self.limits())
+        return await asyncio.to_thread(self._price, options, nominal_image(width, height))
+
+    async def resolve(self, data: bytes, options: JobOptions) -> Admission:
+        """Validate the upload and the options; price the job. Nothing is refused for time."""
+        image = await self.inspect(data)
+        return await asyncio.to_thread(self._resolve, data, image, options)
+
+    async def admit(self, data: bytes, options: JobOptions) -> Admission:
+        """`resolve`, then refuse a job that cannot finish while its payment can be held."""
+        admission = await self.resolve(data, options)
+        self.check_time(admission.estimate, admission.image, admission.request.model)
+        return admission
+
+    def check_time(self, estimate: Estimate, image: ImageInfo, model: str) -> None:
+        budget = self.settings.hold_budget_seconds
+        allowed = budget * ADMISSION_SHARE
+        if estimate.seconds > allowed:
+            raise ImageTooLargeError(
+                f"upload: {image.width}x{image.height} with {model} would take about {estimate.seconds:.0f} s "
+                f"here, and a payment can be held for {budget} s; send a smaller image or use a faster model"
+            )
+        ahead = self.backlog()
+        if ahead + estimate.seconds > allowed:
+            raise ServerBusy(
+                f"the server has about {ahead:.0f} s of paid work queued; this job would not finish within the "
+                f"{budget} s a payment can be held. Nothing was charged; try again shortly",
+                retry_after=max(1, math.ceil(ahead + estimate.seconds - allowed)),
+            )
+
+    # ------------------------------------------------------------ blocking parts (worker threads)
+
+    def _engine(self, options: JobOptions) -> Engine:
+        if not isinstance(options.model, str) or not options.model:
+            raise ParameterError("model must be a model name (GET /v1/models lists them)")
+        if options.tile is not None and not (
+            isinstance(options.tile, int) and MIN_TILE <= options.tile <= MAX_REQUEST_TILE
+        ):
+            raise ParameterError(f"tile size must be between {MIN_TILE} and {MAX_REQUEST_TILE} pixels")
+        return self.engines.get(options.model, options.precision)
+
+    def _price(self, options: JobOptions, image: ImageInfo) -> Priced:
+        engine = self._engine(options)
+        info = engine.info
+        scale = info.resolve_scale(options.scale)
+        info.check_output_size(image.width, image.height, scale)
+        priced = quote(self.settings, options.model, info, image.width, image.height, scale)
+        estimate = self.meter.estimate(engine, image, UpscaleOptions(scale=scale, tile=options.tile))
+        return Priced(priced, estimate, info)
+
+    def _resolve(self, data: bytes, image: ImageInfo, options: JobOptions) -> Admission:
+        output_format = image.format if options.output_format in (None, "") else normalise_format(options.output_format)
+        priced = self._price(options, image)
+        scale = priced.quote.scale
+        spec = OutputSpec(image.width * scale, image.height * scale, image.channels, image.bit_depth)
+        check_output(spec, output_format, Path("output"))  # a format that cannot hold the output: before any invoice
+        request = JobRequest(
+            model=options.model,
+            scale=scale,
+            output_format=output_format,
+            tile=options.tile,
+            precision=options.precision,
+            publish=bool(options.publish),
+        )
+        input_sha256 = hashlib.sha256(data).hexdigest()
+        return Admission(
+            data=data,
+            image=image,
+            input_sha256=input_sha256,
+            request=request,
+            binding=request_hash(input_sha256, request),
+            quote=priced.quote,
+            estimate=priced.estimate,
+        )

@@ -1,0 +1,259 @@
+"""The embedded job queue and the engine runs.
+
+    worker   payment_held -> processing -> engine (in a thread) -> pinned -> succeeded -> settle
+             any failure -> failed -> cancel (the payer keeps the money)
+
+One job runs at a time. A job that fails while its engine runs (the hold budget ran out, the
+node cancelled the payment, an operator failed it) stops that engine between two tiles or
+sampler steps, and the next job starts at once instead of waiting for a result nobody will
+receive. Each state is persisted before its side effect, so a kill -9 anywhere resumes: the
+reconciler puts an interrupted run back in the queue, and the run first removes what the
+killed attempt left half-written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from sr_core.errors import Cancelled, SatscaleError
+from sr_core.imageio import FORMAT_EXTENSIONS, ImageLimits, OutputOptions
+from sr_core.upscale import UpscaleOptions, upscale_file
+from sr_core.weights import sha256_file
+
+from .capacity import ThroughputMeter
+from .engines import Engines
+from .jobs import ChainStatus, Job, JobState
+from .provenance import Provenance
+from .settlement import Settlement
+from .store import JobStore
+
+log = logging.getLogger("satscale.runner")
+
+#: a failure's text is shown to the job's viewers: long engine errors are cut here
+REASON_LIMIT = 300
+#: what a killed attempt leaves beside the output it was writing (sr_core.imageio.StreamingWriter)
+LEFTOVER_PATTERNS = (".*.partial", ".*.staging.tif")
+
+
+@dataclass(frozen=True)
+class EngineRun:
+    path: Path
+    sha256: str
+    width: int
+    height: int
+    weights_sha256: str
+
+
+class JobRunner:
+    def __init__(
+        self,
+        store: JobStore,
+        engines: Engines,
+        meter: ThroughputMeter,
+        settlement: Settlement,
+        limits: ImageLimits,
+        outputs_dir: Path,
+        clock: Callable[[], float],
+        provenance: Provenance | None = None,
+        on_record: Callable[[], None] | None = None,
+    ) -> None:
+        """`on_record` is told when a chain record was queued (the chain sender wakes up)."""
+        self.store = store
+        self.engines = engines
+        self.meter = meter
+        self.settlement = settlement
+        self.limits = limits
+        self.outputs_dir = outputs_dir
+        self.clock = clock
+        self.provenance = provenance
+        self.on_record = on_record
+        self._queue: asyncio.Queue[str] = asyncio.Queue()
+        self._queued: set[str] = set()
+        self._progress: dict[str, float] = {}
+        self._stops: dict[str, threading.Event] = {}
+        self._task: asyncio.Task | None = None
+
+    # ------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        self.outputs_dir.mkdir(parents=True, exist_ok=True)
+        for pattern in LEFTOVER_PATTERNS:  # nothing runs yet: whatever is half-written is a killed attempt's
+            for leftover in self.outputs_dir.glob(pattern):
+                leftover.unlink(missing_ok=True)
+        self._task = asyncio.create_task(self._worker_loop(), name="satscale-worker")
+
+    async def stop(self) -> None:
+        for stop in self._stops.values():
+            stop.set()  # the engine thread ends at its next tile; the job resumes at the next start
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+
+    # ------------------------------------------------------------ what others ask
+
+    def enqueue(self, job_id: str) -> None:
+        if job_id not in self._queued:
+            self._queued.add(job_id)
+            self._queue.put_nowait(job_id)
+
+    def progress(self, job_id: str) -> float | None:
+        return self._progress.get(job_id)
+
+    def backlog(self) -> float:
+        """Seconds of engine work paid for and not done yet (queued, or the rest of the running job)."""
+        now = self.clock()
+        total = 0.0
+        for job in self.store.unfinished():
+            if job.state in (JobState.PAYMENT_HELD, JobState.PROCESSING):
+                elapsed = now - job.started_at if job.state is JobState.PROCESSING and job.started_at else 0.0
+                total += max(0.0, (job.estimated_seconds or 0.0) - elapsed)
+        return total
+
+    async def fail(self, job_id: str, reason: str) -> Job | None:
+        """End a paid or unpaid job as failed, stop its engine, and give the payment back."""
+        job = self.store.get(job_id)
+        if job is None or job.state.final:
+            return job
+        failed = self.store.transition(job_id, [job.state], JobState.FAILED, error=reason, finished_at=self.clock())
+        if failed is None:
+            return self.store.get(job_id)
+        stop = self._stops.get(job_id)
+        if stop is not None:
+            stop.set()
+        if failed.hold:
+            await self.settlement.cancel(failed)
+        else:
+            # a plain invoice cannot be refunded by the node: say so, loudly
+            log.error("job %s failed after a plain-invoice payment; refund by hand: %s", job_id, reason)
+        self._progress.pop(job_id, None)
+        return self.store.get(job_id)
+
+    # ------------------------------------------------------------ processing
+
+    async def _worker_loop(self) -> None:
+        while True:
+            job_id = await self._queue.get()
+            self._queued.discard(job_id)
+            try:
+                await self._process(job_id)
+            except Exception:
+                log.exception("processing %s crashed", job_id)
+                await self.fail(job_id, "internal error while processing; the payment is returned")
+
+    async def _process(self, job_id: str) -> None:
+        job = self.store.get(job_id)
+        if job is None or job.state is not JobState.PAYMENT_HELD:
+            return
+        if job.hold_deadline and self.clock() > job.hold_deadline:
+            await self.fail(job_id, "the hold budget ran out before the job could start; the payment is returned")
+            return
+        job = self.store.transition(
+            job_id, [JobState.PAYMENT_HELD], JobState.PROCESSING, started_at=self.clock(), attempts=job.attempts + 1
+        )
+        if job is None:
+            return
+        self._progress[job_id] = 0.0
+        stop = self._stops[job_id] = threading.Event()
+        try:
+            run = await asyncio.to_thread(self._run_engine, job, stop)
+        except Cancelled:
+            return  # failed meanwhile (its payment is returned already), or the server is stopping
+        except Exception as exc:
+            log.warning("job %s failed: %s", job_id, exc)
+            await self.fail(job_id, f"upscaling failed: {self._reason(exc, job)}")
+            return
+        finally:
+            self._stops.pop(job_id, None)
+        if stop.is_set():  # failed just as the engine finished: nobody receives this output
+            run.path.unlink(missing_ok=True)
+            return
+        await self._succeed(job, run)
+
+    async def _succeed(self, job: Job, run: EngineRun) -> None:
+        provenance: dict = {}
+        outbox = None
+        if self.provenance is not None:
+            try:
+                pinned = await asyncio.to_thread(
+                    self.provenance.pin_job, job, run.path, run.sha256, run.weights_sha256, run.width, run.height
+                )
+            except Exception as exc:
+                log.exception("pinning job %s failed", job.id)
+                run.path.unlink(missing_ok=True)
+                await self.fail(job.id, f"storing the result failed: {exc}")
+                return
+            outbox = pinned.outbox_entry()
+            provenance = dict(
+                input_cid=pinned.facts.input_cid,
+                output_cid=pinned.facts.output_cid,
+                metadata_cid=pinned.metadata_cid,
+                chain_status=ChainStatus.PENDING,
+                ipfs_remote_status="pending" if self.provenance.remote and job.publish else "none",
+            )
+        # success and its chain record are one transaction: the record cannot be lost
+        done = self.store.transition(
+            job.id,
+            [JobState.PROCESSING],
+            JobState.SUCCEEDED,
+            outbox=outbox,
+            output_path=str(run.path),
+            output_sha256=run.sha256,
+            output_width=run.width,
+            output_height=run.height,
+            finished_at=self.clock(),
+            progress=1.0,
+            **provenance,
+        )
+        self._progress.pop(job.id, None)
+        if done is None:  # failed meanwhile (hold budget ran out): the payer keeps the money
+            run.path.unlink(missing_ok=True)
+            return
+        if outbox is not None and self.on_record:
+            self.on_record()
+        if done.hold:
+            await self.settlement.settle(done)
+
+    def output_path(self, job: Job) -> Path:
+        return self.outputs_dir / f"{job.id}{FORMAT_EXTENSIONS[job.output_format]}"
+
+    def _run_engine(self, job: Job, stop: threading.Event) -> EngineRun:
+        """Upscale the job's input (blocking; in a worker thread)."""
+        engine = self.engines.get(job.model, job.precision)
+        target = self.output_path(job)
+        for leftover in self.outputs_dir.glob(f".{target.name}.*"):  # a killed earlier attempt's
+            leftover.unlink(missing_ok=True)
+
+        def progress(done: int, total: int) -> None:
+            self._progress[job.id] = done / total
+
+        def timed(pixels: int, seconds: float) -> None:
+            self.meter.record(engine.info, pixels, seconds)
+
+        result = upscale_file(
+            engine,
+            Path(job.input_path),
+            target,
+            UpscaleOptions(scale=job.scale, tile=job.tile),
+            OutputOptions(format=job.output_format),
+            self.limits,
+            progress,
+            should_stop=stop.is_set,
+            timings=timed,
+        )
+        return EngineRun(target, sha256_file(target), result.width, result.height, engine.info.weights_sha256)
+
+    def _reason(self, exc: Exception, job: Job) -> str:
+        """A failure as the job's viewers may read it: no server paths, not endless."""
+        text = " ".join(str(exc).split()) or type(exc).__name__
+        text = text.replace(job.input_path, "the input").replace(str(self.output_path(job)), "the output")
+        text = text.replace(str(self.outputs_dir), "outputs")
+        if not isinstance(exc, SatscaleError | RuntimeError | MemoryError):
+            text = f"{type(exc).__name__}: {text}"
+        return text if len(text) <= REASON_LIMIT else text[: REASON_LIMIT - 3] + "..."

@@ -1,0 +1,344 @@
+"""The web app's handlers: thin clients of the front door, the same calls the API makes.
+
+Every handler is an HTTP endpoint anyone can call with any JSON (Gradio exposes them all,
+hidden or not), so each one treats every input as untrusted: files go through the upload
+guard, jobs are opened only with the per-job key the creating browser keeps (checked by
+the front door, like an L402 credential), and errors reach the page as the same texts
+the API puts in its problem documents, never as exception internals.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import hmac
+import html
+import logging
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import gradio as gr
+from gradio.utils import get_upload_folder
+
+from ..access import Proof
+from ..frontdoor import FrontDoor
+from ..intake import JobOptions
+from ..problems import to_problem
+from ..views import JobView
+from . import render
+from .uploads import UploadGuard
+
+log = logging.getLogger("satscale.ui")
+
+FORMATS = ["same as input", "png", "jpeg", "webp", "tiff"]
+PRECISIONS = ["auto", "fp32", "bf16", "fp16"]
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Ticket:
+    """What the browser keeps for each of its jobs (in localStorage): the id and its key."""
+
+    job_id: str
+    key: str
+
+    @classmethod
+    def of(cls, value: Any) -> Ticket | None:
+        if isinstance(value, dict) and isinstance(value.get("job_id"), str) and isinstance(value.get("key"), str):
+            return cls(value["job_id"], value["key"])
+        return None
+
+    def to_dict(self) -> dict[str, str]:
+        return {"job_id": self.job_id, "key": self.key}
+
+    @property
+    def proof(self) -> Proof:
+        return Proof(owner_key=self.key)
+
+
+def tickets(session: Any) -> list[Ticket]:
+    """The browser's jobs, oldest first, from its stored session ({"current", "jobs"})."""
+    values = session.get("jobs", []) if isinstance(session, dict) else []
+    if not isinstance(values, list):
+        return []
+    return [ticket for ticket in (Ticket.of(value) for value in values[-200:]) if ticket is not None]
+
+
+def current(session: Any) -> Ticket | None:
+    """The job the page shows: the one picked, else the newest."""
+    held = tickets(session)
+    wanted = session.get("current") if isinstance(session, dict) else None
+    return next((t for t in held if t.job_id == wanted), held[-1] if held else None)
+
+
+def make_session(held: list[Ticket], shown: str | None) -> dict[str, Any]:
+    return {"current": shown, "jobs": [ticket.to_dict() for ticket in held]}
+
+
+def friendly(handler: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
+    """Errors reach the page as the API's problem texts; anything unexpected is logged here and
+    shown without internals (the mount turns Gradio's own error display off)."""
+
+    @functools.wraps(handler)
+    async def run(*args: Any) -> T:
+        try:
+            return await handler(*args)
+        except gr.Error:
+            raise
+        except Exception as exc:
+            problem = to_problem(exc)
+            if problem.slug == "internal":
+                log.exception("web app handler %s failed", handler.__name__)
+            raise gr.Error(problem.detail) from None
+
+    return run
+
+
+def _number(value: Any, name: str) -> int | None:
+    """A whole number from the page (Gradio sends floats and strings too); None when left empty."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, bool):
+        raise gr.Error(f"{name} must be a whole number")
+    try:
+        number = float(value)
+    except (TypeError, ValueError, OverflowError):
+        raise gr.Error(f"{name} must be a whole number") from None
+    if not number.is_integer() or abs(number) > 1e9:
+        raise gr.Error(f"{name} must be a whole number")
+    return int(number)
+
+
+def _text(value: Any, name: str, default: str) -> str:
+    if value is None or value == "":
+        return default
+    if not isinstance(value, str):
+        raise gr.Error(f"{name} must be text")
+    return value
+
+
+def options_from_page(model: Any, scale: Any, fmt: Any, tile: Any, precision: Any, publish: Any) -> JobOptions:
+    output_format = _text(fmt, "format", FORMATS[0])
+    return JobOptions(
+        model=_text(model, "model", ""),
+        scale=_number(scale, "scale"),
+        output_format=None if output_format == FORMATS[0] else output_format,
+        tile=_number(tile, "tile size") or None,  # 0: automatic
+        precision=_text(precision, "precision", "auto"),
+        publish=publish is True,
+    )
+
+
+class WebHandlers:
+    def __init__(self, front: FrontDoor, uploads: UploadGuard) -> None:
+        self.front = front
+        self.uploads = uploads
+        # preview folders are named with a keyed hash of the job id: unguessable, and only
+        # handed to the job's owner
+        self._preview_key = secrets.token_bytes(32)
+
+    # ------------------------------------------------------------ upload, price
+
+    async def _image(self, upload: Any) -> Any:
+        facts = self.uploads.remembered(upload)
+        if facts is None:
+            facts = await self.front.inspect(self.uploads.read(upload))
+            self.uploads.remember(upload, facts)
+        return facts
+
+    async def inspect(self, upload: Any) -> str:
+        if upload in (None, ""):
+            return ""
+        try:
+            info = await self._image(upload)
+        except Exception as exc:
+            return render.warning(f"Refused: {to_problem(exc).detail.removeprefix('upload: ')}")
+        kind = {1: "grey", 2: "grey + alpha", 3: "RGB", 4: "RGBA"}[info.channels]
+        return f"{info.width} × {info.height} px · {info.format.upper()} · {kind} · {info.bit_depth}-bit"
+
+    async def quote(self, upload: Any, model: Any, scale: Any, publish: Any = False) -> str:
+        """Price and size of an upscale of the uploaded image."""
+        if upload in (None, ""):
+            return "Upload an image to see the price."
+        try:
+            info = await self._image(upload)
+            options = options_from_page(model, scale, None, None, None, publish)
+            return self._price_text(await self.front.quote(options, info.width, info.height), options.publish)
+        except gr.Error as exc:
+            return render.warning(exc.message)
+        except Exception as exc:
+            return render.warning(to_problem(exc).detail.removeprefix("upload: "))
+
+    @friendly
+    async def price(self, model: Any, scale: Any, width: Any, height: Any) -> str:
+        """The public API's quote (gradio_client): of an image of width x height."""
+        width_px, height_px = _number(width, "width"), _number(height, "height")
+        if not width_px or not height_px:
+            raise gr.Error("width and height must be positive whole numbers")
+        options = options_from_page(model, scale, None, None, None, False)
+        return self._price_text(await self.front.quote(options, width_px, height_px), None)
+
+    @staticmethod
+    def _price_text(priced: Any, publish: bool | None) -> str:
+        quote, seconds = priced.quote, max(1, round(priced.estimate.seconds))
+        text = (
+            f"**{quote.amount_sat} sats** · output {quote.output_width} × {quote.output_height} "
+            f"({render.megapixels(quote.output_megapixels)} MP) · about {seconds} s here"
+        )
+        if publish is not None:
+            text += " · published on IPFS" if publish else " · private (not published)"
+        return text
+
+    @friendly
+    async def scales(self, model: Any, scale: Any) -> Any:
+        """The model's scales; the chosen one stays if the new model offers it."""
+        info = await self.front.model_info(_text(model, "model", ""))
+        if scale in info.scales:
+            return gr.Radio(choices=list(info.scales))  # no value: a click made meanwhile is not undone
+        return gr.Radio(choices=list(info.scales), value=info.native_scale)
+
+    def note(self, model: Any) -> str:
+        rows = {row.entry.name: row.to_dict() for row in self.front.models()}
+        name = model if isinstance(model, str) else ""
+        return render.model_note(name, rows.get(name))
+
+    # ------------------------------------------------------------ jobs
+
+    @friendly
+    async def create(
+        self, upload: Any, model: Any, scale: Any, fmt: Any, tile: Any, precision: Any, publish: Any, session: Any
+    ) -> tuple[Any, ...]:
+        if upload in (None, ""):
+            raise gr.Error("Upload an image first.")
+        data = self.uploads.read(upload)
+        made = await self.front.create_for_browser(data, options_from_page(model, scale, fmt, tile, precision, publish))
+        job = made.created.job
+        held = [t for t in tickets(session) if t.job_id != job.id] + [Ticket(job.id, made.owner_key)]
+        session = make_session(held, job.id)
+        return session, *(await self.render(session, None))
+
+    @friendly
+    async def pay_with_dev_wallet(self, session: Any) -> str:
+        ticket = current(session)
+        if ticket is None:
+            raise gr.Error("There is no job to pay yet.")
+        await self.front.dev_pay(self.front.grant(ticket.job_id, ticket.proof))
+        return "Paid with the dev wallet (simulated, not real money)."
+
+    @friendly
+    async def status(self, job_id: Any, key: Any) -> dict[str, Any]:
+        """A job's status (public API): with the job's key (the web app's) or an `L402 ...` value."""
+        proof: Proof | None = None
+        if isinstance(key, str) and key:
+            proof = Proof.from_authorization(key) if key.startswith(("L402 ", "LSAT ")) else Proof(owner_key=key)
+        view = self.front.view(self.front.grant(_text(job_id, "job id", ""), proof))
+        return {
+            "job_id": view.job_id,
+            "status": view.status.value,
+            "access": view.level.name.lower(),
+            "amount_msat": view.amount_msat,
+            "progress": view.progress,
+            "invoice_status": view.invoice_status,
+            "chain_status": view.provenance.chain_status if view.provenance else None,
+            "error": view.error,
+        }
+
+    def _owned(self, ticket: Ticket | None) -> JobView | None:
+        """The browser's view of one of its jobs; None if the ticket opens nothing."""
+        if ticket is None:
+            return None
+        try:
+            return self.front.view(self.front.grant(ticket.job_id, ticket.proof))
+        except Exception:
+            return None
+
+    async def render(self, session: Any, shown: Any) -> tuple[Any, ...]:
+        """Everything about the current job; the result only for its owner, once released."""
+        ticket = current(session)
+        job = self._owned(ticket)
+        if ticket is None or job is None:
+            return self._empty(shown)
+        awaiting = job.payment is not None and job.payment.payment_request is not None
+        remaining = int((job.payment.expires_at or 0) - time.time()) if awaiting and job.payment else 0
+        countdown = f"Expires in {remaining // 60}:{remaining % 60:02d}" if awaiting and remaining > 0 else ""
+        release = job.releasable
+        slider, download = gr.ImageSlider(visible=release), gr.HTML(visible=release)
+        if release and shown != job.job_id:
+            grant = self.front.grant(ticket.job_id, ticket.proof)
+            before, after = await self.front.previews(grant, self._preview_folder(job.job_id))
+            slider = gr.ImageSlider(value=(str(before), str(after)), visible=True)
+            download = gr.HTML(render.download_html(self.front.download_link(grant)), visible=True)
+        metadata = None
+        if job.provenance is not None:
+            metadata = self.front.metadata(self.front.grant(ticket.job_id, ticket.proof))
+        payment_request = job.payment.payment_request if awaiting and job.payment else None
+        return (
+            gr.Group(visible=awaiting),
+            render.qr(payment_request) if payment_request else None,
+            payment_request or "",
+            countdown,
+            render.status_text(job),
+            render.progress_html(job),
+            slider,
+            download,
+            gr.Accordion(visible=job.provenance is not None),
+            render.provenance_html(job, self.front.chain_description()),
+            metadata,
+            job.job_id if release else shown if isinstance(shown, str) else None,
+        )
+
+    def _preview_folder(self, job_id: str) -> Path:
+        name = hmac.new(self._preview_key, job_id.encode(), hashlib.sha256).hexdigest()[:40]
+        return Path(get_upload_folder()) / "satscale-previews" / name
+
+    @staticmethod
+    def _empty(shown: Any) -> tuple[Any, ...]:
+        return (
+            gr.Group(visible=False),
+            None,
+            "",
+            "",
+            "Upload an image, choose a model and get an invoice.",
+            "",
+            gr.ImageSlider(visible=False),
+            gr.HTML(visible=False),
+            gr.Accordion(visible=False),
+            "",
+            None,
+            shown if isinstance(shown, str) else None,
+        )
+
+    @friendly
+    async def verify(self, session: Any) -> str:
+        ticket = current(session)
+        if ticket is None:
+            raise gr.Error("There is no job to verify yet.")
+        grant = self.front.grant(ticket.job_id, ticket.proof)
+        if not grant.owner or not grant.job.releasable:
+            return "Nothing to verify yet."
+        try:
+            report = await self.front.verify_job(grant)
+        except Exception as exc:  # no record yet, or the chain is unreachable
+            return f"**Cannot verify right now:** {html.escape(to_problem(exc).detail)}"
+        return render.verification_text(report)
+
+    def jobs_table(self, session: Any) -> tuple[str, Any]:
+        """This browser's jobs, newest first, and the picker to reopen one."""
+        rows, choices = [], []
+        for ticket in reversed(tickets(session)):
+            job = self._owned(ticket)
+            if job is None:
+                continue
+            rows.append((job, time.strftime("%Y-%m-%d %H:%M", time.localtime(job.created_at))))
+            choices.append(job.job_id)
+        return render.jobs_table(rows), gr.Dropdown(choices=choices, value=None)
+
+    def open_job(self, job_id: Any, session: Any) -> Any:
+        held = tickets(session)
+        if job_id not in {t.job_id for t in held}:
+            return make_session(held, None) if held else {"current": None, "jobs": []}
+        return make_session(held, job_id)

@@ -1,0 +1,154 @@
+"""HTML and text of the web app, made from what a caller may see (views.JobView): nothing here
+reads a job, so nothing here can show more than the caller's grant allows."""
+
+from __future__ import annotations
+
+import html
+from typing import Any
+
+import qrcode
+
+from ..jobs import JobState
+from ..verify import Report
+from ..views import JobView
+
+STATE_TEXT = {
+    JobState.AWAITING_PAYMENT: "Waiting for payment",
+    JobState.PAYMENT_HELD: "Paid (held) — queued",
+    JobState.PROCESSING: "Upscaling",
+    JobState.SUCCEEDED: "Done",
+    JobState.FAILED: "Failed — the payment was returned",
+    JobState.EXPIRED: "Invoice expired unpaid",
+}
+
+# What each embedded model is for, and whether it is safe for faces (none restores faces; the
+# anime models repaint them in their own style, which disfigures photographs of people)
+MODEL_NOTES = {
+    "realesrgan-x4plus": "Photographs. Keeps faces as they are: the safe choice for pictures of people.",
+    "realesrgan-x4plus-anime": "Illustrations and anime art. Repaints faces in drawing style: not for photos.",
+    "realesr-animevideov3": "Fast; anime and video frames. Repaints faces: not for photos of people.",
+}
+DIFFUSION_NOTE = (
+    "Diffusion model: rebuilds detail the input lacks and can invent it, faces included, so check "
+    "people's faces. Slow, and priced higher per megapixel."
+)
+PUBLISH_INFO = (
+    "Published: the input, the output and the metadata are pinned on this server's public IPFS gateway "
+    "and anyone who holds the input can find the upscale (what NFT collections want). Not published: "
+    "only their hashes go on chain, and the files stay with this browser."
+)
+
+
+def model_note(name: str, listing: dict[str, Any] | None) -> str:
+    """What a model is for, from its own listing row (GET /v1/models)."""
+    if name in MODEL_NOTES:
+        return MODEL_NOTES[name]
+    if listing is None:
+        return "Your checkpoint from weights/."
+    if listing.get("error"):
+        return f"Cannot be used: {listing['error']}"
+    description = listing.get("description", "Your checkpoint from weights/.")
+    return f"{description}. {DIFFUSION_NOTE}" if listing.get("price_class") == "diffusion" else description
+
+
+def megapixels(value: float) -> str:
+    return f"{value:.1f}" if value >= 1 else f"{value:.2f}"
+
+
+def qr(payment_request: str) -> Any:
+    # upper case fits the QR alphanumeric mode: a denser, more readable code
+    return qrcode.make(f"LIGHTNING:{payment_request.upper()}", border=2).get_image()
+
+
+def warning(text: str) -> str:
+    return f'<span class="satscale-warning">{html.escape(text)}</span>'
+
+
+def progress_html(job: JobView) -> str:
+    if job.status is JobState.PROCESSING:
+        percent = round(100 * (job.progress or 0.0))
+        label = f"Upscaling · {percent} %"
+    elif job.status is JobState.SUCCEEDED:
+        percent, label = 100, "Done"
+    else:
+        percent, label = 0, STATE_TEXT[job.status]
+    return (
+        f'<div class="satscale-progress" data-state="{job.status.value}">'
+        f'<progress value="{percent}" max="100"></progress><span>{html.escape(label)}</span></div>'
+    )
+
+
+def status_text(job: JobView) -> str:
+    text = f"**{STATE_TEXT[job.status]}** · `{job.job_id}` · {job.amount_msat // 1000} sats"
+    if job.error:
+        text += f"\n\n{html.escape(job.error)}"
+    return text
+
+
+def download_html(link: str) -> str:
+    return f'<a class="satscale-download" href="{html.escape(link)}" download>Download full resolution</a>'
+
+
+def provenance_html(job: JobView, chain: dict | None) -> str:
+    """Input/output CIDs (with gateway links when published), hashes, payment, chain record."""
+    p = job.provenance
+    if p is None:
+        return ""
+    rows: list[tuple[str, str]] = [
+        ("Published", "yes, on the public IPFS gateway" if p.published else "no: only the hashes are on chain")
+    ]
+    hashes = {"Input": job.input.sha256 if job.input else None, "Output": job.output.sha256 if job.output else None}
+    for label, cid in (("Input", p.input_cid), ("Output", p.output_cid), ("Metadata", p.metadata_cid)):
+        if cid and p.published:
+            rows.append((f"{label} CID", f'<a href="/ipfs/{cid}" target="_blank" data-cid="{cid}">{cid}</a>'))
+        elif cid:
+            rows.append((f"{label} CID", f'<code data-cid="{cid}">{cid}</code>'))
+        if hashes.get(label):
+            rows.append((f"{label} sha256", f"<code>{hashes[label]}</code>"))
+    if job.payment:
+        rows.append(("Payment hash", f"<code>{job.payment.payment_hash}</code>"))
+    tx = f" <code data-tx>{p.chain_tx}</code>" if p.chain_tx else ""
+    rows.append(("Chain record", f'<span data-chain-status="{p.chain_status}">{p.chain_status}</span>{tx}'))
+    if chain:
+        rows.append(("Registry", f"<code>{chain.get('registry')}</code> on chain {chain.get('chain_id')}"))
+    if p.chain_error:
+        rows.append(("Chain note", html.escape(p.chain_error)))
+    items = "".join(f"<dt>{label}</dt><dd>{value}</dd>" for label, value in rows)
+    return f'<dl class="satscale-provenance">{items}</dl>'
+
+
+def verification_text(report: Report) -> str:
+    data = report.to_dict()
+    lines = ["**Verified** ✓" if data["verified"] else "**Not verified** ✗"]
+    for record in data["records"]:
+        for check in record["checks"]:
+            mark = "✓" if check["ok"] else "✗"
+            lines.append(f"- {mark} **{check['name']}**: {html.escape(check['detail'])}")
+    return "\n".join(lines)
+
+
+def jobs_table(rows: list[tuple[JobView, str]]) -> str:
+    if not rows:
+        return "No jobs in this browser yet."
+    cells = "".join(
+        f"<tr><td><code>{job.job_id}</code></td><td>{html.escape(STATE_TEXT[job.status])}</td>"
+        f"<td>{html.escape(job.model)} x{job.scale}</td><td>{created}</td></tr>"
+        for job, created in rows
+    )
+    return f'<table class="satscale-jobs"><tbody>{cells}</tbody></table>'
+
+
+CSS = """
+.satscale-progress { display: flex; align-items: center; gap: .75rem; }
+.satscale-progress progress { flex: 1; height: 1.1rem; accent-color: var(--color-accent); }
+.satscale-warning { color: var(--error-text-color, #c0392b); }
+.satscale-dev { font-size: .85rem; color: var(--body-text-color-subdued); }
+#dev-pay { border: 2px dashed var(--color-accent); }
+.satscale-download { display: inline-block; padding: .55rem 1rem; border-radius: var(--button-large-radius, 8px);
+  background: var(--button-secondary-background-fill); color: var(--button-secondary-text-color);
+  border: 1px solid var(--button-secondary-border-color); text-decoration: none; font-weight: 600; }
+.satscale-provenance { display: grid; grid-template-columns: max-content 1fr; gap: .3rem .9rem; margin: 0; }
+.satscale-provenance dt { font-weight: 600; }
+.satscale-provenance dd { margin: 0; overflow-wrap: anywhere; }
+.satscale-jobs { width: 100%; } .satscale-jobs td { padding: .2rem .5rem; overflow-wrap: anywhere; }
+"""
