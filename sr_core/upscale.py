@@ -341,6 +341,7 @@ def upscale_array(
     options: UpscaleOptions | None = None,
     progress: ProgressCallback | None = None,
     should_stop: StopCheck | None = None,
+    timings: TimingCallback | None = None,
 ) -> np.ndarray:
     """In-memory variant: (H, W, C) uint8/uint16 array in, upscaled array out."""
     if pixels.ndim == 2:
@@ -368,5 +369,6 @@ def upscale_array(
         options or UpscaleOptions(),
         progress,
         should_stop,
+        timings,
     )
     return np.concatenate(rows, axis=0)

@@ -1,0 +1,106 @@
+"""The paid API's door, attacked where the web app's holes had counterparts: links that follow
+the Host header, quotes for images that could never be uploaded, a shared dev wallet that
+hands out other people's preimages, empty idempotency keys."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from app import create_app
+from payments import l402
+from service.config import Settings
+
+from .helpers import natural_image
+
+MODEL = "realesr-animevideov3"
+
+
+def png(seed: int = 0) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(natural_image(20, 24, seed=seed)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def client(tmp_path: Path, registry) -> Iterator[TestClient]:
+    with TestClient(create_app(Settings(data_dir=tmp_path / "data"), registry), raise_server_exceptions=False) as c:
+        yield c
+
+
+def create(client: TestClient, seed: int = 0, headers: dict | None = None) -> object:
+    return client.post(
+        "/v1/upscales",
+        files={"image": ("a.png", png(seed), "image/png")},
+        data={"model": MODEL, "scale": "2"},
+        headers=headers,
+    )
+
+
+def test_links_never_follow_the_host_header(client: TestClient) -> None:
+    response = create(client, headers={"Host": "evil.example", "X-Forwarded-Host": "evil.example"})
+    assert response.status_code == 402
+    body = response.json()
+    status = client.get(f"/v1/upscales/{body['job_id']}", headers={"Host": "evil.example"})
+    for text in (response.text, status.text, response.headers.get("location", "")):
+        assert "evil.example" not in text
+    assert body["links"]["self"] == f"/v1/upscales/{body['job_id']}"
+
+
+def test_a_configured_public_address_is_used(tmp_path: Path, registry) -> None:
+    settings = Settings(data_dir=tmp_path / "data", public_url="https://upscale.example/")
+    with TestClient(create_app(settings, registry)) as client:
+        body = create(client).json()
+        assert body["links"]["self"] == f"https://upscale.example/v1/upscales/{body['job_id']}"
+
+
+def test_quotes_obey_the_upload_limits(client: TestClient) -> None:
+    never = client.get("/v1/quote", params={"model": MODEL, "width": 100_000, "height": 100_000})
+    assert never.status_code == 422 and never.headers["content-type"] == "application/problem+json"
+    too_many_pixels = client.get("/v1/quote", params={"model": MODEL, "width": 20_000, "height": 20_000})
+    assert too_many_pixels.status_code == 413 and "megapixels" in too_many_pixels.json()["detail"]
+    fine = client.get("/v1/quote", params={"model": MODEL, "width": 4000, "height": 4000, "scale": 2})
+    assert fine.status_code == 200 and fine.json()["output_width"] == 8000
+
+
+def test_the_shared_dev_wallet_lists_no_preimages(client: TestClient) -> None:
+    response = create(client, 1)
+    body = response.json()
+    macaroon = l402.parse_challenge(response.headers["WWW-Authenticate"]).macaroon
+    paid = client.post("/v1/dev/pay", json={"payment_request": body["payment_request"], "wait": True}).json()
+    assert paid["preimage"]  # the payer gets it, as from a real wallet
+    history = client.get("/v1/dev/payments").json()
+    assert history and all("preimage" not in entry for entry in history)
+    assert paid["preimage"] not in client.get("/v1/dev/payments").text
+    # so a leaked macaroon plus the wallet's history is still no credential
+    result = client.get(f"/v1/upscales/{body['job_id']}/result", headers={"Authorization": f"L402 {macaroon}"})
+    assert result.status_code == 401 and result.headers["www-authenticate"].startswith("L402")
+
+
+def test_an_explicitly_private_dev_server_may_list_them(tmp_path: Path, registry) -> None:
+    settings = Settings(data_dir=tmp_path / "data", dev_wallet_lists_preimages=True)
+    with TestClient(create_app(settings, registry)) as client:
+        body = create(client).json()
+        paid = client.post("/v1/dev/pay", json={"payment_request": body["payment_request"], "wait": True}).json()
+        assert [e["preimage"] for e in client.get("/v1/dev/payments").json()] == [paid["preimage"]]
+
+
+def test_an_empty_idempotency_key_is_no_key(client: TestClient) -> None:
+    first = create(client, 2, headers={"Idempotency-Key": ""})
+    second = create(client, 3, headers={"Idempotency-Key": ""})
+    assert first.status_code == second.status_code == 402
+    assert first.json()["job_id"] != second.json()["job_id"]
+
+
+def test_a_credential_for_another_request_makes_nothing(client: TestClient) -> None:
+    response = create(client, 4)
+    macaroon = l402.parse_challenge(response.headers["WWW-Authenticate"]).macaroon
+    before = client.app.state.service.store.count()
+    other = create(client, 5, headers={"Authorization": f"L402 {macaroon}"})
+    assert other.status_code == 401 and "different image" in other.json()["detail"]
+    assert client.app.state.service.store.count() == before
