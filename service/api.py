@@ -184,7 +184,16 @@ def build_router(front: FrontDoor) -> APIRouter:
                 "credential. Default: the server's setting (false unless configured)."
             ),
         ] = None,
-        idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", max_length=200)] = None,
+        idempotency_key: Annotated[
+            str | None,
+            Header(
+                alias="Idempotency-Key",
+                min_length=16,
+                max_length=200,
+                description="a unique, unguessable key (a UUID): repeating the request with it returns the "
+                "same job and, while unpaid, the same invoice",
+            ),
+        ] = None,
         authorization: Annotated[str | None, Header()] = None,
     ) -> JSONResponse:
         """Ask for an upscale. Unpaid: 402 with an invoice and a macaroon. Paid (repeat the request
@@ -198,8 +207,9 @@ def build_router(front: FrontDoor) -> APIRouter:
             grant = await front.repeat(data, options, proof.l402)
             return job_response(front, front.view(grant), _challenge_for_holder(grant))
         created = await front.create(data, options, idempotency_key)
-        holder = Grant(created.job, Level.HOLDER)  # the creating request holds the token
-        return job_response(front, front.view(holder), created.challenge)
+        # the creating request holds the token; a replay once the job is paid gets only its state
+        level = Level.HOLDER if created.challenge else Level.PUBLIC
+        return job_response(front, front.view(Grant(created.job, level)), created.challenge)
 
     @router.get(
         "/upscales/{job_id}",

@@ -9,16 +9,15 @@ never issued is found by the reconciler and ends before anyone could pay.
 from __future__ import annotations
 
 import hashlib
-import os
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 from payments import l402
 from payments.backend import BackendUnavailable, Feature, LightningBackend, PaymentError
 
 from .config import Settings
+from .inputs import Inputs
 from .intake import Admission
 from .jobs import InvoiceStatus, Job, JobState
 from .settlement import Settlement
@@ -36,23 +35,9 @@ class IdempotencyConflict(Exception):
 @dataclass(frozen=True)
 class Created:
     job: Job
-    #: the WWW-Authenticate value: the job's macaroon and invoice, for the creating request only
-    challenge: str
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write a file so that it either appears complete or not at all."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.partial")
-    try:
-        with temp.open("wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
+    #: the WWW-Authenticate value: the job's macaroon and invoice, for the creating request (or
+    #: its replay with the same Idempotency-Key while unpaid); None once the job is paid
+    challenge: str | None
 
 
 def invoice_memo(admission: Admission) -> str:
@@ -69,7 +54,7 @@ class Checkout:
         store: JobStore,
         backend: LightningBackend,
         settlement: Settlement,
-        inputs_dir: Path,
+        inputs: Inputs,
         clock: Callable[[], float],
         on_created: Callable[[Job], None],
     ) -> None:
@@ -78,7 +63,7 @@ class Checkout:
         self.store = store
         self.backend = backend
         self.settlement = settlement
-        self.inputs_dir = inputs_dir
+        self.inputs = inputs
         self.clock = clock
         self.on_created = on_created
         self.root_keys = RootKeys(store)
@@ -93,9 +78,7 @@ class Checkout:
             if existing is not None:
                 return self._replay(existing, admission.binding)
         image, request = admission.image, admission.request
-        input_path = self.inputs_dir / f"{admission.input_sha256}.{image.format}"
-        if not input_path.exists():
-            atomic_write(input_path, admission.data)
+        input_path = self.inputs.path_for(admission)
         now = self.clock()
         base = dict(
             id="job_" + secrets.token_urlsafe(12),
@@ -142,16 +125,16 @@ class Checkout:
             preimage = secrets.token_bytes(32)
             payment_hash = hashlib.sha256(preimage).digest()
             job = Job(**base, payment_hash=payment_hash.hex(), preimage=preimage.hex(), hold=True)
-            self._insert(job)
+            await self.inputs.store_for(admission, lambda: self._insert(job))
             try:
                 invoice = await self.backend.add_hold_invoice(payment_hash, amount, memo, expiry)
             except PaymentError as exc:
-                self._abandon(job, exc)
+                await self._abandon(job, exc)
                 raise
         else:
             invoice = await self.backend.add_invoice(amount, memo, expiry)
             job = Job(**base, payment_hash=invoice.payment_hash, preimage=None, hold=False)
-            self._insert(job)
+            await self.inputs.store_for(admission, lambda: self._insert(job))
         token = l402.mint(bytes.fromhex(job.payment_hash), admission.binding, job.token_valid_until, self.root_keys)
         job = self.store.update(
             job.id,
@@ -171,16 +154,21 @@ class Checkout:
                 raise IdempotencyConflict("a request with this Idempotency-Key is still in flight", True) from exc
             raise
 
-    def _abandon(self, job: Job, exc: Exception) -> None:
+    async def _abandon(self, job: Job, exc: Exception) -> None:
         """No invoice could be issued: the job ends before anyone could pay."""
         self.store.transition(job.id, [JobState.AWAITING_PAYMENT], JobState.EXPIRED, error=f"no invoice: {exc}")
-        self.store.update(job.id, invoice_status=InvoiceStatus.CANCELED)
+        ended = self.store.update(job.id, invoice_status=InvoiceStatus.CANCELED)
+        await self.inputs.release(ended)
         if isinstance(exc, BackendUnavailable):
             self.settlement.lost(exc)
 
     def _replay(self, job: Job, binding: str) -> Created:
+        """The same request again: the same job. The challenge (the macaroon) is repeated only while
+        the job waits for payment, so whoever learns a key later cannot take a paid job over."""
         if job.request_hash != binding:
             raise IdempotencyConflict("this Idempotency-Key was used with a different request", False)
         if job.invoice_status is InvoiceStatus.NONE or job.macaroon is None or job.payment_request is None:
             raise IdempotencyConflict("a request with this Idempotency-Key is still in flight", True)
+        if job.state is not JobState.AWAITING_PAYMENT:
+            return Created(job, None)
         return Created(job, l402.challenge_header(job.macaroon, job.payment_request))

@@ -257,15 +257,21 @@ def cmd_verify(args: argparse.Namespace) -> int:
     print(("VERIFIED" if body["verified"] else "NOT VERIFIED") + f": image sha256 {body['sha256']}")
     for record in body["records"]:
         custody, chain = record["custody"], record["chain"]
-        print(f"\nthis image is the {record['role']} of the job paid with {record['payment_hash']}")
-        print(
-            f"  chain    {chain['chain_id']}, registry {chain['registry']}, tx {chain['tx']} (block {chain['block']})"
-        )
+        if record.get("withheld"):
+            print(f"\nthis image is the {record['role']} of a job whose owner did not publish it")
+        else:
+            print(f"\nthis image is the {record['role']} of the job paid with {record['payment_hash']}")
+        tx = f", tx {chain['tx']} (block {chain['block']})" if chain.get("tx") else ""
+        print(f"  chain    {chain['chain_id']}, registry {chain['registry']}{tx}")
         print(f"  input    {custody['input']['cid']}  sha256 {custody['input']['sha256']}")
         print(f"  model    {custody['model']['id']}  weights sha256 {custody['model']['weights_sha256']}")
-        print(f"  output   {custody['output']['cid']}  sha256 {custody['output']['sha256']}")
+        output = custody["output"]
+        shown = f"{output['cid']}  sha256 {output['sha256']}" if "cid" in output else "not published"
+        print(f"  output   {shown}")
         for check in record["checks"]:
             print(f"  [{'ok' if check['ok'] else 'MISMATCH'}] {check['name']}: {check['detail']}")
+    if body.get("not_checked"):
+        print(f"\n({body['not_checked']} older records were not checked)")
     return 0 if body["verified"] else 1
 
 

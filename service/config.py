@@ -73,6 +73,9 @@ class Settings(BaseSettings):
     dev_wallet_lists_preimages: bool = False
 
     max_upload_bytes: int = 50 * 1024 * 1024
+    #: uploads stored for jobs that wait for payment, at most (past it: 503, nothing stored); an
+    #: input is removed once every job made from it expired unpaid or failed
+    max_pending_upload_bytes: int = 2 * 1024**3
     max_input_megapixels: float = 16.0
     device: str | None = None
     precision: str = "auto"

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response, StreamingResponse
 
-from provenance.cid import Cid
+from provenance.cid import IDENTITY, Cid
 from provenance.errors import BlockNotFound, CorruptBlock, InvalidCid, IpfsError, NotAFile
 from provenance.ipfs import LocalIpfsStore
 
@@ -87,6 +87,10 @@ def gateway_router(store: LocalIpfsStore) -> APIRouter:
         kind = _requested_format(request, format)
         try:
             parsed = Cid.parse(cid)
+            if parsed.hash_code == IDENTITY:
+                # an identity CID carries its bytes in itself: serving it would let anyone have this
+                # origin serve content of their choosing; the gateway serves only what it holds
+                raise BlockNotFound(str(parsed))
             etag = f'"{parsed}.{kind}"' if kind != "file" else f'"{parsed}"'
             headers = {
                 "Cache-Control": IMMUTABLE,

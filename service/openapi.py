@@ -159,12 +159,16 @@ def _refusal(allow: str) -> Callable[[Request], Any]:
 def _guard_methods(app: FastAPI, declared: dict[str, set[str]]) -> None:
     """Each documented path answers the methods it does not declare with 405 and Allow."""
     for path, methods in declared.items():
-        if "GET" in methods:
-            methods.add("HEAD")
         others = [method for method in METHODS if method not in methods]
         app.add_api_route(path, _refusal(", ".join(sorted(methods))), methods=others, include_in_schema=False)
 
     async def unknown(request: Request, rest: str) -> None:
         raise Problem(404, "not-found", "Not found", f"there is no {request.url.path} (see /docs)")
 
+    async def nothing(request: Request) -> None:
+        raise Problem(404, "not-found", "Not found", f"there is no {request.url.path} (see /docs)")
+
     app.add_api_route("/v1/{rest:path}", unknown, methods=list(METHODS), include_in_schema=False)
+    app.add_api_route("/ipfs/{rest:path}", unknown, methods=list(METHODS), include_in_schema=False)
+    for path in ("/v1", "/ipfs"):
+        app.add_api_route(path, nothing, methods=list(METHODS), include_in_schema=False)

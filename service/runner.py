@@ -28,6 +28,7 @@ from sr_core.weights import sha256_file
 
 from .capacity import ThroughputMeter
 from .engines import Engines
+from .inputs import Inputs
 from .jobs import ChainStatus, Job, JobState
 from .provenance import Provenance
 from .settlement import Settlement
@@ -57,6 +58,7 @@ class JobRunner:
         engines: Engines,
         meter: ThroughputMeter,
         settlement: Settlement,
+        inputs: Inputs,
         limits: ImageLimits,
         outputs_dir: Path,
         clock: Callable[[], float],
@@ -68,6 +70,7 @@ class JobRunner:
         self.engines = engines
         self.meter = meter
         self.settlement = settlement
+        self.inputs = inputs
         self.limits = limits
         self.outputs_dir = outputs_dir
         self.clock = clock
@@ -133,7 +136,10 @@ class JobRunner:
             # a plain invoice cannot be refunded by the node: say so, loudly
             log.error("job %s failed after a plain-invoice payment; refund by hand: %s", job_id, reason)
         self._progress.pop(job_id, None)
-        return self.store.get(job_id)
+        ended = self.store.get(job_id)
+        if ended is not None:
+            await self.inputs.release(ended)
+        return ended
 
     # ------------------------------------------------------------ processing
 

@@ -74,6 +74,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     estimated_seconds REAL
 );
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state);
+CREATE INDEX IF NOT EXISTS jobs_input ON jobs(input_sha256);
 CREATE TABLE IF NOT EXISTS job_events (
     job_id TEXT NOT NULL REFERENCES jobs(id),
     at REAL NOT NULL,
@@ -148,6 +149,7 @@ class JobStore(Protocol):
     def get(self, job_id: str) -> Job | None: ...
     def by_payment_hash(self, payment_hash: str) -> Job | None: ...
     def by_idempotency_key(self, key: str) -> Job | None: ...
+    def by_input(self, input_sha256: str) -> list[Job]: ...
     def transition(
         self,
         job_id: str,
@@ -252,6 +254,12 @@ class SqliteJobStore:
 
     def by_idempotency_key(self, key: str) -> Job | None:
         return self._one("SELECT * FROM jobs WHERE idempotency_key = ?", key)
+
+    def by_input(self, input_sha256: str) -> list[Job]:
+        """Every job made from this input."""
+        with self._lock:
+            rows = self._db.execute("SELECT * FROM jobs WHERE input_sha256 = ?", (input_sha256,)).fetchall()
+        return [_from_row(row) for row in rows]
 
     def transition(
         self,

@@ -44,9 +44,13 @@ class Check:
     detail: str
 
 
+#: records one lookup checks (the newest): each re-hashes its content
+MAX_RECORDS = 16
+
+
 @dataclass(frozen=True)
 class RecordReport:
-    payment_hash: str
+    payment_hash: str | None  # None where the record is withheld
     role: str  # what the queried image is in this record: "output" or "input"
     custody: dict
     chain: dict
@@ -64,6 +68,8 @@ class Report:
     query: str
     sha256: str
     records: list[RecordReport]
+    #: older records this lookup did not check (MAX_RECORDS)
+    not_checked: int = 0
 
     @property
     def verified(self) -> bool:
@@ -74,6 +80,7 @@ class Report:
             "query": self.query,
             "sha256": self.sha256,
             "verified": self.verified,
+            "not_checked": self.not_checked,
             "records": [{**asdict(record), "verified": record.verified} for record in self.records],
         }
 
@@ -152,13 +159,16 @@ class Verifier:
         if not found:
             raise NothingToVerify(f"no provenance record on chain names an image with sha256 {sha256}")
         reports = []
+        # each record re-reads and re-hashes its content: a lookup checks the newest few only
+        skipped = max(0, len(found) - MAX_RECORDS)
+        found = found[-MAX_RECORDS:]
         for payment_hash, role in found:
             record = self.chain.record_of(payment_hash)
             if record is not None:
                 job = self.jobs.by_payment_hash(record.fields.payment_hash)
                 withheld = role == "input" and job is not None and not job.publish and not disclose(payment_hash)
                 reports.append(self._verify_record(record, role, job, withheld))
-        return Report(query, sha256, reports)
+        return Report(query, sha256, reports, skipped)
 
     def _verify_record(self, record: OnChainRecord, role: str, job: Job | None, withheld: bool) -> RecordReport:
         fields = record.fields
@@ -169,12 +179,13 @@ class Verifier:
         if job is None:
             checks.append(Check("payment", False, f"no job on this server was paid with {fields.payment_hash}"))
         else:
+            named = "a job on this server" if withheld else f"job {job.id}"
             expected = params_hash(job.model, fields.weights_sha256, job.scale, job.output_format)
             checks.append(
                 Check(
                     "parameters",
                     expected == fields.params_hash,
-                    f"job {job.id}: {job.model} x{job.scale} to {job.output_format} hashes to {expected}"
+                    f"{named}: {job.model} x{job.scale} to {job.output_format} hashes to {expected}"
                     + ("" if expected == fields.params_hash else f", the record says {fields.params_hash}"),
                 )
             )
@@ -182,7 +193,7 @@ class Verifier:
                 Check(
                     "payment",
                     job.charged,
-                    f"job {job.id} was paid over Lightning (invoice {job.invoice_status.value})",
+                    f"{named} was paid over Lightning (invoice {job.invoice_status.value})",
                 )
             )
         tx = self.chain.find_record_tx(fields.payment_hash)
@@ -198,12 +209,12 @@ class Verifier:
             "input": {"cid": fields.input_cid, "sha256": fields.input_sha256},
             "model": {"id": fields.model, "weights_sha256": fields.weights_sha256, "params_hash": fields.params_hash},
             "output": {"published": False} if withheld else {"cid": fields.output_cid, "sha256": fields.output_sha256},
-            "payment": {"hash": fields.payment_hash},
+            "payment": {"hash": None if withheld else fields.payment_hash},
         }
-        if withheld:
-            chain.pop("tx", None)  # the transaction's calldata names the output too
+        if withheld:  # the transaction's calldata names the output; the payment hash is the holder's
+            chain.pop("tx", None)
             chain.pop("block", None)
-        return RecordReport(fields.payment_hash, role, custody, chain, checks, withheld)
+        return RecordReport(None if withheld else fields.payment_hash, role, custody, chain, checks, withheld)
 
     def _check_model(self, model: str, weights_sha256: str) -> Check:
         try:

@@ -17,6 +17,7 @@ from payments import l402
 from payments.backend import BackendUnavailable, Invoice, InvoiceNotFound, InvoiceState, LightningBackend, PaymentError
 
 from .config import Settings
+from .inputs import Inputs
 from .jobs import InvoiceStatus, Job, JobState
 from .settlement import Settlement
 from .store import JobStore, RootKeys
@@ -33,6 +34,7 @@ class PaymentWatcher:
         store: JobStore,
         backend: LightningBackend,
         settlement: Settlement,
+        inputs: Inputs,
         on_held: Callable[[str], None],
         fail: Callable[[str, str], Awaitable[object]],
         clock: Callable[[], float],
@@ -43,6 +45,7 @@ class PaymentWatcher:
         self.store = store
         self.backend = backend
         self.settlement = settlement
+        self.inputs = inputs
         self.on_held = on_held
         self.fail = fail
         self.clock = clock
@@ -109,7 +112,11 @@ class PaymentWatcher:
             elif invoice.state is InvoiceState.CANCELED:
                 self.store.update(job_id, invoice_status=InvoiceStatus.CANCELED)
                 if job.state is JobState.AWAITING_PAYMENT:
-                    self.store.transition(job_id, [job.state], JobState.EXPIRED, error="the invoice expired unpaid")
+                    expired = self.store.transition(
+                        job_id, [job.state], JobState.EXPIRED, error="the invoice expired unpaid"
+                    )
+                    if expired is not None:
+                        await self.inputs.release(expired)
                 elif job.state in (JobState.PAYMENT_HELD, JobState.PROCESSING):
                     await self.fail(job_id, "the node cancelled the held payment")
             elif invoice.state is InvoiceState.SETTLED and job.invoice_status is not InvoiceStatus.SETTLED:
@@ -151,8 +158,10 @@ class PaymentWatcher:
             await self.on_invoice(job.id, invoice)
             return
         expired = self.store.transition(job.id, [JobState.AWAITING_PAYMENT], JobState.EXPIRED, error="unpaid")
-        if expired is not None and invoice is not None:
-            await self.settlement.cancel(expired)
+        if expired is not None:
+            await self.inputs.release(expired)
+            if invoice is not None:
+                await self.settlement.cancel(expired)
 
     # ------------------------------------------------------------ recovery
 
@@ -170,7 +179,7 @@ class PaymentWatcher:
             # the node never issued it (crash before add_hold_invoice returned): nobody can have paid
             if job.state is JobState.AWAITING_PAYMENT:
                 self.store.transition(job.id, [job.state], JobState.EXPIRED, error="the invoice was never issued")
-            self.store.update(job.id, invoice_status=InvoiceStatus.CANCELED)
+            await self.inputs.release(self.store.update(job.id, invoice_status=InvoiceStatus.CANCELED))
             return
         if job.invoice_status is InvoiceStatus.NONE:
             job = self.store.update(

@@ -23,6 +23,7 @@ from .capacity import ThroughputMeter
 from .checkout import Checkout
 from .config import Settings
 from .engines import Engines
+from .inputs import Inputs
 from .intake import Intake, upload_limits
 from .jobs import Job
 from .provenance import Provenance
@@ -53,11 +54,13 @@ class JobService:
         self.engines = Engines(registry, settings.device, settings.precision)
         self.meter = ThroughputMeter()
         self.settlement = Settlement(store, backend)
+        self.inputs = Inputs(self.inputs_dir, store, settings.max_pending_upload_bytes)
         self.runner = JobRunner(
             store,
             self.engines,
             self.meter,
             self.settlement,
+            self.inputs,
             upload_limits(settings),
             settings.data_dir / "outputs",
             clock,
@@ -65,10 +68,10 @@ class JobService:
             on_record,
         )
         self.watcher = PaymentWatcher(
-            settings, store, backend, self.settlement, self.runner.enqueue, self.runner.fail, clock
+            settings, store, backend, self.settlement, self.inputs, self.runner.enqueue, self.runner.fail, clock
         )
         self.settlement.on_reconnect = self.watcher.reconcile
-        self.checkout = Checkout(settings, store, backend, self.settlement, self.inputs_dir, clock, self.watcher.watch)
+        self.checkout = Checkout(settings, store, backend, self.settlement, self.inputs, clock, self.watcher.watch)
         self.intake = Intake(settings, self.engines, self.meter, backlog=self.runner.backlog)
 
     @property
@@ -76,9 +79,7 @@ class JobService:
         return self.settlement.available
 
     async def start(self) -> None:
-        self.inputs_dir.mkdir(parents=True, exist_ok=True)
-        for leftover in self.inputs_dir.glob(".*.partial"):  # an upload a kill interrupted
-            leftover.unlink(missing_ok=True)
+        self.inputs.start()
         self.runner.start()
         self.watcher.start()
         try:

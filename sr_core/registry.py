@@ -137,10 +137,18 @@ class ModelRegistry:
                 # an engine too large to keep twice (it says so) gives way to its other variant
                 if any(k[0] == name and e.info.precision_fixed for k, e in self._engines.items()):
                     self._engines = {k: e for k, e in self._engines.items() if k[0] != name}
-                engine = self._build(entry, path, digest, device, wanted)
+                try:
+                    engine = self._build(entry, path, digest, device, wanted)
+                except SatscaleError as exc:
+                    raise type(exc)(self._relative(str(exc))) from None
                 self._engines[(name, digest, device, engine.info.precision)] = engine
                 self._resolved[alias] = engine.info.precision
             return engine
+
+    def _relative(self, message: str) -> str:
+        """Errors name files inside the weights folder by their place in it, not by the server's
+        absolute paths (the listing and the API show them to anyone)."""
+        return message.replace(f"{self.folder}/", "").replace(str(self.folder), "weights folder")
 
     def _build(self, entry: ModelEntry, path: Path, digest: str, device: str | None, precision: Precision) -> Engine:
         if entry.source == "ccsr":
@@ -201,14 +209,14 @@ class ModelRegistry:
         try:
             check = check_files(list(entry.files))
             if not check.complete:
-                return ModelDescription(entry, None, f"incomplete {check.title}: " + check.summary())
+                return ModelDescription(entry, None, self._relative(f"incomplete {check.title}: " + check.summary()))
             device = pick_device(None)
             precision = resolve_precision(Precision.AUTO, device, True, True)
             digest = self.weights_file(entry)[1]
             info = diffusion_info(entry.source, check.title.split()[0], precision, device, check.parameters, digest)
             return ModelDescription(entry, info)
         except (SatscaleError, OSError, ValueError, KeyError) as exc:  # a damaged folder is listed, not a 500
-            return ModelDescription(entry, None, f"{type(exc).__name__}: {exc}")
+            return ModelDescription(entry, None, self._relative(f"{type(exc).__name__}: {exc}"))
 
     def describe_all(self) -> list[ModelDescription]:
         return [self.describe(entry.name) for entry in self.entries()]

@@ -208,13 +208,22 @@ def test_tokens_never_unlock_another_job(client: TestClient) -> None:
 
 def test_idempotency_key(client: TestClient) -> None:
     image = png()
-    first = post_upscale(client, image, headers={"Idempotency-Key": "k-1"})
-    second = post_upscale(client, image, headers={"Idempotency-Key": "k-1"})
+    key = {"Idempotency-Key": "2f6e0c1a-93b4-4c57-9d3e-1f0a8b7c6d5e"}
+    first = post_upscale(client, image, headers=key)
+    second = post_upscale(client, image, headers=key)
     assert first.status_code == second.status_code == 402
     assert first.json()["job_id"] == second.json()["job_id"]
     assert first.headers["WWW-Authenticate"] == second.headers["WWW-Authenticate"]
-    other = post_upscale(client, png(seed=9), headers={"Idempotency-Key": "k-1"})
+    other = post_upscale(client, png(seed=9), headers=key)
     assert other.status_code == 422 and other.json()["type"].endswith("idempotency-mismatch")
+    guessable = post_upscale(client, image, headers={"Idempotency-Key": "order-2"})
+    assert guessable.status_code == 422 and "Idempotency-Key" in guessable.json()["detail"]
+    # once paid, whoever replays the key (the key may have leaked) gets the state, not the macaroon
+    pay(client, first.json()["payment_request"])
+    wait_for(client, first.json()["job_id"], settled)
+    late = post_upscale(client, image, headers=key)
+    assert late.status_code == 200 and "WWW-Authenticate" not in late.headers
+    assert late.json()["access"] == "public" and "payment_request" not in late.json()
 
 
 def test_a_failed_job_is_not_charged(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -90,11 +90,10 @@ def test_an_explicitly_private_dev_server_may_list_them(tmp_path: Path, registry
         assert [e["preimage"] for e in client.get("/v1/dev/payments").json()] == [paid["preimage"]]
 
 
-def test_an_empty_idempotency_key_is_no_key(client: TestClient) -> None:
+def test_an_empty_idempotency_key_is_refused_not_a_crash(client: TestClient) -> None:
     first = create(client, 2, headers={"Idempotency-Key": ""})
-    second = create(client, 3, headers={"Idempotency-Key": ""})
-    assert first.status_code == second.status_code == 402
-    assert first.json()["job_id"] != second.json()["job_id"]
+    assert first.status_code == 422 and first.headers["content-type"] == "application/problem+json"
+    assert client.app.state.service.store.count() == 0
 
 
 def test_a_credential_for_another_request_makes_nothing(client: TestClient) -> None:
@@ -104,3 +103,45 @@ def test_a_credential_for_another_request_makes_nothing(client: TestClient) -> N
     other = create(client, 5, headers={"Authorization": f"L402 {macaroon}"})
     assert other.status_code == 401 and "different image" in other.json()["detail"]
     assert client.app.state.service.store.count() == before
+
+
+def test_unpaid_uploads_are_removed_and_capped(tmp_path: Path, registry) -> None:
+    """Uploads are stored before anyone pays: they go once their jobs expire unpaid (unless a
+    paid job uses the same image), and what waits for payment is capped."""
+    import time
+
+    cap = len(png(10)) + len(png(11)) + 10  # room for two of these uploads, not three
+    settings = Settings(data_dir=tmp_path / "data", invoice_expiry_seconds=1, max_pending_upload_bytes=cap)
+    with TestClient(create_app(settings, registry)) as client:
+        inputs = tmp_path / "data" / "inputs"
+        lonely = create(client, 10).json()
+        shared_first = create(client, 11).json()
+        assert len(list(inputs.iterdir())) == 2
+        busy = create(client, 12)  # a third upload would pass the cap
+        assert busy.status_code == 503 and busy.headers["content-type"] == "application/problem+json"
+        assert "waiting for payment" in busy.json()["detail"] and len(list(inputs.iterdir())) == 2
+        deadline = time.monotonic() + 30
+        while client.get(f"/v1/upscales/{lonely['job_id']}").json()["status"] != "expired":
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        while client.get(f"/v1/upscales/{shared_first['job_id']}").json()["status"] != "expired":
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        deadline = time.monotonic() + 10
+        while list(inputs.iterdir()):
+            assert time.monotonic() < deadline, list(inputs.iterdir())
+            time.sleep(0.1)
+        # the same image in a paid job stays, even when another job made from it expires
+        kept = create(client, 11).json()
+        client.post("/v1/dev/pay", json={"payment_request": kept["payment_request"], "wait": True})
+        create(client, 11)  # a second, unpaid job from it, left to expire
+        time.sleep(2.5)
+        assert len(list(inputs.iterdir())) == 1
+
+
+def test_the_gateway_serves_only_what_it_holds(client: TestClient) -> None:
+    from provenance.cid import IDENTITY, Cid, multihash_of
+
+    forged = Cid(version=1, codec=0x55, multihash=multihash_of(b"\x89PNG\r\n\x1a\n<script>", IDENTITY))
+    response = client.get(f"/ipfs/{forged}")
+    assert response.status_code == 404 and response.headers["content-type"] == "application/problem+json"

@@ -60,6 +60,7 @@ def test_truncated_checkpoint_names_the_file(user_folder: Path) -> None:
     registry = ModelRegistry(user_folder)
     broken = registry.describe("RealESRGAN_compact")
     assert broken.info is None and "RealESRGAN_compact.pth" in broken.error  # listed, with the reason
+    assert str(user_folder) not in broken.error  # the listing is public: no server paths in it
 
 
 def test_garbage_safetensors_names_the_file(tmp_path: Path) -> None:

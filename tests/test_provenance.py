@@ -175,6 +175,8 @@ def test_an_unpublished_job_keeps_its_files_to_its_owner(tmp_path: Path, registr
         assert entry["custody"]["output"] == {"published": False}
         for secret in (job["output"]["sha256"], provenance["output_cid"], provenance["chain"]["tx"]):
             assert secret not in anonymous.text
+        for holder_only in (body["payment_hash"], body["job_id"]):  # what only the token's holder sees
+            assert holder_only not in anonymous.text
         assert client.get(f"/v1/provenance/{provenance['input_cid']}").status_code == 404  # not held publicly
         # the owner sees it whole, and everything verifies against the private copies
         owner = client.get(f"/v1/provenance/{input_sha}", headers={"Authorization": credential}).json()

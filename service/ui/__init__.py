@@ -14,7 +14,7 @@ import gradio as gr
 from ..frontdoor import FrontDoor
 from . import render
 from .handlers import FORMATS, PRECISIONS, WebHandlers
-from .uploads import UploadGuard
+from .uploads import UploadGuard, UploadSizeLimit
 
 #: Gradio's temp files (uploads, previews, QR codes): every 10 minutes, those older than an hour go
 DELETE_CACHE = (600, 3600)
@@ -39,7 +39,7 @@ def blocks(web: WebHandlers, front: FrontDoor) -> gr.Blocks:
     names = front.model_names()
     default = front.default_model()
     dev_wallet = front.dev_node is not None
-    with gr.Blocks(title="Satscale", delete_cache=DELETE_CACHE) as ui:
+    with gr.Blocks(title="Satscale", delete_cache=DELETE_CACHE, analytics_enabled=False) as ui:
         # the browser keeps its jobs (id + per-job key) in localStorage: a reload loses nothing
         session = gr.BrowserState({"current": None, "jobs": []}, storage_key="satscale-session-v2")
         shown = gr.State(None)
@@ -167,7 +167,11 @@ def mount(app: Any, front: FrontDoor) -> Any:
         footer_links=["api"],
         max_file_size=front.settings.max_upload_bytes,
         show_error=False,
+        # Gradio's run history would keep every handler's inputs and outputs (keys, invoices) for a
+        # page anyone can open
+        run_history=False,
     )
+    app.add_middleware(UploadSizeLimit, limit=front.settings.max_upload_bytes)
     # Mounted apps never "launch", and Gradio skips its own check that an input file lies in its
     # upload folder until one has: without this, a handler given {"path": "/etc/..."} would copy
     # that file into the cache before any handler could refuse it. The guard checks again.

@@ -9,12 +9,15 @@ the API puts in its problem documents, never as exception internals.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import functools
 import hashlib
 import hmac
 import html
 import logging
 import secrets
+import shutil
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -35,6 +38,9 @@ from .uploads import UploadGuard
 log = logging.getLogger("satscale.ui")
 
 FORMATS = ["same as input", "png", "jpeg", "webp", "tiff"]
+#: previews live in a folder named for the job and the hour: their URL changes every hour, and
+#: folders older than two hours are removed (the files are a result: they must not linger)
+PREVIEW_SECONDS = 3600
 PRECISIONS = ["auto", "fp32", "bf16", "fp16"]
 T = TypeVar("T")
 
@@ -137,9 +143,10 @@ class WebHandlers:
     def __init__(self, front: FrontDoor, uploads: UploadGuard) -> None:
         self.front = front
         self.uploads = uploads
-        # preview folders are named with a keyed hash of the job id: unguessable, and only
-        # handed to the job's owner
+        # preview folders are named with a keyed hash of the job id and the hour: unguessable,
+        # handed only to the job's owner, and gone two hours later
         self._preview_key = secrets.token_bytes(32)
+        self._sweep_previews()
 
     # ------------------------------------------------------------ upload, price
 
@@ -269,6 +276,7 @@ class WebHandlers:
         slider, download = gr.ImageSlider(visible=release), gr.HTML(visible=release)
         if release and shown != job.job_id:
             grant = self.front.grant(ticket.job_id, ticket.proof)
+            await asyncio.to_thread(self._sweep_previews)
             before, after = await self.front.previews(grant, self._preview_folder(job.job_id))
             slider = gr.ImageSlider(value=(str(before), str(after)), visible=True)
             download = gr.HTML(render.download_html(self.front.download_link(grant)), visible=True)
@@ -291,9 +299,24 @@ class WebHandlers:
             job.job_id if release else shown if isinstance(shown, str) else None,
         )
 
+    @staticmethod
+    def _previews_root() -> Path:
+        return Path(get_upload_folder()) / "satscale-previews"
+
     def _preview_folder(self, job_id: str) -> Path:
-        name = hmac.new(self._preview_key, job_id.encode(), hashlib.sha256).hexdigest()[:40]
-        return Path(get_upload_folder()) / "satscale-previews" / name
+        hour = int(time.time() // PREVIEW_SECONDS)
+        name = hmac.new(self._preview_key, f"{job_id}:{hour}".encode(), hashlib.sha256).hexdigest()[:40]
+        return self._previews_root() / name
+
+    def _sweep_previews(self) -> None:
+        root = self._previews_root()
+        if not root.is_dir():
+            return
+        cutoff = time.time() - 2 * PREVIEW_SECONDS
+        for folder in root.iterdir():
+            with contextlib.suppress(OSError):
+                if folder.stat().st_mtime < cutoff:
+                    shutil.rmtree(folder)
 
     @staticmethod
     def _empty(shown: Any) -> tuple[Any, ...]:

@@ -91,3 +91,37 @@ class UploadGuard:
         except (NotAnUpload, OSError):
             return None
         return (str(path), info.st_size, info.st_mtime_ns)
+
+
+class UploadSizeLimit:
+    """ASGI middleware: one request to Gradio's upload route carries at most one upload's worth
+    of bytes. (Gradio caps each file, but takes up to a thousand files per request.) A declared
+    length over the limit is refused with 413 at once; a body that grows past it is cut off."""
+
+    def __init__(self, app: Any, limit: int, path: str = "/gradio_api/upload") -> None:
+        self.app = app
+        self.limit = limit + 64 * 1024  # multipart framing around the file
+        self.path = path
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or not scope["path"].endswith(self.path):
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers", [])).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > self.limit:
+            body = f"the upload exceeds {self.limit} bytes".encode()
+            await send({"type": "http.response.start", "status": 413, "headers": [(b"content-type", b"text/plain")]})
+            await send({"type": "http.response.body", "body": body})
+            return
+        seen = 0
+
+        async def counted() -> dict:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    return {"type": "http.disconnect"}
+            return message
+
+        await self.app(scope, counted, send)
