@@ -201,13 +201,11 @@ def test_kill_nine_at_every_stage_loses_nothing_and_charges_once(server: Server)
             assert payment["state"] == "settled" and payment["charged_msat"] == job["amount_msat"]
             assert final["charged"] is True
             macaroon = job["challenge"].split('macaroon="', 1)[1].split('"', 1)[0]
-            result = httpx.get(
-                final["output"]["url"],
-                headers={"Authorization": f"L402 {macaroon}:{payment['preimage']}"},
-                timeout=60,
-            )
+            credential = {"Authorization": f"L402 {macaroon}:{payment['preimage']}"}
+            owner = httpx.get(f"{server.url}/v1/upscales/{job['job_id']}", headers=credential, timeout=30).json()
+            result = httpx.get(f"{server.url}{owner['output']['url']}", headers=credential, timeout=60)
             assert result.status_code == 200
-            assert hashlib.sha256(result.content).hexdigest() == final["output"]["sha256"]
+            assert hashlib.sha256(result.content).hexdigest() == owner["output"]["sha256"]
             assert Image.open(io.BytesIO(result.content)).size == (1600, 1440)
         else:
             assert payment["state"] == "canceled" and payment["charged_msat"] == 0
