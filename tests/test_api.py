@@ -349,3 +349,25 @@ def test_tile_and_precision_options(client: TestClient) -> None:
     assert too_small.status_code == 422 and "tile" in too_small.json()["detail"]
     unknown = post_upscale(client, png(), precision="int4")
     assert unknown.status_code == 422 and "precision" in unknown.json()["detail"]
+
+
+def test_an_engine_is_built_once_per_model_and_precision(tmp_path: Path, weights_folder: Path) -> None:
+    from sr_core.registry import ModelRegistry
+
+    fresh = ModelRegistry(weights_folder)
+    builds: list[tuple[str, str]] = []
+    original = fresh._build
+
+    def counted(entry, path, digest, device, precision):
+        builds.append((entry.name, precision.value))
+        return original(entry, path, digest, device, precision)
+
+    fresh._build = counted
+    with make_client(tmp_path, fresh) as client:
+        builds.clear()  # the listing at start builds each model once, at the server's precision
+        for _ in range(2):
+            assert post_upscale(client, png(), precision="fp32").status_code == 402
+            assert post_upscale(client, png()).status_code == 402
+            assert client.get("/v1/quote", params={"model": MODEL, "width": 10, "height": 10}).status_code == 200
+        server = fresh.load_engine(MODEL).info.precision.value
+        assert builds == ([] if server == "fp32" else [(MODEL, "fp32")])
