@@ -100,22 +100,8 @@ class Checkout:
             amount_msat=admission.quote.amount_msat,
             token_valid_until=int(now + self.settings.token_validity_seconds),
             idempotency_key=idempotency_key,
-            held_at=None,
-            hold_deadline=None,
-            started_at=None,
-            finished_at=None,
-            progress=0.0,
-            output_path=None,
-            output_sha256=None,
-            output_width=None,
-            output_height=None,
-            error=None,
-            attempts=0,
-            macaroon=None,
             state=JobState.AWAITING_PAYMENT,
-            payment_request=None,
             invoice_status=InvoiceStatus.NONE,
-            invoice_expires_at=None,
         )
         memo = invoice_memo(admission)
         expiry = self.settings.invoice_expiry_seconds

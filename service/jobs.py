@@ -97,24 +97,25 @@ class Job:
     payment_hash: str
     preimage: str | None  # ours, for hold invoices; never shown before settlement
     hold: bool
-    payment_request: str | None
     amount_msat: int
     invoice_status: InvoiceStatus
-    invoice_expires_at: float | None
-    macaroon: str | None
     token_valid_until: int
-    idempotency_key: str | None
-    held_at: float | None
-    hold_deadline: float | None
-    started_at: float | None
-    finished_at: float | None
-    progress: float
-    output_path: str | None
-    output_sha256: str | None
-    output_width: int | None
-    output_height: int | None
-    error: str | None
-    attempts: int
+    # filled in as the job goes (the invoice, the payment, the run, the result)
+    payment_request: str | None = None
+    invoice_expires_at: float | None = None
+    macaroon: str | None = None
+    idempotency_key: str | None = None
+    held_at: float | None = None
+    hold_deadline: float | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    progress: float = 0.0
+    output_path: str | None = None
+    output_sha256: str | None = None
+    output_width: int | None = None
+    output_height: int | None = None
+    error: str | None = None
+    attempts: int = 0
     # provenance: IPFS CIDs of input, output and metadata, and the on-chain record
     input_cid: str | None = None
     output_cid: str | None = None
