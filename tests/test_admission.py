@@ -122,7 +122,7 @@ def test_a_job_failed_mid_run_stops_its_engine_and_the_next_job_starts(client: T
     def slow_run(batch):
         with lock:
             calls.append(tuple(batch.shape))
-        time.sleep(0.25)  # long enough for the test to act between two batches
+        time.sleep(0.5)  # long enough for the test to act between two batches, even on a loaded machine
         return original(batch)
 
     engine.run = slow_run

@@ -5,6 +5,7 @@ hands out other people's preimages, empty idempotency keys."""
 from __future__ import annotations
 
 import io
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -105,38 +106,46 @@ def test_a_credential_for_another_request_makes_nothing(client: TestClient) -> N
     assert client.app.state.service.store.count() == before
 
 
-def test_unpaid_uploads_are_removed_and_capped(tmp_path: Path, registry) -> None:
-    """Uploads are stored before anyone pays: they go once their jobs expire unpaid (unless a
-    paid job uses the same image), and what waits for payment is capped."""
-    import time
+def wait_status(client: TestClient, job_id: str, status: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while client.get(f"/v1/upscales/{job_id}").json()["status"] != status:
+        assert time.monotonic() < deadline, f"{job_id} never became {status}"
+        time.sleep(0.1)
 
+
+def test_unpaid_uploads_are_capped(tmp_path: Path, registry) -> None:
+    """Uploads are stored before anyone pays: what waits for payment is capped."""
     cap = len(png(10)) + len(png(11)) + 10  # room for two of these uploads, not three
-    settings = Settings(data_dir=tmp_path / "data", invoice_expiry_seconds=1, max_pending_upload_bytes=cap)
+    settings = Settings(data_dir=tmp_path / "data", max_pending_upload_bytes=cap)
     with TestClient(create_app(settings, registry)) as client:
         inputs = tmp_path / "data" / "inputs"
-        lonely = create(client, 10).json()
-        shared_first = create(client, 11).json()
+        assert create(client, 10).status_code == create(client, 11).status_code == 402
         assert len(list(inputs.iterdir())) == 2
-        busy = create(client, 12)  # a third upload would pass the cap
+        busy = create(client, 12)
         assert busy.status_code == 503 and busy.headers["content-type"] == "application/problem+json"
         assert "waiting for payment" in busy.json()["detail"] and len(list(inputs.iterdir())) == 2
-        deadline = time.monotonic() + 30
-        while client.get(f"/v1/upscales/{lonely['job_id']}").json()["status"] != "expired":
-            assert time.monotonic() < deadline
-            time.sleep(0.1)
-        while client.get(f"/v1/upscales/{shared_first['job_id']}").json()["status"] != "expired":
-            assert time.monotonic() < deadline
-            time.sleep(0.1)
-        deadline = time.monotonic() + 10
-        while list(inputs.iterdir()):
-            assert time.monotonic() < deadline, list(inputs.iterdir())
-            time.sleep(0.1)
-        # the same image in a paid job stays, even when another job made from it expires
-        kept = create(client, 11).json()
+        assert create(client, 10).status_code == 402  # an image already stored adds nothing
+
+
+def test_unpaid_uploads_are_removed_when_their_jobs_expire(tmp_path: Path, registry) -> None:
+    settings = Settings(data_dir=tmp_path / "data", invoice_expiry_seconds=1)
+    with TestClient(create_app(settings, registry)) as client:
+        inputs = tmp_path / "data" / "inputs"
+        lonely = create(client, 20).json()
+        wait_status(client, lonely["job_id"], "expired")
+        stored = inputs / f"{lonely['input']['sha256']}.png"
+        deadline = time.monotonic() + 10  # removed right after the job's state is written
+        while stored.exists():
+            assert time.monotonic() < deadline, "the expired job's upload is still stored"
+            time.sleep(0.05)
+        # the same image in a paid job stays, even when another job made from it expires unpaid
+        kept = create(client, 21).json()
         client.post("/v1/dev/pay", json={"payment_request": kept["payment_request"], "wait": True})
-        create(client, 11)  # a second, unpaid job from it, left to expire
-        time.sleep(2.5)
-        assert len(list(inputs.iterdir())) == 1
+        wait_status(client, kept["job_id"], "succeeded")
+        unpaid = create(client, 21).json()
+        wait_status(client, unpaid["job_id"], "expired")
+        time.sleep(0.5)  # as long as a removal takes above, many times over
+        assert (inputs / f"{kept['input']['sha256']}.png").exists()
 
 
 def test_the_gateway_serves_only_what_it_holds(client: TestClient) -> None:
