@@ -64,10 +64,6 @@ class UpscaleResult:
     batch: int
     seconds: float
     engine: EngineInfo
-    #: seconds spent inside the engine, and the input pixels it processed there (tile windows with
-    #: their context, alpha passes included): what a throughput measurement divides
-    engine_seconds: float = 0.0
-    work_pixels: int = 0
 
 
 @dataclass(frozen=True)
@@ -131,8 +127,6 @@ class _Runner:
         self.image = image
         self.peak = 65535.0 if image.bit_depth == 16 else 255.0
         self.dtype = np.uint16 if image.bit_depth == 16 else np.uint8
-        self.engine_seconds = 0.0
-        self.work_pixels = 0
 
     def _quantise(self, values: torch.Tensor) -> np.ndarray:
         return values.mul(self.peak).round_().numpy().astype(self.dtype)
@@ -146,12 +140,8 @@ class _Runner:
         batch = _to_tensor(inputs, self.peak)
         started = time.perf_counter()
         native = self.engine.run(batch)
-        seconds = time.perf_counter() - started
-        pixels = batch.shape[0] * batch.shape[2] * batch.shape[3]
-        self.engine_seconds += seconds
-        self.work_pixels += pixels
         if self.timings:
-            self.timings(pixels, seconds)
+            self.timings(batch.shape[0] * batch.shape[2] * batch.shape[3], time.perf_counter() - started)
         outputs = resize_to_scale(native, self.engine.info.native_scale, self.plan.scale).clamp_(0.0, 1.0)
         scale = self.plan.scale
         cores = []
@@ -178,15 +168,6 @@ class _Runner:
 WHOLE_IMAGE_BAND_ROWS = 256
 
 
-@dataclass(frozen=True)
-class _Ran:
-    """What a run did: its plan and what the engine's share of it cost."""
-
-    plan: UpscalePlan
-    engine_seconds: float
-    work_pixels: int
-
-
 def _stopping(progress: ProgressCallback | None, should_stop: StopCheck | None) -> ProgressCallback | None:
     """A progress callback that also stops the run when asked: engines that tile internally (the
     diffusion samplers) report every step, so this is where they can be stopped."""
@@ -210,7 +191,7 @@ def _run_whole_image(
     options: UpscaleOptions,
     progress: ProgressCallback | None,
     should_stop: StopCheck | None,
-) -> _Ran:
+) -> UpscalePlan:
     """One pass over the whole image (the engine tiles internally); alpha, which a diffusion
     model cannot restore, is resized bicubically. Rows are still handed out in bands."""
     info = engine.info
@@ -222,9 +203,7 @@ def _run_whole_image(
     dtype = np.uint16 if image.bit_depth == 16 else np.uint8
     pixels = read(0, 0, image.width, image.height)
     colour = _to_tensor([pixels[..., : image.colour_channels]], peak)
-    started = time.perf_counter()
     rgb = engine.upscale(colour, scale, _stopping(progress, should_stop))[0].clamp(0.0, 1.0)
-    engine_seconds = time.perf_counter() - started
     planes = [rgb.mean(0, keepdim=True)] if image.colour_channels == 1 else [rgb]
     if image.has_alpha:
         alpha = _to_tensor([pixels[..., -1:]], peak)[:, :1]
@@ -235,8 +214,7 @@ def _run_whole_image(
         band = out[top : top + WHOLE_IMAGE_BAND_ROWS]
         write_rows(band.mul(peak).round_().numpy().astype(dtype))
     one_tile = plan_tiles(image.width, image.height, max(image.width, image.height, MIN_TILE), 0)
-    work = image.width * image.height
-    return _Ran(UpscalePlan(scale, one_tile, 1, work), engine_seconds, work)
+    return UpscalePlan(scale, one_tile, 1, image.width * image.height)
 
 
 def run_tiles(
@@ -248,7 +226,7 @@ def run_tiles(
     progress: ProgressCallback | None = None,
     should_stop: StopCheck | None = None,
     timings: TimingCallback | None = None,
-) -> _Ran:
+) -> UpscalePlan:
     """Drive the engine over the image tile by tile, handing finished rows to `write_rows`.
     `should_stop` is asked before every batch: a stopped run raises `Cancelled` within one batch."""
     if isinstance(engine, WholeImageEngine):
@@ -279,7 +257,7 @@ def run_tiles(
             if progress:
                 progress(done, total)
         write_rows(band)
-    return _Ran(plan, runner.engine_seconds, runner.work_pixels)
+    return plan
 
 
 def output_spec(
@@ -316,9 +294,8 @@ def upscale_file(
     scale = engine.info.resolve_scale(options.scale)
     spec = output_spec(info, scale, reader.exif, reader.resolution)
     with StreamingWriter(output, spec, output_options) as writer:
-        ran = run_tiles(engine, reader.read, info, writer.write_rows, options, progress, should_stop, timings)
+        plan = run_tiles(engine, reader.read, info, writer.write_rows, options, progress, should_stop, timings)
         writer.close()
-    plan = ran.plan
     return UpscaleResult(
         input=info,
         output_path=output,
@@ -330,8 +307,6 @@ def upscale_file(
         batch=plan.batch,
         seconds=time.perf_counter() - started,
         engine=engine.info,
-        engine_seconds=ran.engine_seconds,
-        work_pixels=ran.work_pixels,
     )
 
 
