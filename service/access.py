@@ -32,6 +32,8 @@ from payments import l402
 from .jobs import Job
 from .store import JobStore, RootKeys
 
+#: what a caller is told when a job's output needs more than it presented
+PROOF_NEEDED = "proof of payment needed: send `L402 <macaroon>:<preimage hex>` for this job"
 #: how long a signed download link stays valid
 LINK_SECONDS = 3600
 LINK_KEY_META = "download_link_key"
@@ -135,7 +137,7 @@ class Gatekeeper:
         grant = self.grant(job_id, proof)
         if grant.level < level:
             if level is Level.OWNER:
-                raise AccessDenied("proof of payment needed: send `L402 <macaroon>:<preimage hex>` for this job")
+                raise AccessDenied(PROOF_NEEDED)
             raise AccessDenied("send this job's L402 credential")
         return grant
 

@@ -12,17 +12,17 @@ from fastapi import APIRouter, File, Form, Header, Query, Request, UploadFile
 from fastapi.responses import FileResponse, JSONResponse
 from pydantic import BaseModel, Field
 
-from payments import l402
 from payments.backend import InvoiceState
-from sr_core.imageio import ACCEPTED_FORMATS, ImageLimits
+from sr_core.device import Precision
+from sr_core.imageio import ACCEPTED_FORMATS, FORMAT_ALIASES, ImageLimits
 from sr_core.tiling import MIN_TILE
 
 from .access import Grant, Level, LinkSignature, Proof
+from .checkout import challenge_for
 from .config import Settings
 from .engines import DEFAULT_MODEL
 from .frontdoor import FrontDoor
 from .intake import MAX_REQUEST_TILE, JobOptions
-from .jobs import JobState
 from .openapi import errors
 from .problems import Problem
 from .views import JobView, job_document
@@ -31,8 +31,9 @@ PROCESSING_RETRY_AFTER = "2"
 UPLOAD_CHUNK = 1 << 20
 MAX_SIDE = ImageLimits().max_side
 IMAGE_TYPES = ", ".join(f"image/{fmt}" for fmt in ACCEPTED_FORMATS)
-Precision = Literal["auto", "fp32", "bf16", "fp16"]
-OutputFormat = Literal["png", "jpeg", "jpg", "webp", "tiff", "tif"]
+# what the document offers, from the core's own lists (the core's checks are the rule)
+PrecisionName = Literal[tuple(p.value for p in Precision)]  # type: ignore[valid-type]
+OutputFormat = Literal[(*ACCEPTED_FORMATS, *FORMAT_ALIASES)]  # type: ignore[valid-type]
 
 
 def base_url(settings: Settings) -> str:
@@ -140,7 +141,7 @@ def build_router(front: FrontDoor) -> APIRouter:
         model: Annotated[str, Query(description="a model name from GET /v1/models")] = DEFAULT_MODEL,
         scale: Annotated[int | None, Query(description="output scale; default: the model's own")] = None,
         tile: Annotated[int | None, Query(ge=MIN_TILE, le=MAX_REQUEST_TILE, description="tile side")] = None,
-        precision: Annotated[Precision, Query()] = "auto",
+        precision: Annotated[PrecisionName, Query()] = "auto",
     ) -> QuoteDocument:
         """The price of an upscale, in msat, before uploading anything. The upload limits apply:
         an image that could never be uploaded is refused (413), not priced."""
@@ -175,7 +176,7 @@ def build_router(front: FrontDoor) -> APIRouter:
         tile: Annotated[
             int | None, Form(ge=MIN_TILE, le=MAX_REQUEST_TILE, description="tile size in input pixels")
         ] = None,
-        precision: Annotated[Precision, Form(description="numeric precision; auto: the server's choice")] = "auto",
+        precision: Annotated[PrecisionName, Form(description="numeric precision; auto: the server's choice")] = "auto",
         publish: Annotated[
             bool | None,
             Form(
@@ -272,12 +273,8 @@ def build_router(front: FrontDoor) -> APIRouter:
 
 
 def _challenge_for_holder(grant: Grant) -> str | None:
-    """A holder of an unpaid job's macaroon may be sent the challenge again: it already has the
-    macaroon. Nobody else ever is (a 402 carries the macaroon)."""
-    job = grant.job
-    if grant.level is Level.HOLDER and job.state is JobState.AWAITING_PAYMENT and job.payment_request and job.macaroon:
-        return l402.challenge_header(job.macaroon, job.payment_request)
-    return None
+    """A holder of an unpaid job's macaroon may be sent the challenge again: it has the macaroon."""
+    return challenge_for(grant.job) if grant.level is Level.HOLDER else None
 
 
 def dev_router(front: FrontDoor) -> APIRouter:

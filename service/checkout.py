@@ -40,6 +40,14 @@ class Created:
     challenge: str | None
 
 
+def challenge_for(job: Job) -> str | None:
+    """The 402 challenge (macaroon and invoice) of a job that can still be paid; None after. Only
+    a caller that holds the macaroon already, or the request that made the job, is sent it."""
+    if job.state is JobState.AWAITING_PAYMENT and job.macaroon and job.payment_request:
+        return l402.challenge_header(job.macaroon, job.payment_request)
+    return None
+
+
 def invoice_memo(admission: Admission) -> str:
     """What the payer's wallet shows. Never the job id: an invoice travels (QR codes, wallets,
     explorers), and the job id is all a status request needs."""
@@ -155,6 +163,4 @@ class Checkout:
             raise IdempotencyConflict("this Idempotency-Key was used with a different request", False)
         if job.invoice_status is InvoiceStatus.NONE or job.macaroon is None or job.payment_request is None:
             raise IdempotencyConflict("a request with this Idempotency-Key is still in flight", True)
-        if job.state is not JobState.AWAITING_PAYMENT:
-            return Created(job, None)
-        return Created(job, l402.challenge_header(job.macaroon, job.payment_request))
+        return Created(job, challenge_for(job))

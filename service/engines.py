@@ -25,11 +25,7 @@ class Engines:
         server = self.registry.load_engine(model, device=self.device, precision=self.precision)
         if precision in ("auto", self.precision):
             return server
-        try:
-            wanted = Precision(precision)
-        except ValueError:
-            choices = ", ".join(p.value for p in Precision)
-            raise ParameterError(f"precision {precision!r} is not one of {choices}") from None
+        wanted = Precision.parse(precision)
         if wanted is server.info.precision:
             return server
         if server.info.precision_fixed:

@@ -16,12 +16,11 @@ import pyvips
 from payments import l402
 from payments.dev import DevNode, DevPaymentError
 from provenance.chain import ProvenanceChain
-from provenance.ipfs import LocalIpfsStore
 from sr_core.engines import EngineInfo
 from sr_core.imageio import FORMAT_EXTENSIONS, ImageInfo
 from sr_core.registry import ModelDescription
 
-from .access import AccessDenied, Gatekeeper, Grant, Level, Proof, new_owner_key
+from .access import PROOF_NEEDED, AccessDenied, Gatekeeper, Grant, Level, Proof, new_owner_key
 from .checkout import Created
 from .intake import JobOptions, Priced
 from .jobs import Job
@@ -180,7 +179,7 @@ class FrontDoor:
 
     def _releasable(self, grant: Grant) -> Job:
         if not grant.owner:
-            raise AccessDenied("proof of payment needed: send `L402 <macaroon>:<preimage hex>` for this job")
+            raise AccessDenied(PROOF_NEEDED)
         if not grant.job.releasable or not grant.job.output_path:
             raise NotReady(grant.job)
         return grant.job
@@ -226,7 +225,3 @@ class FrontDoor:
             return owner is not None and owner.job.payment_hash == payment_hash
 
         return await asyncio.to_thread(lambda: self._verifier().verify(query, disclose))
-
-    @property
-    def public_ipfs(self) -> LocalIpfsStore:
-        return self.provenance.ipfs

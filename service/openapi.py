@@ -162,13 +162,8 @@ def _guard_methods(app: FastAPI, declared: dict[str, set[str]]) -> None:
         others = [method for method in METHODS if method not in methods]
         app.add_api_route(path, _refusal(", ".join(sorted(methods))), methods=others, include_in_schema=False)
 
-    async def unknown(request: Request, rest: str) -> None:
+    async def unknown(request: Request) -> None:
         raise Problem(404, "not-found", "Not found", f"there is no {request.url.path} (see /docs)")
 
-    async def nothing(request: Request) -> None:
-        raise Problem(404, "not-found", "Not found", f"there is no {request.url.path} (see /docs)")
-
-    app.add_api_route("/v1/{rest:path}", unknown, methods=list(METHODS), include_in_schema=False)
-    app.add_api_route("/ipfs/{rest:path}", unknown, methods=list(METHODS), include_in_schema=False)
-    for path in ("/v1", "/ipfs"):
-        app.add_api_route(path, nothing, methods=list(METHODS), include_in_schema=False)
+    for path in ("/v1/{rest:path}", "/ipfs/{rest:path}", "/v1", "/ipfs"):
+        app.add_api_route(path, unknown, methods=list(METHODS), include_in_schema=False)

@@ -22,6 +22,15 @@ class Precision(StrEnum):
     BF16 = "bf16"
     FP16 = "fp16"
 
+    @classmethod
+    def parse(cls, value: Precision | str) -> Precision:
+        """A precision by name; anything else is refused, naming the choices."""
+        try:
+            return cls(value)
+        except ValueError:
+            choices = ", ".join(p.value for p in cls)
+            raise ParameterError(f"precision {value!r} is not one of {choices}") from None
+
     @property
     def dtype(self) -> torch.dtype:
         return {Precision.FP32: torch.float32, Precision.BF16: torch.bfloat16, Precision.FP16: torch.float16}[self]
@@ -74,11 +83,7 @@ def resolve_precision(
     requested: Precision | str, device: torch.device, supports_half: bool, supports_bf16: bool
 ) -> Precision:
     """Turn `auto` into a concrete precision; refuse one the model cannot run in."""
-    try:
-        precision = Precision(requested)
-    except ValueError:
-        choices = ", ".join(p.value for p in Precision)
-        raise ParameterError(f"precision {requested!r} is not one of {choices}") from None
+    precision = Precision.parse(requested)
     allowed = available_precisions(device, supports_half, supports_bf16)
     if precision is Precision.AUTO:
         if device.type == "cuda":

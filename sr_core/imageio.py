@@ -28,6 +28,8 @@ from .errors import CorruptImageError, ImageTooLargeError, OutputError, Unsuppor
 ACCEPTED_FORMATS = ("png", "jpeg", "webp", "tiff")
 OUTPUT_EXTENSIONS = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".webp": "webp", ".tif": "tiff", ".tiff": "tiff"}
 FORMAT_EXTENSIONS = {"png": ".png", "jpeg": ".jpg", "webp": ".webp", "tiff": ".tiff"}
+#: other names the format of a request may go by
+FORMAT_ALIASES = {"jpg": "jpeg", "tif": "tiff"}
 WEBP_MAX_SIDE = 16383
 JPEG_MAX_SIDE = 65535
 PNG_MAX_SIDE = 2**31 - 1
@@ -209,7 +211,7 @@ class ImageReader:
 
 def normalise_format(name: str) -> str:
     """'JPG' -> 'jpeg', 'tif' -> 'tiff'; refuses anything we cannot write."""
-    fmt = {"jpg": "jpeg", "tif": "tiff"}.get(name.lower(), name.lower())
+    fmt = FORMAT_ALIASES.get(name.lower(), name.lower())
     if fmt not in ACCEPTED_FORMATS:
         raise OutputError(f"output format {name!r} is not one of png, jpeg, webp, tiff")
     return fmt

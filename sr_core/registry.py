@@ -15,7 +15,7 @@ from typing import Any
 from .device import Precision
 from .engines import Engine, EngineInfo
 from .engines.esrgan import SpandrelEngine, load_descriptor
-from .errors import ParameterError, SatscaleError, UnknownModelError
+from .errors import SatscaleError, UnknownModelError
 from .weights import (
     BUILTIN_SOURCES,
     builtin_weights,
@@ -123,11 +123,7 @@ class ModelRegistry:
         """The engine for a model, built once per (weights, device, resolved precision): asking
         for `auto` and for the precision it resolves to gives the same engine."""
         entry = self.get(name)
-        try:
-            wanted = Precision(precision)
-        except ValueError:
-            choices = ", ".join(p.value for p in Precision)
-            raise ParameterError(f"precision {precision!r} is not one of {choices}") from None
+        wanted = Precision.parse(precision)
         path, digest = self.weights_file(entry)
         alias = (name, digest, device, wanted)
         with self._lock:
