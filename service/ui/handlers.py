@@ -27,7 +27,10 @@ from typing import Any, TypeVar
 import gradio as gr
 from gradio.utils import get_upload_folder
 
-from ..access import Proof
+from sr_core.device import Precision
+from sr_core.imageio import ACCEPTED_FORMATS
+
+from ..access import AccessDenied, Grant, Proof, UnknownJob
 from ..frontdoor import FrontDoor
 from ..intake import JobOptions
 from ..problems import to_problem
@@ -37,11 +40,11 @@ from .uploads import UploadGuard
 
 log = logging.getLogger("satscale.ui")
 
-FORMATS = ["same as input", "png", "jpeg", "webp", "tiff"]
+FORMATS = ["same as input", *ACCEPTED_FORMATS]
 #: previews live in a folder named for the job and the hour: their URL changes every hour, and
 #: folders older than two hours are removed (the files are a result: they must not linger)
 PREVIEW_SECONDS = 3600
-PRECISIONS = ["auto", "fp32", "bf16", "fp16"]
+PRECISIONS = [precision.value for precision in Precision]
 T = TypeVar("T")
 
 
@@ -254,35 +257,35 @@ class WebHandlers:
             "error": view.error,
         }
 
-    def _owned(self, ticket: Ticket | None) -> JobView | None:
-        """The browser's view of one of its jobs; None if the ticket opens nothing."""
+    def _owned(self, ticket: Ticket | None) -> tuple[Grant, JobView] | None:
+        """The browser's grant and view of one of its jobs; None if the ticket opens nothing."""
         if ticket is None:
             return None
         try:
-            return self.front.view(self.front.grant(ticket.job_id, ticket.proof))
-        except Exception:
+            grant = self.front.grant(ticket.job_id, ticket.proof)
+        except (AccessDenied, UnknownJob):
             return None
+        return grant, self.front.view(grant)
 
     async def render(self, session: Any, shown: Any) -> tuple[Any, ...]:
         """Everything about the current job; the result only for its owner, once released."""
-        ticket = current(session)
-        job = self._owned(ticket)
-        if ticket is None or job is None:
+        owned = self._owned(current(session))
+        if owned is None:
             return self._empty(shown)
+        grant, job = owned
         awaiting = job.payment is not None and job.payment.payment_request is not None
         remaining = int((job.payment.expires_at or 0) - time.time()) if awaiting and job.payment else 0
         countdown = f"Expires in {remaining // 60}:{remaining % 60:02d}" if awaiting and remaining > 0 else ""
         release = job.releasable
+        # what does not change once released (previews, link, metadata) goes out when first shown
         slider, download = gr.ImageSlider(visible=release), gr.HTML(visible=release)
+        metadata: Any = gr.JSON() if release else None
         if release and shown != job.job_id:
-            grant = self.front.grant(ticket.job_id, ticket.proof)
             await asyncio.to_thread(self._sweep_previews)
             before, after = await self.front.previews(grant, self._preview_folder(job.job_id))
             slider = gr.ImageSlider(value=(str(before), str(after)), visible=True)
             download = gr.HTML(render.download_html(self.front.download_link(grant)), visible=True)
-        metadata = None
-        if job.provenance is not None:
-            metadata = self.front.metadata(self.front.grant(ticket.job_id, ticket.proof))
+            metadata = self.front.metadata(grant)
         payment_request = job.payment.payment_request if awaiting and job.payment else None
         return (
             gr.Group(visible=awaiting),
@@ -353,9 +356,10 @@ class WebHandlers:
         """This browser's jobs, newest first, and the picker to reopen one."""
         rows, choices = [], []
         for ticket in reversed(tickets(session)):
-            job = self._owned(ticket)
-            if job is None:
+            owned = self._owned(ticket)
+            if owned is None:
                 continue
+            job = owned[1]
             rows.append((job, time.strftime("%Y-%m-%d %H:%M", time.localtime(job.created_at))))
             choices.append(job.job_id)
         return render.jobs_table(rows), gr.Dropdown(choices=choices, value=None)
