@@ -91,7 +91,7 @@ def create_app(
     backend: LightningBackend | None = None,
 ) -> FastAPI:
     settings = settings or Settings()
-    registry = registry or ModelRegistry(supir=settings.supir_setup(), ccsr=settings.ccsr_setup())
+    registry = registry or ModelRegistry(settings=settings.engines)
     store = SqliteJobStore(settings.database_path)
     backend = backend or make_backend(settings)
     ipfs = LocalIpfsStore(settings.data_dir / "ipfs")

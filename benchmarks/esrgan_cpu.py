@@ -24,9 +24,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from sr_core.device import Precision, cpu_has_fast_bf16, resolve_precision
+from sr_core.engines.builtin import BUILTIN_SOURCES, ncnn_files
 from sr_core.registry import ModelRegistry
 from sr_core.upscale import UpscaleOptions, upscale_array
-from sr_core.weights import BUILTIN_SOURCES, ncnn_files
 
 
 def photo(size: int) -> np.ndarray:

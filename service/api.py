@@ -85,9 +85,22 @@ class QuoteDocument(BaseModel):
     estimated_seconds: float
 
 
+class ModelOption(BaseModel):
+    """An option a request may set for a model's own run (a pipeline stage's values)."""
+
+    name: str
+    type: str
+    default: Any = None
+    help: str
+    choices: list[str] | None = None
+    minimum: float | None = None
+    maximum: float | None = None
+
+
 class ModelListing(BaseModel):
     name: str
     source: str
+    kind: str
     description: str
     path: str | None = None
     error: str | None = None
@@ -98,6 +111,15 @@ class ModelListing(BaseModel):
     precisions: list[str] | None = None
     parameters: int | None = None
     price_class: str | None = None
+    #: external (the server tiles), internal (the engine tiles the whole image) or whole-image
+    tiling: str | None = None
+    bytes_per_output_pixel: int | None = None
+    max_output_pixels: int | None = None
+    #: keeps, repaints, may-invent or unknown: what the model does to people's faces
+    faces: str | None = None
+    takes_prompt: bool | None = None
+    options: list[ModelOption] | None = None
+    note: str | None = None
     weights_sha256: str | None = None
 
 

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from sr_core import kinds
 from sr_core.device import Precision
 from sr_core.errors import ParameterError, SatscaleError
 from sr_core.imageio import FORMAT_EXTENSIONS, OUTPUT_EXTENSIONS, ImageLimits, OutputOptions, output_format
@@ -16,7 +17,7 @@ from sr_core.registry import ModelRegistry
 from sr_core.upscale import UpscaleOptions, upscale_file
 from sr_core.weights import weights_dir
 
-DEFAULT_MODEL = "realesrgan-x4plus"
+from .engines import DEFAULT_MODEL
 
 
 @dataclass(frozen=True)
@@ -75,34 +76,41 @@ def _progress_bar(total_files: int, position: int, name: str):
     return bar, update
 
 
-def _supir_flags(args: argparse.Namespace) -> dict:
-    flags = {
-        "preset": args.preset,
-        "steps": args.steps,
-        "seed": args.seed,
-        "prompt": args.prompt,
-        "color_fix": args.color_fix,
-        "min_side": args.min_side,
-        "offload": args.offload,
-        "fp8": args.fp8,
-    }
-    return {name: value for name, value in flags.items() if value not in (None, False)}
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
 
 
-def _ccsr_flags(args: argparse.Namespace) -> dict:
-    flags = {
-        "offload": args.offload or None,
-        "steps": args.steps,
-        "seed": args.seed,
-        "prompt": args.prompt,
-        "color_fix": args.color_fix,
-        "min_side": args.min_side,
+def add_engine_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per engine setting name, for every kind that takes it (declared by the kinds)."""
+    group = parser.add_argument_group("engine settings (each applies to the kinds that name it)")
+    for name, takers in kinds.settings_by_name().items():
+        first = takers[0][1]
+        uses = "; ".join(f"{kind.title}: {option.help}" for kind, option in takers)
+        if first.type is bool:
+            group.add_argument(_flag(name), dest=f"engine_{name}", action="store_true", default=None, help=uses)
+        else:
+            group.add_argument(_flag(name), dest=f"engine_{name}", metavar=name.upper(), help=uses)
+
+
+def engine_settings(args: argparse.Namespace, kind: kinds.EngineKind) -> dict[str, dict]:
+    """The engine flags given, for the kind of the chosen model (which checks the values); a
+    flag that kind does not take is refused rather than silently ignored."""
+    taken = {option.name for option in kind.settings}
+    given = {
+        name: getattr(args, f"engine_{name}")
+        for name in kinds.settings_by_name()
+        if getattr(args, f"engine_{name}", None) is not None
     }
-    return {name: value for name, value in flags.items() if value is not None}
+    stray = sorted(set(given) - taken)
+    if stray:
+        flags = ", ".join(_flag(name) for name in stray)
+        raise ParameterError(f"{flags}: not a setting of {args.model} ({kind.title})")
+    return {kind.id: given} if given else {}
 
 
 def cmd_upscale(args: argparse.Namespace) -> int:
-    registry = ModelRegistry(supir=_supir_flags(args), ccsr=_ccsr_flags(args))
+    kind = kinds.kind(ModelRegistry().get(args.model).kind)
+    registry = ModelRegistry(settings=engine_settings(args, kind))
     engine = registry.load_engine(args.model, device=args.device, precision=args.precision)
     try:
         scale = engine.info.resolve_scale(args.scale)
@@ -145,39 +153,21 @@ def cmd_upscale(args: argparse.Namespace) -> int:
 
 
 def cmd_models_check(args: argparse.Namespace) -> int:
-    """Tell whether checkpoint files make a complete diffusion model, naming what is missing."""
-    from sr_core.engines.ccsr.checkpoint import check_ccsr_files
-    from sr_core.engines.diffusion.checkpoints import gather_keys
-    from sr_core.engines.supir.checkpoint import check_files
-
+    """Tell whether checkpoint files make a complete model, naming what is missing."""
     paths = [Path(p) for p in args.paths]
-    from sr_core.engines.ccsr.v2 import check_v2_folder, is_v2_folder
-
-    if len(paths) == 1 and paths[0].is_dir() and is_v2_folder(paths[0]):
-        v2 = check_v2_folder(paths[0])
-        print(f"{v2.title}: " + v2.summary())
-        return 0 if v2.complete else 1
-    files: list[Path] = []
-    for path in paths:
-        if path.is_dir():
-            files += sorted(p for p in path.rglob("*") if p.suffix.lower() in (".ckpt", ".safetensors", ".pth", ".pt"))
-        else:
-            files.append(path)
-    files.sort(key=lambda p: "supir" in p.name.lower())  # the SUPIR deltas load last
-    try:
-        keys, _ = gather_keys(files)
-        # CCSR v1 keeps its ControlNet at the top level; SUPIR/SDXL under model.*
-        ccsr = any(k.startswith(("control_model.", "cond_encoder.")) for k in keys)
-        check = check_ccsr_files(files) if ccsr else check_files(files)
-    except SatscaleError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    missing = [str(p) for p in paths if not p.exists()]
+    if missing:
+        raise SatscaleError(f"no such file or folder: {', '.join(missing)}")
+    kind = kinds.detect(paths)
+    if kind is None:
+        print("error: no engine kind recognises these files", file=sys.stderr)
         return 1
-    family = "ccsr" if ccsr else "supir"
-    print("files: " + ", ".join(str(p) for p in files))
-    print(f"{check.title}: " + check.summary())
-    if check.complete:
-        print(f"put them in {weights_dir() / family}/ (any folder named {family}*) to use them as a model")
-    return 0 if check.complete else 1
+    report = kind.check(paths)
+    print("files: " + ", ".join(str(p) for p in paths))
+    print(f"{report.title}: " + report.summary)
+    if report.complete and report.place:
+        print(f"put them in {weights_dir()}/{report.place} to use them as a model")
+    return 0 if report.complete else 1
 
 
 def cmd_models(args: argparse.Namespace) -> int:
@@ -293,17 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--lossless", action="store_true", help="lossless WebP")
     up.add_argument("--overwrite", action="store_true", help="redo outputs that already exist")
     up.add_argument("--max-megapixels", type=float, default=64.0, help="refuse larger inputs (default 64)")
-    diffusion = up.add_argument_group("diffusion models (SUPIR, CCSR)")
-    diffusion.add_argument("--preset", help="SUPIR: quality (default), fidelity, cli, lightning, lightning_fidelity")
-    diffusion.add_argument("--steps", type=int, help="sampler steps (default: the preset's)")
-    diffusion.add_argument("--seed", type=int, help="random seed (default 0: the same input gives the same output)")
-    diffusion.add_argument("--prompt", help="what the images show, e.g. 'a portrait photo of a woman'")
-    diffusion.add_argument(
-        "--color-fix", choices=["wavelet", "adain", "none"], help="colour correction (SUPIR wavelet, CCSR adain)"
-    )
-    diffusion.add_argument("--min-side", type=int, help="short side the model works at (SUPIR 1024, CCSR 512)")
-    diffusion.add_argument("--offload", action="store_true", help="keep only the running stage on the GPU")
-    diffusion.add_argument("--fp8", action="store_true", help="store UNet and control weights as fp8")
+    add_engine_flags(up)
     up.set_defaults(func=cmd_upscale)
 
     models = commands.add_parser("models", help="list the available models")
@@ -311,7 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
     models.set_defaults(func=cmd_models)
     models_commands = models.add_subparsers(dest="models_command")
     check = models_commands.add_parser(
-        "check", help="tell whether checkpoint files (SDXL base + SUPIR) make a complete SUPIR, and what is missing"
+        "check", help="tell whether checkpoint files (or a folder) make a complete model, and what is missing"
     )
     check.add_argument("paths", nargs="+", metavar="PATH", help="checkpoint files or folders")
     check.set_defaults(func=cmd_models)

@@ -10,12 +10,34 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
+from sr_core import kinds
+from sr_core.errors import ParameterError
 from sr_core.weights import PROJECT_ROOT
+
+
+def _flat_engine_names() -> list[tuple[str, str]]:
+    return [(kind.id, option.name) for kind in kinds.kinds() for option in kind.settings]
+
+
+class EngineEnvSource(PydanticBaseSettingsSource):
+    """SATSCALE_<KIND>_<SETTING> environment variables, for every setting an engine kind declares."""
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        upper = {key.upper(): value for key, value in os.environ.items()}
+        found: dict[str, dict[str, Any]] = {}
+        for kind_id, name in _flat_engine_names():
+            raw = upper.get(f"SATSCALE_{kind_id}_{name}".upper())
+            if raw is not None:
+                found.setdefault(kind_id, {})[name] = raw
+        return {"engines": found} if found else {}
 
 
 class Settings(BaseSettings):
@@ -80,38 +102,34 @@ class Settings(BaseSettings):
     device: str | None = None
     precision: str = "auto"
 
-    #: SUPIR models (folders weights/supir*/): sampler preset (quality, fidelity, cli, lightning,
-    #: lightning_fidelity), steps (None: the preset's), seed, a prompt describing the images, the
-    #: colour fix, the short side SDXL works at, sequential offloading and fp8 weight storage
-    supir_preset: str = "quality"
-    supir_steps: int | None = None
-    supir_seed: int = 0
-    supir_prompt: str = ""
-    supir_color_fix: Literal["wavelet", "adain", "none"] = "wavelet"
-    supir_min_side: int = 1024
-    supir_offload: bool = False
-    supir_fp8: bool = False
+    #: how each engine kind's models run, by kind id: {"<kind>": {"<setting>": value}} (TOML
+    #: `[engines.<kind>]`; the environment: SATSCALE_<KIND>_<SETTING>, e.g. SATSCALE_SUPIR_STEPS).
+    #: `satscale models --settings` lists every kind's settings; unknown names are refused at start
+    engines: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
-    #: CCSR models (folders weights/ccsr*/, the v1 checkpoint): spaced steps (45), seed, colour
-    #: fix (adain, as the official script), short side the model works at, control strength
-    ccsr_steps: int | None = None
-    ccsr_seed: int = 0
-    ccsr_color_fix: Literal["wavelet", "adain", "none"] = "adain"
-    ccsr_min_side: int = 512
-    ccsr_strength: float = 1.0
-    #: CCSR v2 (diffusers folders): multi_step (6 steps, guidance 4.5) or one_step
-    ccsr_preset: str = "multi_step"
-    ccsr_offload: bool = False  # sequential offloading
+    @model_validator(mode="before")
+    @classmethod
+    def _engine_settings_by_flat_name(cls, values: Any) -> Any:
+        """`<kind>_<setting>` keys (the TOML file's flat spelling) go into `engines`."""
+        if not isinstance(values, dict):
+            return values
+        values = dict(values)
+        engines = {k: dict(v) for k, v in (values.get("engines") or {}).items()}
+        for kind_id, name in _flat_engine_names():
+            flat = f"{kind_id}_{name}"
+            if flat in values:
+                engines.setdefault(kind_id, {})[name] = values.pop(flat)
+        if engines:
+            values["engines"] = engines
+        return values
 
-    def ccsr_setup(self) -> dict:
-        """The CCSR settings as the model registry takes them."""
-        names = ("steps", "seed", "color_fix", "min_side", "strength", "preset", "offload")
-        return {name: getattr(self, f"ccsr_{name}") for name in names}
-
-    def supir_setup(self) -> dict:
-        """The SUPIR settings as the model registry takes them."""
-        names = ("preset", "steps", "seed", "prompt", "color_fix", "min_side", "offload", "fp8")
-        return {name: getattr(self, f"supir_{name}") for name in names}
+    @field_validator("engines")
+    @classmethod
+    def _check_engine_settings(cls, value: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        try:
+            return kinds.parse_settings(value)
+        except ParameterError as exc:
+            raise ValueError(str(exc)) from None
 
     @classmethod
     def settings_customise_sources(
@@ -122,7 +140,7 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings, EngineEnvSource(settings_cls)]
         config_file = os.environ.get("SATSCALE_CONFIG")
         if config_file:
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(config_file)))

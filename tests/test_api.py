@@ -351,18 +351,19 @@ def test_tile_and_precision_options(client: TestClient) -> None:
     assert unknown.status_code == 422 and "precision" in unknown.json()["detail"]
 
 
-def test_an_engine_is_built_once_per_model_and_precision(tmp_path: Path, weights_folder: Path) -> None:
+def test_an_engine_is_built_once_per_model_and_precision(tmp_path: Path, weights_folder: Path, monkeypatch) -> None:
     from sr_core.registry import ModelRegistry
 
     fresh = ModelRegistry(weights_folder)
     builds: list[tuple[str, str]] = []
-    original = fresh._build
+    kind = fresh.kind_of(fresh.get(MODEL))
+    original = kind.load
 
-    def counted(entry, path, digest, device, precision):
+    def counted(entry, weights, device, precision, settings):
         builds.append((entry.name, precision.value))
-        return original(entry, path, digest, device, precision)
+        return original(entry, weights, device, precision, settings)
 
-    fresh._build = counted
+    monkeypatch.setattr(kind, "load", counted)
     with make_client(tmp_path, fresh) as client:
         builds.clear()  # the listing at start builds each model once, at the server's precision
         for _ in range(2):

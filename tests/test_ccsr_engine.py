@@ -110,9 +110,9 @@ def test_offloading_and_the_cached_empty_prompt_give_the_same_image(tiny):
 
 
 def test_registry_cli_and_upscale(ccsr_weights, tmp_path):
-    registry = ModelRegistry(ccsr_weights, ccsr={"steps": 6, "min_side": 64})
+    registry = ModelRegistry(ccsr_weights, settings={"ccsr": {"steps": 6, "min_side": 64}})
     entries = {e.name: e for e in registry.entries()}
-    assert entries["ccsr-tiny"].source == "ccsr"
+    assert entries["ccsr-tiny"].kind == "ccsr"
     row = registry.describe("ccsr-tiny").to_dict()
     assert row["architecture"] == "CCSR" and row["price_class"] == "diffusion"
     engine = registry.load_engine("ccsr-tiny")
@@ -157,7 +157,9 @@ def v2_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.mark.parametrize("preset", ["one_step", "multi_step"])
 def test_v2_folders_load_and_restore(v2_weights, tmp_path, preset):
-    registry = ModelRegistry(v2_weights, ccsr={"preset": preset, "process_size": 64, "negative": "blurry"})
+    registry = ModelRegistry(
+        v2_weights, settings={"ccsr": {"preset": preset, "process_size": 64, "negative": "blurry"}}
+    )
     row = registry.describe("ccsr-v2-tiny").to_dict()
     assert row["architecture"] == "CCSR" and row["price_class"] == "diffusion"
     engine = registry.load_engine("ccsr-v2-tiny")
@@ -190,13 +192,13 @@ def test_v2_check_names_a_broken_controlnet(v2_weights, tmp_path):
 
 
 def test_v2_tiled_restoration_with_and_without_offloading(v2_weights, tmp_path):
-    settings = {"preset": "multi_step", "process_size": 64, "tile": 32, "tile_stride": 16}
-    engine = ModelRegistry(v2_weights, ccsr=settings).load_engine("ccsr-v2-tiny")
+    settings = {"preset": "multi_step", "process_size": 64, "sampler_tile": 32, "sampler_stride": 16}
+    engine = ModelRegistry(v2_weights, settings={"ccsr": settings}).load_engine("ccsr-v2-tiny")
     image = torch.from_numpy(natural_image(20, 28)).permute(2, 0, 1)[None].float() / 255
     out = engine.upscale(image, 2)
     assert out.shape == (1, 3, 40, 56) and torch.isfinite(out).all()
     assert torch.equal(out, engine.upscale(image, 2))
-    offloaded = ModelRegistry(v2_weights, ccsr=settings | {"offload": True}).load_engine("ccsr-v2-tiny")
+    offloaded = ModelRegistry(v2_weights, settings={"ccsr": settings | {"offload": True}}).load_engine("ccsr-v2-tiny")
     assert torch.equal(out, offloaded.upscale(image, 2))
 
 
@@ -221,7 +223,7 @@ def test_ccsr_is_selectable_in_the_cli_the_api_and_the_web_app(ccsr_weights, tmp
     assert cli.returncode == 0, cli.stderr
     assert Image.open(tmp_path / "cli.png").size == (56, 40)
 
-    registry = ModelRegistry(ccsr_weights, ccsr={"steps": 6, "min_side": 64})
+    registry = ModelRegistry(ccsr_weights, settings={"ccsr": {"steps": 6, "min_side": 64}})
     app = create_app(Settings(data_dir=tmp_path / "data"), registry)
     with serving(app) as url:
         quote = httpx.get(f"{url}/v1/quote", params={"model": "ccsr-tiny", "width": 500, "height": 400, "scale": 2})

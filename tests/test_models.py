@@ -10,11 +10,11 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from sr_core.device import Precision, resolve_precision
+from sr_core.engines.builtin import builtin_weights
 from sr_core.engines.esrgan import SpandrelEngine, load_descriptor
 from sr_core.errors import ParameterError, UnknownModelError, WeightsError
 from sr_core.registry import ModelRegistry
 from sr_core.upscale import upscale_array
-from sr_core.weights import builtin_weights
 
 from .helpers import natural_image, psnr
 

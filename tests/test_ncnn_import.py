@@ -11,12 +11,13 @@ import numpy as np
 import pytest
 import torch
 
+from sr_core.engines.builtin import builtin_weights, ncnn_files
 from sr_core.engines.esrgan import SpandrelEngine, descriptor_from_state_dict
+from sr_core.engines.ncnn_format import parse_param, read_graph
+from sr_core.engines.ncnn_import import import_ncnn
 from sr_core.errors import NcnnFormatError
-from sr_core.ncnn_format import parse_param, read_graph
-from sr_core.ncnn_import import import_ncnn
 from sr_core.upscale import resize_to_scale
-from sr_core.weights import builtin_weights, ncnn_files, sha256_file
+from sr_core.weights import sha256_file
 
 from .helpers import natural_image, psnr
 

@@ -112,13 +112,13 @@ def test_every_sampler_branch_restores_end_to_end(tiny_model, name, sampler, til
 
 
 def test_registry_lists_a_supir_folder_as_one_model(supir_weights):
-    registry = ModelRegistry(supir_weights, supir=FAST)
+    registry = ModelRegistry(supir_weights, settings={"supir": FAST})
     entries = {e.name: e for e in registry.entries()}
-    assert entries["supir-tiny"].source == "supir"
+    assert entries["supir-tiny"].kind == "supir"
     assert [p.name for p in entries["supir-tiny"].files] == ["sd_xl_base_1.0.safetensors", "SUPIR-v0Q.ckpt"]
     assert not [name for name in entries if name.startswith("supir-tiny/")]  # its files are not models
     row = registry.describe("supir-tiny").to_dict()
-    assert row["architecture"] == "SUPIR" and row["price_class"] == "diffusion" and row["scales"] == [2, 3, 4]
+    assert row["architecture"] == "SUPIR" and row["price_class"] == "diffusion" and row["scales"] == [1, 2, 3, 4]
     assert row["parameters"] == sum(v.numel() for k, v in SupirModel(SupirConfig.tiny()).state_dict().items()) - 1000
 
 
@@ -141,7 +141,7 @@ def test_cli_models_check(supir_weights, tmp_path):
 
 
 def test_engine_upscales_a_file_with_alpha(supir_weights, tmp_path):
-    registry = ModelRegistry(supir_weights, supir=FAST | {"preset": "lightning"})
+    registry = ModelRegistry(supir_weights, settings={"supir": FAST | {"preset": "lightning"}})
     engine = registry.load_engine("supir-tiny")
     pixels = natural_image(20, 28, channels=4)
     pixels[..., 3] = np.linspace(0, 255, 28, dtype=np.uint8)[None, :]
@@ -184,7 +184,7 @@ def test_sequential_offloading_gives_the_same_image(tiny_model):
 def test_supir_is_sold_over_the_api_at_the_diffusion_rate(supir_weights, tmp_path):
     from .test_api import make_client, pay, settled, wait_for
 
-    registry = ModelRegistry(supir_weights, supir=FAST)
+    registry = ModelRegistry(supir_weights, settings={"supir": FAST})
     with make_client(tmp_path, registry) as client:
         models = {m["name"]: m for m in client.get("/v1/models").json()}
         assert models["supir-tiny"]["architecture"] == "SUPIR"

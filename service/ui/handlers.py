@@ -214,7 +214,7 @@ class WebHandlers:
     def note(self, model: Any) -> str:
         rows = {row.entry.name: row.to_dict() for row in self.front.models()}
         name = model if isinstance(model, str) else ""
-        return render.model_note(name, rows.get(name))
+        return render.model_note(rows.get(name))
 
     # ------------------------------------------------------------ jobs
 

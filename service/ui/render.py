@@ -21,17 +21,6 @@ STATE_TEXT = {
     JobState.EXPIRED: "Invoice expired unpaid",
 }
 
-# What each embedded model is for, and whether it is safe for faces (none restores faces; the
-# anime models repaint them in their own style, which disfigures photographs of people)
-MODEL_NOTES = {
-    "realesrgan-x4plus": "Photographs. Keeps faces as they are: the safe choice for pictures of people.",
-    "realesrgan-x4plus-anime": "Illustrations and anime art. Repaints faces in drawing style: not for photos.",
-    "realesr-animevideov3": "Fast; anime and video frames. Repaints faces: not for photos of people.",
-}
-DIFFUSION_NOTE = (
-    "Diffusion model: rebuilds detail the input lacks and can invent it, faces included, so check "
-    "people's faces. Slow, and priced higher per megapixel."
-)
 PUBLISH_INFO = (
     "Published: the input, the output and the metadata are pinned on this server's public IPFS gateway "
     "and anyone who holds the input can find the upscale (what NFT collections want). Not published: "
@@ -39,16 +28,17 @@ PUBLISH_INFO = (
 )
 
 
-def model_note(name: str, listing: dict[str, Any] | None) -> str:
-    """What a model is for, from its own listing row (GET /v1/models)."""
-    if name in MODEL_NOTES:
-        return MODEL_NOTES[name]
+def model_note(listing: dict[str, Any] | None) -> str:
+    """What a model is for and what it does to faces, from its own listing row (GET /v1/models):
+    the engine describes itself, nothing here knows models by name."""
     if listing is None:
         return "Your checkpoint from weights/."
     if listing.get("error"):
         return f"Cannot be used: {listing['error']}"
-    description = listing.get("description", "Your checkpoint from weights/.")
-    return f"{description}. {DIFFUSION_NOTE}" if listing.get("price_class") == "diffusion" else description
+    parts = [listing.get("note") or listing.get("description", "")]
+    if listing.get("price_class") == "diffusion":
+        parts.append("Slow, and priced higher per megapixel.")
+    return " ".join(p for p in parts if p)
 
 
 def megapixels(value: float) -> str:

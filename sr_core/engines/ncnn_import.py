@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import NcnnFormatError
+from ..errors import NcnnFormatError
 from .ncnn_format import NcnnGraph, NcnnLayer, read_graph
 
 LEAKY_RELU = 2  # ncnn activation_type for LeakyReLU, slope in activation_params[0]

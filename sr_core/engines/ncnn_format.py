@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import NcnnFormatError
+from ..errors import NcnnFormatError
 
 PARAM_MAGIC = 7767517
 TAG_FP16 = 0x01306B47
