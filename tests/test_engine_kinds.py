@@ -185,7 +185,7 @@ def test_options_parse_every_door_s_spelling_and_refuse_the_rest() -> None:
             steps.parse(bad)
     with pytest.raises(ParameterError, match="is not one of wavelet, none"):
         fix.parse("sharp")
-    with pytest.raises(ParameterError, match="flag must be|offload must be a boolean"):
+    with pytest.raises(ParameterError, match="offload must be a boolean"):
         flag.parse("maybe")
     assert parse_values([steps, fix], {"steps": "3", "color_fix": None}, "x") == {"steps": 3}
     with pytest.raises(ParameterError, match=r"x: unknown option 'stepz' \(known: color_fix, steps\)"):
