@@ -189,6 +189,22 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 1 if any("error" in row for row in rows) else 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    """PSNR and SSIM of two images (the larger one area-averaged down to the smaller one's size)."""
+    from sr_core.fidelity import compare_files
+
+    for path in (args.a, args.b):
+        if not Path(path).is_file():
+            raise SatscaleError(f"no such file: {path}")
+    result = compare_files(Path(args.a), Path(args.b))
+    if args.json:
+        print(json.dumps(result.to_dict() | {"width": result.width, "height": result.height}))
+        return 0
+    shown = "identical" if result.to_dict()["psnr_db"] is None else f"{result.psnr:.2f} dB"
+    print(f"PSNR {shown}  SSIM {result.ssim:.4f}  (compared at {result.width}x{result.height})")
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from app import main as serve
 
@@ -310,6 +326,12 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--server", default="http://127.0.0.1:7860", help="the Satscale server")
     verify.add_argument("--json", action="store_true", help="the full report as JSON")
     verify.set_defaults(func=cmd_verify)
+
+    compare = commands.add_parser("compare", help="PSNR and SSIM of two images, e.g. two models' outputs")
+    compare.add_argument("a", metavar="IMAGE_A")
+    compare.add_argument("b", metavar="IMAGE_B", help="same size, or the larger one is downscaled to the other's")
+    compare.add_argument("--json", action="store_true", help="machine-readable output")
+    compare.set_defaults(func=cmd_compare)
 
     serve = commands.add_parser("serve", help="run the web app and API")
     serve.add_argument("--host", help="default: SATSCALE_HOST or 127.0.0.1")
