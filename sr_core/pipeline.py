@@ -1,0 +1,206 @@
+"""A job as a short pipeline of stages: each stage one engine with its own options, each reading
+what the stage before wrote.
+
+Between stages the image goes through a lossless, striped TIFF beside the output (16-bit and
+alpha kept), which the next stage reads window by window: a pipeline of tiled stages stays
+within the same memory bound as one stage. The final stage writes the requested format; a
+stage that fails or is stopped leaves no output, and `keep` decides whether the intermediate
+files stay (for download) or go.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from .engines import Engine, EngineInfo
+from .errors import ParameterError
+from .fidelity import Fidelity, consistency
+from .imageio import ImageInfo, ImageLimits, ImageReader, OutputOptions, StreamingWriter
+from .plans import StopCheck, UpscaleOptions, UpscalePlan
+from .upscale import output_spec
+
+#: more stages than this is a mistake, not a workflow
+MAX_STAGES = 4
+#: the format intermediates are kept in (lossless, 16-bit, alpha, read window by window)
+INTERMEDIATE = OutputOptions(format="tiff", compression=1)
+
+#: told the whole pipeline's progress as a fraction in [0, 1]
+FractionCallback = Callable[[float], None]
+#: told (stage index, work units, seconds) of each measured piece of engine work
+StageTimings = Callable[[int, int, float], None]
+
+
+@dataclass(frozen=True)
+class Stage:
+    engine: Engine
+    options: UpscaleOptions
+
+
+@dataclass(frozen=True)
+class PlannedStage:
+    stage: Stage
+    input: ImageInfo  # the image this stage reads
+    plan: UpscalePlan
+
+
+@dataclass(frozen=True)
+class StageResult:
+    index: int
+    engine: EngineInfo
+    scale: int
+    width: int
+    height: int
+    path: Path  # the intermediate this stage wrote (the last stage: the output)
+    seconds: float
+    #: this stage's output area-averaged back to its input, against its input
+    fidelity: Fidelity | None
+
+
+@dataclass(frozen=True)
+class PipelineResult:
+    input: ImageInfo
+    stages: tuple[StageResult, ...]
+    output_path: Path
+    width: int
+    height: int
+    scale: int  # the product of the stages' scales
+    seconds: float
+    #: the final output area-averaged back to the input, against the input
+    fidelity: Fidelity | None
+
+
+def stage_image(previous: ImageInfo, scale: int) -> ImageInfo:
+    """What the next stage reads: the previous image `scale` times larger, same channels and depth."""
+    width, height = previous.width * scale, previous.height * scale
+    return replace(
+        previous,
+        format="tiff",
+        width=width,
+        height=height,
+        orientation=1,
+        byte_size=width * height * previous.channels * previous.bit_depth // 8,
+    )
+
+
+def plan_pipeline(stages: Sequence[Stage], image: ImageInfo) -> list[PlannedStage]:
+    """Every stage's plan, each on the image the stage before makes: scales, sizes and options
+    are checked for all stages before any work."""
+    if not 1 <= len(stages) <= MAX_STAGES:
+        raise ParameterError(f"a pipeline has 1 to {MAX_STAGES} stages, not {len(stages)}")
+    planned = []
+    current = image
+    for index, stage in enumerate(stages, start=1):
+        try:
+            plan = stage.engine.plan(current, stage.options)
+        except ParameterError as exc:
+            raise ParameterError(f"stage {index}: {exc}") if len(stages) > 1 else exc from None
+        planned.append(PlannedStage(stage, current, plan))
+        current = stage_image(current, plan.scale)
+    return planned
+
+
+def intermediate_path(output: Path, index: int) -> Path:
+    return output.with_name(f"{output.stem}.stage{index}.tif")
+
+
+def run_pipeline(
+    stages: Sequence[Stage],
+    source: Path | bytes,
+    output: Path,
+    output_options: OutputOptions | None = None,
+    limits: ImageLimits | None = None,
+    progress: FractionCallback | None = None,
+    should_stop: StopCheck | None = None,
+    timings: StageTimings | None = None,
+    weights: Sequence[float] | None = None,
+    keep: bool = False,
+    fidelity: bool = True,
+) -> PipelineResult:
+    """Run the stages in order; the last one writes `output`. `weights`: each stage's share of
+    the progress (e.g. its estimated seconds; default: its work units). `keep`: leave the
+    intermediates (intermediate_path) beside the output. `fidelity`: measure each stage's and
+    the whole pipeline's consistency with its input."""
+    started = time.perf_counter()
+    reader = ImageReader(source, limits, source=str(source) if isinstance(source, Path) else "image")
+    planned = plan_pipeline(stages, reader.info)
+    shares = list(weights) if weights is not None else [float(p.plan.work_pixels) for p in planned]
+    total = sum(shares) or 1.0
+    results: list[StageResult] = []
+    written: list[Path] = []
+    done_share = 0.0
+    try:
+        current_source: Path | bytes = source
+        current_reader = reader
+        for index, step in enumerate(planned, start=1):
+            last = index == len(planned)
+            target = output if last else intermediate_path(output, index)
+            stage_started = time.perf_counter()
+            spec = output_spec(current_reader.info, step.plan.scale, reader.exif if last else None, reader.resolution)
+
+            def report(done: int, count: int, share: float = shares[index - 1], before: float = done_share) -> None:
+                if progress:
+                    progress(min(1.0, (before + share * done / max(count, 1)) / total))
+
+            def timed(units: int, seconds: float, stage: int = index) -> None:
+                if timings:
+                    timings(stage, units, seconds)
+
+            with StreamingWriter(target, spec, output_options if last else INTERMEDIATE) as writer:
+                step.stage.engine.process(
+                    current_reader.read, current_reader.info, writer.write_rows, step.stage.options,
+                    report, should_stop, timed,
+                )  # fmt: skip
+                writer.close()
+            written.append(target)
+            measured = consistency(current_source, target) if fidelity else None
+            results.append(
+                StageResult(
+                    index,
+                    step.stage.engine.info,
+                    step.plan.scale,
+                    spec.width,
+                    spec.height,
+                    target,
+                    time.perf_counter() - stage_started,
+                    measured,
+                )
+            )
+            done_share += shares[index - 1]
+            if not last:
+                current_source = target
+                current_reader = ImageReader(target, _INTERMEDIATE_LIMITS, source=f"stage {index} output")
+        overall = results[-1].fidelity if len(results) == 1 else (consistency(source, output) if fidelity else None)
+    except BaseException:
+        for path in written:
+            path.unlink(missing_ok=True)
+        raise
+    if not keep:
+        for path in written[:-1]:
+            path.unlink(missing_ok=True)
+    scale = 1
+    for result in results:
+        scale *= result.scale
+    last_result = results[-1]
+    return PipelineResult(
+        input=reader.info,
+        stages=tuple(results),
+        output_path=output,
+        width=last_result.width,
+        height=last_result.height,
+        scale=scale,
+        seconds=time.perf_counter() - started,
+        fidelity=overall,
+    )
+
+
+# intermediates are our own files: only the output format's limits bound them
+_INTERMEDIATE_LIMITS = ImageLimits(max_bytes=1 << 44, max_pixels=1 << 40, max_side=1 << 31)
+
+
+def remove_intermediates(output: Path) -> None:
+    """What a pipeline run kept (or a killed run left) beside an output."""
+    for path in output.parent.glob(f"{output.stem}.stage*.tif"):
+        path.unlink(missing_ok=True)
