@@ -114,6 +114,8 @@ class Cid:
         if not isinstance(value, str) or not value:
             raise InvalidCid(f"not a CID: {value!r}")
         text = value.strip()
+        if not text:  # whitespace only
+            raise InvalidCid(f"not a CID: {value!r}")
         if len(text) == 46 and text.startswith("Qm"):
             return cls(0, DAG_PB, base58btc_decode(text))
         try:

@@ -240,6 +240,7 @@ def test_cid_parsing_round_trips() -> None:
     "text",
     [
         "",
+        " ",  # whitespace only (a URL path segment of %20)
         "hello",
         "Qm" + "1" * 44,  # base58 of zeros: not a sha2-256 multihash
         "QmT78zSuBmuS4z925WZfrqQ1qHaJ56DQaTfyMUF7F8ff5",  # one character short
