@@ -32,17 +32,38 @@ class ProvenanceFacts:
     output_format: str
 
 
-def params_hash(model: str, weights_sha256: str, scale: int, output_format: str) -> str:
-    """sha256 of the canonical JSON of everything besides the input that shaped the output."""
-    canonical = json.dumps(
-        {"model": model, "weights_sha256": weights_sha256, "scale": scale, "format": output_format},
-        sort_keys=True,
-        separators=(",", ":"),
-    )
+def params_hash(
+    model: str, weights_sha256: str, scale: int, output_format: str, pipeline: list[dict] | None = None
+) -> str:
+    """sha256 of the canonical JSON of everything besides the input that shaped the output
+    (`pipeline`: every stage's model, weights and parameters, for a job of several stages or
+    with engine options; absent otherwise, so a one-model job hashes as before)."""
+    fields: dict = {"model": model, "weights_sha256": weights_sha256, "scale": scale, "format": output_format}
+    if pipeline is not None:
+        fields["pipeline"] = pipeline
+    canonical = json.dumps(fields, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def metadata_document(facts: ProvenanceFacts, name: str | None = None) -> dict:
+def metadata_document(
+    facts: ProvenanceFacts, name: str | None = None, stages: list[dict] | None = None, fidelity: dict | None = None
+) -> dict:
+    """`stages`: every stage (model, weights sha256, parameters); `fidelity`: how faithful the
+    output is to the input (PSNR/SSIM of the output area-averaged back to the input's size)."""
+    provenance: dict = {**asdict(facts), "input": f"ipfs://{facts.input_cid}"}
+    if stages is not None:
+        provenance["stages"] = stages
+    attributes: list[dict] = [
+        {"trait_type": "Model", "value": facts.model},
+        {"trait_type": "Scale", "value": facts.scale},
+        {"trait_type": "Width", "value": facts.output_width},
+        {"trait_type": "Height", "value": facts.output_height},
+    ]
+    if fidelity is not None:
+        provenance["fidelity"] = fidelity
+        overall = fidelity.get("overall") or {}
+        if overall.get("ssim") is not None:  # what a marketplace shows: how faithful to the original
+            attributes.append({"trait_type": "Consistency (SSIM)", "value": overall["ssim"]})
     return {
         "name": name or f"Satscale upscale {facts.job_id}",
         "description": (
@@ -50,13 +71,8 @@ def metadata_document(facts: ProvenanceFacts, name: str | None = None) -> dict:
             "The input, the model weights and the payment are recorded on chain."
         ),
         "image": f"ipfs://{facts.output_cid}",
-        "attributes": [
-            {"trait_type": "Model", "value": facts.model},
-            {"trait_type": "Scale", "value": facts.scale},
-            {"trait_type": "Width", "value": facts.output_width},
-            {"trait_type": "Height", "value": facts.output_height},
-        ],
-        "properties": {"provenance": {**asdict(facts), "input": f"ipfs://{facts.input_cid}"}},
+        "attributes": attributes,
+        "properties": {"provenance": provenance},
     }
 
 

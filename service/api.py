@@ -6,15 +6,17 @@ operation can answer (service.openapi), with the real constraints on every param
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, File, Form, Header, Query, Request, UploadFile
+from fastapi import APIRouter, File, Form, Header, Path, Query, Request, UploadFile
 from fastapi.responses import FileResponse, JSONResponse
 from pydantic import BaseModel, Field
 
 from payments.backend import InvoiceState
 from sr_core.device import Precision
 from sr_core.imageio import ACCEPTED_FORMATS, FORMAT_ALIASES, ImageLimits
+from sr_core.pipeline import MAX_STAGES
 from sr_core.tiling import MIN_TILE
 
 from .access import Grant, Level, LinkSignature, Proof
@@ -22,9 +24,10 @@ from .checkout import challenge_for
 from .config import Settings
 from .engines import DEFAULT_MODEL
 from .frontdoor import FrontDoor
-from .intake import MAX_REQUEST_TILE, JobOptions
+from .intake import MAX_REQUEST_TILE, JobOptions, Priced
 from .openapi import errors
 from .problems import Problem
+from .stages import MAX_PIPELINE_CHARS
 from .views import JobView, job_document
 
 PROCESSING_RETRY_AFTER = "2"
@@ -69,6 +72,25 @@ async def _read_upload(request: Request, image: UploadFile, limit: int) -> bytes
     return b"".join(chunks)
 
 
+class StageQuoteDocument(BaseModel):
+    model: str
+    scale: int
+    output_width: int
+    output_height: int
+    output_megapixels: float
+    rate_msat_per_megapixel: int
+    amount_msat: int
+    estimated_seconds: float
+
+
+PIPELINE_HELP = (
+    "instead of model/scale/tile/precision: a JSON list of 1 to 4 stages run one after the other, "
+    'e.g. [{"model": "realesrgan-x4plus", "scale": 2}, {"model": "realesrgan-x4plus", "scale": 2}]; a stage '
+    "may also set its model's own options (GET /v1/models lists each model's `options`: preset, steps, seed, "
+    "prompt...)"
+)
+
+
 class QuoteDocument(BaseModel):
     model: str
     scale: int
@@ -83,6 +105,8 @@ class QuoteDocument(BaseModel):
     amount_sat: int
     #: how long the upscale should take on this server, measured, in seconds
     estimated_seconds: float
+    #: each stage's part (a one-model job: one stage)
+    stages: list[StageQuoteDocument]
 
 
 class ModelOption(BaseModel):
@@ -123,6 +147,16 @@ class ModelListing(BaseModel):
     weights_sha256: str | None = None
 
 
+class PresetDocument(BaseModel):
+    id: str
+    title: str
+    description: str
+    #: the total scales it offers
+    scales: list[int]
+    #: total scale -> the `pipeline` to send for it
+    pipelines: dict[str, list[dict[str, Any]]]
+
+
 class JobDocument(BaseModel):
     """A job as its caller may see it: `access` says how much (public, holder, owner)."""
 
@@ -156,6 +190,12 @@ def build_router(front: FrontDoor) -> APIRouter:
         """Every model the server can run, with the scales and precisions it offers."""
         return [description.to_dict() for description in front.models()]
 
+    @router.get("/presets", tags=["models"], response_model=list[PresetDocument])
+    def presets() -> list[dict]:
+        """Pipelines users would otherwise build by hand (offered when their models are here):
+        send one of `pipelines` as the `pipeline` of a quote or an upscale."""
+        return [preset.describe() for preset in front.presets()]
+
     @router.get("/quote", tags=["upscales"], response_model=QuoteDocument, responses=errors(413, 422))
     async def get_quote(
         width: Annotated[int, Query(ge=1, le=MAX_SIDE, description="input width in pixels")],
@@ -164,15 +204,13 @@ def build_router(front: FrontDoor) -> APIRouter:
         scale: Annotated[int | None, Query(description="output scale; default: the model's own")] = None,
         tile: Annotated[int | None, Query(ge=MIN_TILE, le=MAX_REQUEST_TILE, description="tile side")] = None,
         precision: Annotated[PrecisionName, Query()] = "auto",
+        pipeline: Annotated[str | None, Query(max_length=MAX_PIPELINE_CHARS, description=PIPELINE_HELP)] = None,
     ) -> QuoteDocument:
         """The price of an upscale, in msat, before uploading anything. The upload limits apply:
         an image that could never be uploaded is refused (413), not priced."""
-        priced = await front.quote(JobOptions(model, scale, None, tile, precision), width, height)
-        return QuoteDocument(
-            **priced.quote.__dict__,
-            amount_sat=priced.quote.amount_sat,
-            estimated_seconds=round(priced.estimate.seconds, 1),
-        )
+        options = JobOptions(model, scale, None, tile, precision, pipeline=pipeline)
+        priced = await front.quote(options, width, height)
+        return quote_document(priced)
 
     @router.post(
         "/upscales",
@@ -218,14 +256,14 @@ def build_router(front: FrontDoor) -> APIRouter:
             ),
         ] = None,
         authorization: Annotated[str | None, Header()] = None,
+        pipeline: Annotated[str | None, Form(max_length=MAX_PIPELINE_CHARS, description=PIPELINE_HELP)] = None,
     ) -> JSONResponse:
         """Ask for an upscale. Unpaid: 402 with an invoice and a macaroon. Paid (repeat the request
         with `Authorization: L402 <macaroon>:<preimage>`): the job this token paid for."""
         data = await _read_upload(request, image, settings.max_upload_bytes)
         proof = Proof.from_authorization(authorization)
-        options = JobOptions(
-            model, scale, format, tile, precision, settings.publish_default if publish is None else publish
-        )
+        publishing = settings.publish_default if publish is None else publish
+        options = JobOptions(model, scale, format, tile, precision, publishing, pipeline=pipeline)
         if proof is not None and proof.l402 is not None:
             grant = await front.repeat(data, options, proof.l402)
             return job_response(front, front.view(grant), _challenge_for_holder(grant))
@@ -272,18 +310,7 @@ def build_router(front: FrontDoor) -> APIRouter:
     ) -> FileResponse:
         """The upscaled image: needs the full credential (macaroon and preimage), or a signed link
         the web app gave the browser that made the job."""
-        proof = Proof.from_authorization(authorization)
-        if proof is None and (expires is not None or signature is not None):
-            proof = Proof(link=LinkSignature(expires if expires is not None else 0, signature or ""))
-        if proof is None:
-            raise Problem(
-                401,
-                "credential-required",
-                "Credential required",
-                "send Authorization: L402 <macaroon>:<preimage> for this job",
-                {"WWW-Authenticate": 'L402 realm="satscale"'},
-            )
-        result = front.result(front.owner_grant(job_id, proof))
+        result = front.result(front.owner_grant(job_id, _download_proof(authorization, expires, signature)))
         return FileResponse(
             result.path,
             media_type=result.media_type,
@@ -291,7 +318,68 @@ def build_router(front: FrontDoor) -> APIRouter:
             headers={"ETag": f'"{result.sha256}"', "X-Content-SHA256": result.sha256},
         )
 
+    @router.get(
+        "/upscales/{job_id}/stages/{stage}",
+        tags=["upscales"],
+        response_class=FileResponse,
+        responses={
+            200: {
+                "description": "A multi-stage job's image after this stage (lossless TIFF)",
+                "content": {"image/tiff": {"schema": {"type": "string", "format": "binary"}}},
+            },
+            **errors(401, 404, 409),
+        },
+    )
+    async def get_intermediate(
+        job_id: str,
+        stage: Annotated[int, Path(ge=1, le=MAX_STAGES, description="the stage whose output to download")],
+        authorization: Annotated[str | None, Header()] = None,
+        expires: Annotated[int | None, Query(description="signed link (web app): expiry, unix time")] = None,
+        signature: Annotated[str | None, Query(max_length=128, description="signed link (web app)")] = None,
+    ) -> FileResponse:
+        """An intermediate image of a multi-stage job: the same credential as the result."""
+        proof = _download_proof(authorization, expires, signature)
+        found = front.intermediate(front.owner_grant(job_id, proof), stage)
+        return FileResponse(
+            found.path,
+            media_type=found.media_type,
+            filename=found.filename,
+            headers={"ETag": f'"{found.sha256}"', "X-Content-SHA256": found.sha256},
+        )
+
     return router
+
+
+def _download_proof(authorization: str | None, expires: int | None, signature: str | None) -> Proof:
+    """The full credential, or a signed link the web app gave the browser that made the job."""
+    proof = Proof.from_authorization(authorization)
+    if proof is None and (expires is not None or signature is not None):
+        proof = Proof(link=LinkSignature(expires if expires is not None else 0, signature or ""))
+    if proof is None:
+        raise Problem(
+            401,
+            "credential-required",
+            "Credential required",
+            "send Authorization: L402 <macaroon>:<preimage> for this job",
+            {"WWW-Authenticate": 'L402 realm="satscale"'},
+        )
+    return proof
+
+
+def quote_document(priced: Priced) -> QuoteDocument:
+    quote = priced.quote
+    seconds = priced.estimate.stage_seconds or (priced.estimate.seconds,)
+    stages = [
+        StageQuoteDocument(**asdict(stage), estimated_seconds=round(spent, 1))
+        for stage, spent in zip(quote.stages, seconds, strict=False)
+    ]
+    fields = {k: v for k, v in asdict(quote).items() if k != "stages"}
+    return QuoteDocument(
+        **fields,
+        amount_sat=quote.amount_sat,
+        estimated_seconds=round(priced.estimate.seconds, 1),
+        stages=stages,
+    )
 
 
 def _challenge_for_holder(grant: Grant) -> str | None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 import threading
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from sr_core.engines import Engine, EngineInfo
@@ -50,6 +51,8 @@ class Estimate:
     seconds_per_megapixel: float
     #: units of work the engine will do (a tiled engine: input pixels, windows with their context)
     work_pixels: int
+    #: each stage's share of `seconds` (the overhead counted once, outside them)
+    stage_seconds: tuple[float, ...] = ()
 
 
 def variant_key(info: EngineInfo) -> tuple[str, str, str]:
@@ -99,9 +102,16 @@ class ThroughputMeter:
 
     def estimate(self, engine: Engine, image: ImageInfo, options: UpscaleOptions) -> Estimate:
         """How long this job takes here. Blocking (it may calibrate): call from a worker thread."""
-        plan = engine.plan(image, options)
-        rate = self.rate(engine)
-        return Estimate(OVERHEAD_SECONDS + rate * plan.work_pixels, rate * 1e6, plan.work_pixels)
+        return self.estimate_stages([(engine, image, options)])
+
+    def estimate_stages(self, runs: Sequence[tuple[Engine, ImageInfo, UpscaleOptions]]) -> Estimate:
+        """How long a pipeline takes here: each stage on the image the stage before makes."""
+        rates, work = [], []
+        for engine, image, options in runs:
+            work.append(engine.plan(image, options).work_pixels)
+            rates.append(self.rate(engine))
+        seconds = tuple(rate * units for rate, units in zip(rates, work, strict=True))
+        return Estimate(OVERHEAD_SECONDS + sum(seconds), rates[0] * 1e6, sum(work), seconds)
 
 
 def nominal_image(width: int, height: int) -> ImageInfo:

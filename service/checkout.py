@@ -21,6 +21,7 @@ from .inputs import Inputs
 from .intake import Admission
 from .jobs import InvoiceStatus, Job, JobState
 from .settlement import Settlement
+from .stages import encode
 from .store import JobStore, RootKeys
 
 
@@ -103,6 +104,7 @@ class Checkout:
             tile=request.tile,
             precision=request.precision,
             publish=request.publish,
+            pipeline=encode(request.stages) if request.stages else None,
             owner_key_sha256=owner_key_sha256,
             estimated_seconds=admission.estimate.seconds,
             amount_msat=admission.quote.amount_msat,

@@ -99,6 +99,8 @@ class Settings(BaseSettings):
     #: input is removed once every job made from it expired unpaid or failed
     max_pending_upload_bytes: int = 2 * 1024**3
     max_input_megapixels: float = 16.0
+    #: the largest output a job may make, all stages together (one 4x of the largest input)
+    max_output_megapixels: float = 256.0
     device: str | None = None
     precision: str = "auto"
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from sr_core.device import Precision
 from sr_core.engines import Engine
 from sr_core.errors import ParameterError
+from sr_core.kinds import Preset
 from sr_core.registry import ModelDescription, ModelRegistry
 
 DEFAULT_MODEL = "realesrgan-x4plus"
@@ -43,6 +44,9 @@ class Engines:
 
     def listing(self) -> list[ModelDescription]:
         return self.registry.describe_all()
+
+    def presets(self) -> list[Preset]:
+        return self.registry.presets()
 
     def weights(self, model: str) -> tuple[Path, str]:
         """The file behind a model and its sha256 (what a provenance record names)."""

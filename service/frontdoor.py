@@ -6,6 +6,7 @@ Lightning backend or the model registry itself, so every rule lives here once.
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,7 @@ from payments.dev import DevNode, DevPaymentError
 from provenance.chain import ProvenanceChain
 from sr_core.engines import EngineInfo
 from sr_core.imageio import FORMAT_EXTENSIONS, ImageInfo
+from sr_core.kinds import Preset
 from sr_core.registry import ModelDescription
 
 from .access import PROOF_NEEDED, AccessDenied, Gatekeeper, Grant, Level, Proof, new_owner_key
@@ -51,6 +53,10 @@ class ResultFile:
     media_type: str
     filename: str
     sha256: str
+
+
+class UnknownIntermediate(LookupError):
+    """No such intermediate image (a one-stage job, or a stage number it does not have)."""
 
 
 @dataclass(frozen=True)
@@ -99,6 +105,10 @@ class FrontDoor:
 
     def models(self) -> list[ModelDescription]:
         return self.service.engines.listing()
+
+    def presets(self) -> list[Preset]:
+        """Pipelines users would otherwise build by hand, offered only when their models load."""
+        return self.service.engines.presets()
 
     def model_names(self) -> list[str]:
         return self.service.engines.names()
@@ -157,10 +167,26 @@ class FrontDoor:
             job.output_sha256 or "",
         )
 
+    def intermediate(self, grant: Grant, stage: int) -> ResultFile:
+        """A multi-stage job's image after `stage` (lossless TIFF), for the result's owner."""
+        job = self._releasable(grant)
+        rows = json.loads(job.intermediates) if job.intermediates else []
+        row = next((r for r in rows if r["stage"] == stage), None)
+        if row is None:
+            raise UnknownIntermediate(f"job {job.id} has no intermediate image after stage {stage}")
+        return ResultFile(Path(row["path"]), "image/tiff", f"{job.id}.stage{stage}.tif", row["sha256"])
+
     def download_link(self, grant: Grant) -> str:
         """A relative, expiring link to the result for its owner (a browser cannot send a header)."""
         self._releasable(grant)
         return f"/v1/upscales/{grant.job.id}/result?{self.gate.download_query(grant)}"
+
+    def intermediate_links(self, grant: Grant) -> list[tuple[int, str, str]]:
+        """(stage, model, expiring link) of each intermediate image, for the result's owner."""
+        job = self._releasable(grant)
+        rows = json.loads(job.intermediates) if job.intermediates else []
+        query = self.gate.download_query(grant)
+        return [(r["stage"], r["model"], f"/v1/upscales/{job.id}/stages/{r['stage']}?{query}") for r in rows]
 
     async def previews(self, grant: Grant, folder: Path) -> tuple[Path, Path]:
         """Before/after previews for the owner, made once into `folder` (the web app's cache)."""

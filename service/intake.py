@@ -19,6 +19,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from sr_core.engines import Engine, EngineInfo
 from sr_core.errors import ImageTooLargeError, ParameterError
@@ -31,6 +32,7 @@ from sr_core.imageio import (
     normalise_format,
     validate_image,
 )
+from sr_core.pipeline import stage_image
 from sr_core.tiling import MIN_TILE
 from sr_core.upscale import UpscaleOptions
 
@@ -38,7 +40,8 @@ from .capacity import Estimate, ThroughputMeter, nominal_image
 from .config import Settings
 from .engines import DEFAULT_MODEL, Engines
 from .jobs import JobRequest
-from .pricing import Quote, quote
+from .pricing import Quote, quote, stage_quote
+from .stages import StageOptions, StageRequest, parse_pipeline, pipeline_name, trivial
 
 #: refuse a job whose estimated run takes more than this share of the hold budget
 ADMISSION_SHARE = 0.8
@@ -63,13 +66,16 @@ class JobOptions:
     tile: int | None = None  # None: sized from the memory budget
     precision: str = "auto"
     publish: bool = False
+    #: instead of model/scale/tile/precision: the stages as sent (service.stages.parse_pipeline)
+    pipeline: Any = None
 
 
 @dataclass(frozen=True)
 class Priced:
     quote: Quote
     estimate: Estimate
-    engine: EngineInfo
+    engine: EngineInfo  # the first stage's
+    stages: tuple[StageRequest, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -103,6 +109,8 @@ def request_hash(input_sha256: str, request: JobRequest) -> str:
     }
     if request.publish:  # absent when false: tokens minted before publication was a choice still match
         fields["publish"] = True
+    if request.stages and not trivial(request.stages):  # likewise: a one-model job hashes as before
+        fields["pipeline"] = [stage.to_dict() for stage in request.stages]
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
 
 
@@ -161,23 +169,57 @@ class Intake:
 
     # ------------------------------------------------------------ blocking parts (worker threads)
 
-    def _engine(self, options: JobOptions) -> Engine:
-        if not isinstance(options.model, str) or not options.model:
+    def _stage_options(self, options: JobOptions) -> tuple[StageOptions, ...]:
+        if options.pipeline is None:
+            return (StageOptions(options.model, options.scale, options.tile, options.precision),)
+        single = (options.model, options.scale, options.tile, options.precision)
+        if single != (DEFAULT_MODEL, None, None, "auto"):
+            raise ParameterError("send either a pipeline or model/scale/tile/precision, not both")
+        return parse_pipeline(options.pipeline)
+
+    def _engine(self, stage: StageOptions) -> Engine:
+        if not isinstance(stage.model, str) or not stage.model:
             raise ParameterError("model must be a model name (GET /v1/models lists them)")
-        if options.tile is not None and not (
-            isinstance(options.tile, int) and MIN_TILE <= options.tile <= MAX_REQUEST_TILE
+        if stage.tile is not None and not (
+            isinstance(stage.tile, int)
+            and not isinstance(stage.tile, bool)
+            and MIN_TILE <= stage.tile <= MAX_REQUEST_TILE
         ):
             raise ParameterError(f"tile size must be between {MIN_TILE} and {MAX_REQUEST_TILE} pixels")
-        return self.engines.get(options.model, options.precision)
+        if not isinstance(stage.precision, str):
+            raise ParameterError("precision must be a name (auto, fp32, bf16, fp16)")
+        return self.engines.get(stage.model, stage.precision)
 
     def _price(self, options: JobOptions, image: ImageInfo) -> Priced:
-        engine = self._engine(options)
-        info = engine.info
-        scale = info.resolve_scale(options.scale)
-        info.check_output_size(image.width, image.height, scale)
-        priced = quote(self.settings, options.model, info, image.width, image.height, scale)
-        estimate = self.meter.estimate(engine, image, UpscaleOptions(scale=scale, tile=options.tile))
-        return Priced(priced, estimate, info)
+        """Every stage checked on the image the stage before makes (scale, size, the engine's own
+        options), priced and timed; the whole pipeline's output within the server's limit."""
+        sent = self._stage_options(options)
+        several = len(sent) > 1
+        stages, quotes, runs = [], [], []
+        current = image
+        for index, stage in enumerate(sent, start=1):
+            try:
+                engine = self._engine(stage)
+                info = engine.info
+                scale = info.resolve_scale(stage.scale)
+                info.check_output_size(current.width, current.height, scale)
+                chosen = info.parse_options(stage.options)
+            except ParameterError as exc:
+                raise ParameterError(f"stage {index} ({stage.model}): {exc}") if several else exc from None
+            resolved = StageRequest(stage.model, scale, stage.tile, stage.precision, tuple(sorted(chosen.items())))
+            stages.append(resolved)
+            quotes.append(stage_quote(self.settings, stage.model, info, current.width, current.height, scale))
+            runs.append((engine, current, UpscaleOptions(scale=scale, tile=stage.tile, engine_options=chosen)))
+            current = stage_image(current, scale)
+        limit = self.settings.max_output_megapixels
+        if current.width * current.height > limit * 1e6:
+            raise ImageTooLargeError(
+                f"the output would be {current.width}x{current.height}, more than this server's "
+                f"{limit:g} MP limit: choose smaller scales or a smaller input"
+            )
+        priced = quote(self.settings, pipeline_name(stages), image.width, image.height, quotes)
+        estimate = self.meter.estimate_stages(runs)
+        return Priced(priced, estimate, runs[0][0].info, tuple(stages))
 
     def _resolve(self, data: bytes, image: ImageInfo, options: JobOptions) -> Admission:
         output_format = image.format if options.output_format in (None, "") else normalise_format(options.output_format)
@@ -185,13 +227,16 @@ class Intake:
         scale = priced.quote.scale
         spec = OutputSpec(image.width * scale, image.height * scale, image.channels, image.bit_depth)
         check_output(spec, output_format, Path("output"))  # a format that cannot hold the output: before any invoice
+        stages = priced.stages
+        single = stages[0] if len(stages) == 1 else None
         request = JobRequest(
-            model=options.model,
+            model=pipeline_name(stages),
             scale=scale,
             output_format=output_format,
-            tile=options.tile,
-            precision=options.precision,
+            tile=single.tile if single else None,
+            precision=single.precision if single else "auto",
             publish=bool(options.publish),
+            stages=stages,
         )
         input_sha256 = hashlib.sha256(data).hexdigest()
         return Admission(

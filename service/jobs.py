@@ -16,6 +16,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
+from .stages import StageRequest, decode
+
 
 class JobState(StrEnum):
     AWAITING_PAYMENT = "awaiting_payment"
@@ -78,6 +80,8 @@ class JobRequest:
     #: lookups by either hash show the whole record (the NFT case). False: only the hashes go on
     #: chain; the files are served only to the holder of the job's credential.
     publish: bool = False
+    #: every stage, resolved (a single-model job: one stage of model, scale, tile, precision)
+    stages: tuple[StageRequest, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -136,6 +140,16 @@ class Job:
     owner_key_sha256: str | None = None
     #: the admission's estimate of the engine run, seconds (what the queue's backlog adds up)
     estimated_seconds: float | None = None
+    #: the stages as JSON (service.stages.encode); None: one stage of model, scale, tile, precision
+    pipeline: str | None = None
+    #: consistency figures of the result as JSON: {"stages": [...], "overall": {...}}
+    fidelity: str | None = None
+    #: the intermediate images of a multi-stage job as JSON: [{"stage", "path", "sha256", ...}]
+    intermediates: str | None = None
+
+    @property
+    def stages(self) -> tuple[StageRequest, ...]:
+        return decode(self.pipeline, self.model, self.scale, self.tile, self.precision)
 
     @property
     def charged(self) -> bool:

@@ -29,7 +29,7 @@ from sr_core.errors import (
 
 from .access import AccessDenied, UnknownJob
 from .checkout import IdempotencyConflict
-from .frontdoor import DevWalletMissing, NotReady
+from .frontdoor import DevWalletMissing, NotReady, UnknownIntermediate
 from .intake import ServerBusy
 from .jobs import TransitionError
 from .verify import NothingToVerify
@@ -74,6 +74,8 @@ def to_problem(exc: Exception) -> Problem:
         return Problem(401, "invalid-credential", "Invalid credential", str(exc), {"WWW-Authenticate": CHALLENGE})
     if isinstance(exc, UnknownJob):
         return Problem(404, "not-found", "No such job", str(exc))
+    if isinstance(exc, UnknownIntermediate):
+        return Problem(404, "no-such-stage", "No such intermediate image", str(exc))
     if isinstance(exc, NothingToVerify):
         return Problem(404, "no-provenance", "No provenance record", str(exc))
     if isinstance(exc, NotReady):
@@ -159,6 +161,7 @@ def install(app: FastAPI) -> None:
         L402Error,
         AccessDenied,
         UnknownJob,
+        UnknownIntermediate,
         NothingToVerify,
         NotReady,
         ServerBusy,

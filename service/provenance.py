@@ -13,6 +13,7 @@ to anyone (the result is released only to the job's credential, by the API).
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -22,7 +23,13 @@ from provenance.ipfs import LocalIpfsStore
 from provenance.metadata import ProvenanceFacts, canonical_bytes, metadata_document, params_hash
 
 from .jobs import Job
+from .stages import StageRequest, trivial, weights_digest
 from .store import OutboxEntry
+
+
+def pipeline_parameters(stages: Sequence[StageRequest], weights: Sequence[str]) -> list[dict]:
+    """Every stage as the metadata and the parameters hash name it: model, weights, parameters."""
+    return [stage.to_dict() | {"weights_sha256": digest} for stage, digest in zip(stages, weights, strict=True)]
 
 
 @dataclass(frozen=True)
@@ -69,10 +76,21 @@ class Provenance:
             return None
 
     def pin_job(
-        self, job: Job, output: Path, output_sha256: str, weights_sha256: str, width: int, height: int
+        self,
+        job: Job,
+        output: Path,
+        output_sha256: str,
+        weights: Sequence[str],
+        width: int,
+        height: int,
+        fidelity: dict | None = None,
     ) -> Pinned:
-        """Pin the job's input, output and metadata document (blocking)."""
+        """Pin the job's input, output and metadata document (blocking). `weights`: each stage's
+        weights sha256; `fidelity`: the consistency figures the metadata document carries."""
         store = self.store_for(job)
+        stages = job.stages
+        weights_sha256 = weights_digest(stages, weights)
+        described = None if trivial(stages) else pipeline_parameters(stages, weights)
 
         def pin_file(path: Path) -> str:
             return store.add_file(path, cid_version=self.cid_version, pin=True).cid
@@ -85,13 +103,15 @@ class Provenance:
             output_sha256=output_sha256,
             model=job.model,
             weights_sha256=weights_sha256,
-            params_hash=params_hash(job.model, weights_sha256, job.scale, job.output_format),
+            params_hash=params_hash(job.model, weights_sha256, job.scale, job.output_format, described),
             payment_hash=job.payment_hash,
             output_width=width,
             output_height=height,
             scale=job.scale,
             output_format=job.output_format,
         )
-        document = canonical_bytes(metadata_document(facts))
+        document = canonical_bytes(
+            metadata_document(facts, stages=pipeline_parameters(stages, weights), fidelity=fidelity)
+        )
         metadata_cid = store.add_bytes(document, cid_version=self.cid_version, pin=True).cid
         return Pinned(facts, metadata_cid)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import threading
 from collections.abc import Callable
@@ -23,7 +24,8 @@ from pathlib import Path
 
 from sr_core.errors import Cancelled, SatscaleError
 from sr_core.imageio import FORMAT_EXTENSIONS, ImageLimits, OutputOptions
-from sr_core.upscale import UpscaleOptions, upscale_file
+from sr_core.pipeline import PlannedStage, Stage, remove_intermediates, run_pipeline
+from sr_core.upscale import UpscaleOptions
 from sr_core.weights import sha256_file
 
 from .capacity import ThroughputMeter
@@ -48,7 +50,17 @@ class EngineRun:
     sha256: str
     width: int
     height: int
-    weights_sha256: str
+    #: each stage's weights sha256
+    weights: tuple[str, ...]
+    #: consistency figures: {"overall": {psnr_db, ssim}, "stages": [{stage, model, psnr_db, ssim}]}
+    fidelity: dict
+    #: a multi-stage job's intermediate images: [{stage, model, path, sha256, width, height}]
+    intermediates: list[dict]
+
+    def remove(self) -> None:
+        self.path.unlink(missing_ok=True)
+        for kept in self.intermediates:
+            Path(kept["path"]).unlink(missing_ok=True)
 
 
 class JobRunner:
@@ -178,7 +190,7 @@ class JobRunner:
         finally:
             self._stops.pop(job_id, None)
         if stop.is_set():  # failed just as the engine finished: nobody receives this output
-            run.path.unlink(missing_ok=True)
+            run.remove()
             return
         await self._succeed(job, run)
 
@@ -188,11 +200,11 @@ class JobRunner:
         if self.provenance is not None:
             try:
                 pinned = await asyncio.to_thread(
-                    self.provenance.pin_job, job, run.path, run.sha256, run.weights_sha256, run.width, run.height
+                    self.provenance.pin_job, job, run.path, run.sha256, run.weights, run.width, run.height, run.fidelity
                 )
             except Exception as exc:
                 log.exception("pinning job %s failed", job.id)
-                run.path.unlink(missing_ok=True)
+                run.remove()
                 await self.fail(job.id, f"storing the result failed: {exc}")
                 return
             outbox = pinned.outbox_entry()
@@ -213,13 +225,15 @@ class JobRunner:
             output_sha256=run.sha256,
             output_width=run.width,
             output_height=run.height,
+            fidelity=json.dumps(run.fidelity, sort_keys=True),
+            intermediates=json.dumps(run.intermediates) if run.intermediates else None,
             finished_at=self.clock(),
             progress=1.0,
             **provenance,
         )
         self._progress.pop(job.id, None)
         if done is None:  # failed meanwhile (hold budget ran out): the payer keeps the money
-            run.path.unlink(missing_ok=True)
+            run.remove()
             return
         if outbox is not None and self.on_record:
             self.on_record()
@@ -230,30 +244,57 @@ class JobRunner:
         return self.outputs_dir / f"{job.id}{FORMAT_EXTENSIONS[job.output_format]}"
 
     def _run_engine(self, job: Job, stop: threading.Event) -> EngineRun:
-        """Upscale the job's input (blocking; in a worker thread)."""
-        engine = self.engines.get(job.model, job.precision)
+        """Run the job's stages on its input (blocking; in a worker thread)."""
+        stages = job.stages
+        engines = [self.engines.get(stage.model, stage.precision) for stage in stages]
         target = self.output_path(job)
         for leftover in self.outputs_dir.glob(f".{target.name}.*"):  # a killed earlier attempt's
             leftover.unlink(missing_ok=True)
+        remove_intermediates(target)
 
-        def progress(done: int, total: int) -> None:
-            self._progress[job.id] = done / total
+        def progress(fraction: float) -> None:
+            self._progress[job.id] = fraction
 
-        def timed(pixels: int, seconds: float) -> None:
-            self.meter.record(engine.info, pixels, seconds)
+        def timed(stage: int, units: int, seconds: float) -> None:
+            self.meter.record(engines[stage - 1].info, units, seconds)
 
-        result = upscale_file(
-            engine,
+        def weigh(planned: PlannedStage) -> float:  # progress in proportion to each stage's time
+            return self.meter.rate(planned.stage.engine) * planned.plan.work_pixels
+
+        runs = [
+            Stage(engine, UpscaleOptions(scale=stage.scale, tile=stage.tile, engine_options=stage.engine_options))
+            for engine, stage in zip(engines, stages, strict=True)
+        ]
+        result = run_pipeline(
+            runs,
             Path(job.input_path),
             target,
-            UpscaleOptions(scale=job.scale, tile=job.tile),
             OutputOptions(format=job.output_format),
             self.limits,
             progress,
             should_stop=stop.is_set,
             timings=timed,
+            weigh=weigh,
+            keep=len(stages) > 1,
         )
-        return EngineRun(target, sha256_file(target), result.width, result.height, engine.info.weights_sha256)
+        figures = [
+            {"stage": r.index, "model": s.model} | (r.fidelity.to_dict() if r.fidelity else {})
+            for r, s in zip(result.stages, stages, strict=True)
+        ]
+        intermediates = [
+            {"stage": r.index, "model": s.model, "path": str(r.path), "sha256": sha256_file(r.path),
+             "width": r.width, "height": r.height}
+            for r, s in zip(result.stages[:-1], stages, strict=False)
+        ]  # fmt: skip
+        return EngineRun(
+            target,
+            sha256_file(target),
+            result.width,
+            result.height,
+            tuple(engine.info.weights_sha256 for engine in engines),
+            {"overall": result.fidelity.to_dict() if result.fidelity else None, "stages": figures},
+            intermediates,
+        )
 
     def _reason(self, exc: Exception, job: Job) -> str:
         """A failure as the job's viewers may read it: no server paths, not endless."""

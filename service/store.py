@@ -71,7 +71,10 @@ CREATE TABLE IF NOT EXISTS jobs (
     precision TEXT NOT NULL DEFAULT 'auto',
     publish INTEGER NOT NULL DEFAULT 0,
     owner_key_sha256 TEXT,
-    estimated_seconds REAL
+    estimated_seconds REAL,
+    pipeline TEXT,
+    fidelity TEXT,
+    intermediates TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state);
 CREATE INDEX IF NOT EXISTS jobs_input ON jobs(input_sha256);
@@ -112,6 +115,9 @@ _ADDED_COLUMNS = (
     ("publish", "INTEGER NOT NULL DEFAULT 1"),
     ("owner_key_sha256", "TEXT"),
     ("estimated_seconds", "REAL"),
+    ("pipeline", "TEXT"),
+    ("fidelity", "TEXT"),
+    ("intermediates", "TEXT"),
 )
 
 

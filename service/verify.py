@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -28,6 +28,8 @@ from provenance.metadata import params_hash
 from sr_core.errors import SatscaleError
 
 from .jobs import Job
+from .provenance import pipeline_parameters
+from .stages import StageRequest, trivial, weights_digest
 from .store import JobStore
 
 SHA256 = re.compile(r"^(0x)?[0-9a-fA-F]{64}$")
@@ -175,12 +177,18 @@ class Verifier:
         checks = _check_content(self.stores, "input", fields.input_cid, fields.input_sha256)
         if not withheld:
             checks += _check_content(self.stores, "output", fields.output_cid, fields.output_sha256)
-        checks.append(self._check_model(fields.model, fields.weights_sha256))
+        stages = job.stages if job is not None else ()
+        several = bool(stages) and not trivial(stages)
+        if several:
+            checks.append(self._check_stages(stages, fields.weights_sha256))
+        else:
+            checks.append(self._check_model(fields.model, fields.weights_sha256))
         if job is None:
             checks.append(Check("payment", False, f"no job on this server was paid with {fields.payment_hash}"))
         else:
             named = "a job on this server" if withheld else f"job {job.id}"
-            expected = params_hash(job.model, fields.weights_sha256, job.scale, job.output_format)
+            described = pipeline_parameters(stages, self._stage_weights(stages)) if several else None
+            expected = params_hash(job.model, fields.weights_sha256, job.scale, job.output_format, described)
             checks.append(
                 Check(
                     "parameters",
@@ -207,7 +215,8 @@ class Verifier:
         }
         custody = {
             "input": {"cid": fields.input_cid, "sha256": fields.input_sha256},
-            "model": {"id": fields.model, "weights_sha256": fields.weights_sha256, "params_hash": fields.params_hash},
+            "model": {"id": fields.model, "weights_sha256": fields.weights_sha256, "params_hash": fields.params_hash}
+            | ({"stages": [stage.to_dict() for stage in stages]} if several else {}),
             "output": {"published": False} if withheld else {"cid": fields.output_cid, "sha256": fields.output_sha256},
             "payment": {"hash": None if withheld else fields.payment_hash},
         }
@@ -215,6 +224,30 @@ class Verifier:
             chain.pop("tx", None)
             chain.pop("block", None)
         return RecordReport(None if withheld else fields.payment_hash, role, custody, chain, checks, withheld)
+
+    def _stage_weights(self, stages: Sequence[StageRequest]) -> list[str]:
+        found = []
+        for stage in stages:
+            try:
+                found.append(self.weights(stage.model)[1])
+            except SatscaleError:
+                found.append("unavailable")
+        return found
+
+    def _check_stages(self, stages: Sequence[StageRequest], weights_sha256: str) -> Check:
+        """Every stage's weights on this server, as one digest, against the record's."""
+        weights = self._stage_weights(stages)
+        missing = [s.model for s, digest in zip(stages, weights, strict=True) if digest == "unavailable"]
+        if missing:
+            return Check("model weights", False, f"{', '.join(missing)} not available here to compare")
+        digest = weights_digest(stages, weights)
+        listed = "; ".join(f"{s.model} {w[:12]}" for s, w in zip(stages, weights, strict=True))
+        return Check(
+            "model weights",
+            digest == weights_sha256,
+            f"{len(stages)} stages on this server ({listed}) digest to {digest}"
+            + ("" if digest == weights_sha256 else f", the record says {weights_sha256}"),
+        )
 
     def _check_model(self, model: str, weights_sha256: str) -> Check:
         try:

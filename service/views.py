@@ -6,6 +6,7 @@ directly, so neither can show more than its caller's grant allows.
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -30,6 +31,15 @@ class InputView:
 
 @dataclass(frozen=True)
 class OutputView:
+    sha256: str
+    width: int
+    height: int
+
+
+@dataclass(frozen=True)
+class IntermediateView:
+    stage: int
+    model: str
     sha256: str
     width: int
     height: int
@@ -71,6 +81,13 @@ class JobView:
     input: InputView | None  # HOLDER and OWNER
     output: OutputView | None  # OWNER, once the result may be released
     provenance: ProvenanceView | None  # OWNER, once recorded
+    #: every stage: model and scale for anyone with the job id (as `model` and `scale` are); the
+    #: stage's engine options (a prompt describes the image) from HOLDER on
+    stages: tuple[dict[str, Any], ...] = ()
+    #: how faithful the output is to the input, per stage and overall: OWNER, with the output
+    fidelity: dict[str, Any] | None = None
+    #: a multi-stage job's intermediate images: OWNER, with the output
+    intermediates: tuple[IntermediateView, ...] = ()
 
     @property
     def releasable(self) -> bool:
@@ -104,7 +121,15 @@ def view(grant: Grant, progress: float | None) -> JobView:
         input=InputView(job.input_sha256, job.input_width, job.input_height) if holder else None,
         output=_output(job) if owner and job.releasable else None,
         provenance=_provenance(job) if owner and job.output_cid else None,
+        stages=tuple(s.to_dict() if holder else {"model": s.model, "scale": s.scale} for s in job.stages),
+        fidelity=json.loads(job.fidelity) if owner and job.releasable and job.fidelity else None,
+        intermediates=_intermediates(job) if owner and job.releasable else (),
     )
+
+
+def _intermediates(job: Job) -> tuple[IntermediateView, ...]:
+    rows = json.loads(job.intermediates) if job.intermediates else []
+    return tuple(IntermediateView(r["stage"], r["model"], r["sha256"], r["width"], r["height"]) for r in rows)
 
 
 def _payment(job: Job) -> PaymentView:
@@ -165,9 +190,14 @@ def job_document(job_view: JobView, base_url: str = "", chain: dict[str, Any] | 
             document["expires_at"] = v.payment.expires_at
     if v.input is not None:
         document["input"] = asdict(v.input)
+    document["pipeline"] = list(v.stages)
     if v.output is not None:
         document["output"] = {**asdict(v.output), "url": f"{link}/result"}
         document["links"]["result"] = f"{link}/result"
+    if v.fidelity is not None:
+        document["fidelity"] = v.fidelity
+    if v.intermediates:
+        document["intermediates"] = [{**asdict(i), "url": f"{link}/stages/{i.stage}"} for i in v.intermediates]
     if v.provenance is not None:
         p = v.provenance
         gateway = (

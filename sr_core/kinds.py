@@ -12,13 +12,13 @@ from __future__ import annotations
 import importlib
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .device import Precision
-from .engines import Engine, EngineInfo, Faces
+from .engines import Engine, EngineInfo, Faces, Tiling
 from .engines.options import Option, parse_values
 from .errors import ParameterError, SatscaleError
 from .weights import WEIGHT_SUFFIXES, combined_sha256, sha256_file
@@ -49,6 +49,38 @@ class CheckReport:
     summary: str
     #: where under the weights folder the files go to be used as a model
     place: str | None = None
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A pipeline users would otherwise build by hand, offered by the kind whose models it needs
+    (only when they are there and complete)."""
+
+    id: str
+    title: str
+    description: str
+    scales: tuple[int, ...]  # the total scales it offers
+    build: Callable[[int], list[dict[str, Any]]]  # total scale -> the stages, as a request spells them
+
+    def pipeline(self, scale: int | None = None) -> list[dict[str, Any]]:
+        chosen = self.scales[-1] if scale is None else scale
+        if chosen not in self.scales:
+            offered = ", ".join(f"x{s}" for s in self.scales)
+            raise ParameterError(f"preset {self.id} offers {offered}, not x{chosen}")
+        return self.build(chosen)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "title": self.title,
+            "description": self.description,
+            "scales": list(self.scales),
+            "pipelines": {str(scale): self.build(scale) for scale in self.scales},
+        }
+
+
+#: what presets are chosen from: every model that loads, with its description
+Described = Sequence[tuple[ModelEntry, EngineInfo]]
 
 
 class EngineKind(ABC):
@@ -105,6 +137,10 @@ class EngineKind(ABC):
 
     def parse_settings(self, values: Mapping[str, Any] | None) -> dict[str, Any]:
         return parse_values(self.settings, values, f"{self.title} settings")
+
+    def presets(self, described: Described) -> list[Preset]:
+        """Pipelines this kind offers, given every model that loads (none by default)."""
+        return []
 
 
 class FolderKind(EngineKind):
@@ -191,6 +227,17 @@ def detect(paths: Sequence[Path]) -> EngineKind | None:
 def parse_settings(values: Mapping[str, Mapping[str, Any]] | None) -> dict[str, dict[str, Any]]:
     """Settings per kind id, each checked by its kind (unknown kinds and names refused)."""
     return {kind_id: kind(kind_id).parse_settings(chosen) for kind_id, chosen in (values or {}).items()}
+
+
+def photo_model(described: Described) -> tuple[ModelEntry, EngineInfo] | None:
+    """The model a photo pipeline starts with: one the core tiles that keeps faces, built-in first."""
+    fits = [(e, i) for e, i in described if i.tiling is Tiling.EXTERNAL and (e.faces or i.faces) is Faces.KEEPS]
+    return min(fits, key=lambda pair: pair[0].source != "builtin", default=None)
+
+
+def presets(described: Described) -> list[Preset]:
+    """Every preset the kinds offer for these models."""
+    return [preset for candidate in kinds() for preset in candidate.presets(described)]
 
 
 def settings_by_name() -> dict[str, list[tuple[EngineKind, Option]]]:

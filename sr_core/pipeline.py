@@ -115,18 +115,18 @@ def run_pipeline(
     progress: FractionCallback | None = None,
     should_stop: StopCheck | None = None,
     timings: StageTimings | None = None,
-    weights: Sequence[float] | None = None,
+    weigh: Callable[[PlannedStage], float] | None = None,
     keep: bool = False,
     fidelity: bool = True,
 ) -> PipelineResult:
-    """Run the stages in order; the last one writes `output`. `weights`: each stage's share of
-    the progress (e.g. its estimated seconds; default: its work units). `keep`: leave the
+    """Run the stages in order; the last one writes `output`. `weigh`: a stage's share of the
+    progress (e.g. its estimated seconds; default: its work units). `keep`: leave the
     intermediates (intermediate_path) beside the output. `fidelity`: measure each stage's and
     the whole pipeline's consistency with its input."""
     started = time.perf_counter()
     reader = ImageReader(source, limits, source=str(source) if isinstance(source, Path) else "image")
     planned = plan_pipeline(stages, reader.info)
-    shares = list(weights) if weights is not None else [float(p.plan.work_pixels) for p in planned]
+    shares = [weigh(p) if weigh else float(p.plan.work_pixels) for p in planned]
     total = sum(shares) or 1.0
     results: list[StageResult] = []
     written: list[Path] = []

@@ -155,3 +155,8 @@ class ModelRegistry:
 
     def describe_all(self) -> list[ModelDescription]:
         return [self.describe(entry.name) for entry in self.entries()]
+
+    def presets(self) -> list[kinds.Preset]:
+        """The presets the kinds offer for the models that load here (a broken one offers none)."""
+        described = [(d.entry, d.info) for d in self.describe_all() if d.info is not None]
+        return kinds.presets(described)

@@ -83,3 +83,26 @@ def test_a_failing_second_stage_leaves_nothing_behind(compact, tmp_path, monkeyp
     with pytest.raises(RuntimeError, match="out of memory"):
         run_pipeline(stages, source, tmp_path / "out.png", keep=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.png"]
+
+
+def test_the_second_stage_reads_the_intermediate_window_by_window(compact, tmp_path, monkeypatch) -> None:
+    """The streaming bound of a pipeline: no stage holds a whole image (the peak RSS beside one
+    4x is measured by benchmarks/big_image_memory.py)."""
+    from sr_core import imageio
+
+    source = tmp_path / "in.png"
+    Image.fromarray(natural_image(300, 400)).save(source)
+    reads: dict[str, int] = {}
+    original = imageio.ImageReader.read
+
+    def recording(self, x, y, width, height):
+        reads[self.source] = max(reads.get(self.source, 0), width * height)
+        return original(self, x, y, width, height)
+
+    monkeypatch.setattr(imageio.ImageReader, "read", recording)
+    stages = [Stage(compact, UpscaleOptions(scale=2, tile=64)), Stage(compact, UpscaleOptions(scale=2, tile=64))]
+    result = run_pipeline(stages, source, tmp_path / "out.png", fidelity=False)
+    assert (result.width, result.height) == (1600, 1200)
+    intermediate_area = 800 * 600
+    assert reads["stage 1 output"] < intermediate_area / 20  # windows of a 64 px tile with context
+    assert reads[str(source)] < 400 * 300 / 5

@@ -24,7 +24,7 @@ from torch import nn
 
 from ..device import Precision, available_precisions, pick_device, resolve_precision
 from ..errors import WeightsError
-from ..kinds import CheckReport, EngineKind, ModelEntry
+from ..kinds import CheckReport, Described, EngineKind, ModelEntry, Preset, photo_model
 from ..weights import WEIGHT_SUFFIXES, discover_user_weights
 from . import EngineInfo, Faces, TiledEngine, Tiling, price_class_for
 from .builtin import BUILTIN_SOURCES, builtin_weights
@@ -276,6 +276,23 @@ class SpandrelKind(EngineKind):
             precision=precision,
             faces=entry.faces or Faces.UNKNOWN,
         )
+
+    def presets(self, described: Described) -> list[Preset]:
+        """2x-then-2x: a photo model twice at x2 (Upscayl's "double upscale"; two smaller steps
+        keep more structure than one x4 on some images)."""
+        found = photo_model(described)
+        if found is None or 2 not in found[1].scales:
+            return []
+        name = found[0].name
+        return [
+            Preset(
+                "2x-then-2x",
+                f"2x then 2x ({name})",
+                f"{name} at x2, then again at x2 on its result: x4 in two passes",
+                (4,),
+                lambda _scale: [{"model": name, "scale": 2}, {"model": name, "scale": 2}],
+            )
+        ]
 
     def detect(self, paths: Sequence[Path]) -> bool:
         return len(paths) == 1 and paths[0].is_file() and paths[0].suffix.lower() in WEIGHT_SUFFIXES

@@ -9,7 +9,7 @@ from typing import Any
 
 from ...device import Precision, pick_device, resolve_precision
 from ...errors import WeightsError
-from ...kinds import CheckReport, FolderKind, ModelEntry, checkpoint_files
+from ...kinds import CheckReport, Described, FolderKind, ModelEntry, Preset, checkpoint_files, photo_model
 from ..options import Option
 from .sampling import PRESETS
 
@@ -86,6 +86,26 @@ class SupirKind(FolderKind):
         from .checkpoint import check_files
 
         return check_files(self.order_files(list(files)))
+
+    def presets(self, described: Described) -> list[Preset]:
+        """esrgan-then-supir: a photo model to the target size (fast and sharp), then a SUPIR 1x
+        pass that restores texture, as ComfyUI workflows chain them."""
+        photo = photo_model(described)
+        supir = next(((e, i) for e, i in described if e.kind == self.id and 1 in i.scales), None)
+        if photo is None or supir is None:
+            return []
+        gan, restorer = photo[0].name, supir[0].name
+        scales = tuple(s for s in photo[1].scales if s >= 2)
+        return [
+            Preset(
+                "esrgan-then-supir",
+                f"{gan}, then {restorer} at 1x",
+                f"{gan} to the target size, then {restorer} refines it at 1x (slow; outputs up to "
+                f"{supir[1].max_output_pixels / 1e6:.1f} MP)",
+                scales,
+                lambda scale: [{"model": gan, "scale": scale}, {"model": restorer, "scale": 1}],
+            )
+        ]
 
     def detect(self, paths: Sequence[Path]) -> bool:
         # everything diffusion-shaped that is not another kind's: the SDXL/SUPIR layout
