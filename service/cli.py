@@ -13,11 +13,13 @@ from sr_core import kinds
 from sr_core.device import Precision
 from sr_core.errors import ParameterError, SatscaleError
 from sr_core.imageio import FORMAT_EXTENSIONS, OUTPUT_EXTENSIONS, ImageLimits, OutputOptions, output_format
+from sr_core.pipeline import Stage, run_pipeline
 from sr_core.registry import ModelRegistry
-from sr_core.upscale import UpscaleOptions, upscale_file
+from sr_core.upscale import UpscaleOptions
 from sr_core.weights import weights_dir
 
 from .engines import DEFAULT_MODEL
+from .stages import StageOptions, parse_pipeline, parse_then
 
 
 @dataclass(frozen=True)
@@ -64,13 +66,13 @@ def plan_jobs(inputs: Sequence[Path], output: Path | None, scale: int, fmt: str 
 
 
 def _progress_bar(total_files: int, position: int, name: str):
+    """A bar over all stages of one file (in per cent of the work)."""
     from tqdm import tqdm
 
-    bar = tqdm(total=0, desc=f"[{position}/{total_files}] {name}", unit="tile", leave=False, file=sys.stderr)
+    bar = tqdm(total=100, desc=f"[{position}/{total_files}] {name}", unit="%", leave=False, file=sys.stderr)
 
-    def update(done: int, total: int) -> None:
-        bar.total = total
-        bar.n = done
+    def update(fraction: float) -> None:
+        bar.n = round(fraction * 100, 1)
         bar.refresh()
 
     return bar, update
@@ -92,32 +94,88 @@ def add_engine_flags(parser: argparse.ArgumentParser) -> None:
             group.add_argument(_flag(name), dest=f"engine_{name}", metavar=name.upper(), help=uses)
 
 
-def engine_settings(args: argparse.Namespace, kind: kinds.EngineKind) -> dict[str, dict]:
-    """The engine flags given, for the kind of the chosen model (which checks the values); a
-    flag that kind does not take is refused rather than silently ignored."""
-    taken = {option.name for option in kind.settings}
+def engine_settings(args: argparse.Namespace, used: Sequence[kinds.EngineKind]) -> dict[str, dict]:
+    """The engine flags given, for the kinds of the chosen models (each checks its values); a
+    flag none of them takes is refused rather than silently ignored."""
     given = {
         name: getattr(args, f"engine_{name}")
         for name in kinds.settings_by_name()
         if getattr(args, f"engine_{name}", None) is not None
     }
+    taken = {option.name for kind in used for option in kind.settings}
     stray = sorted(set(given) - taken)
     if stray:
         flags = ", ".join(_flag(name) for name in stray)
-        raise ParameterError(f"{flags}: not a setting of {args.model} ({kind.title})")
-    return {kind.id: given} if given else {}
+        models = " + ".join(kind.title for kind in used)
+        raise ParameterError(f"{flags}: not a setting of {args.model or DEFAULT_MODEL} ({models})")
+    chosen: dict[str, dict] = {}
+    for kind in used:
+        names = {option.name for option in kind.settings}
+        mine = {name: value for name, value in given.items() if name in names}
+        if mine:
+            chosen[kind.id] = mine
+    return chosen
+
+
+def _stages_sent(args: argparse.Namespace) -> tuple[StageOptions, ...]:
+    if args.pipeline:
+        if args.then or args.model:
+            raise ParameterError("--pipeline names every stage: leave out -m and --then")
+        path = Path(args.pipeline)
+        if not path.exists():
+            offered = ModelRegistry().presets()
+            preset = next((p for p in offered if p.id == args.pipeline), None)
+            if preset is None:
+                named = ", ".join(p.id for p in offered) or "none"
+                raise SatscaleError(
+                    f"{args.pipeline}: no such file, and no preset of that name (presets here: {named})"
+                )
+            return parse_pipeline(preset.pipeline(args.scale))
+        if args.scale is not None:
+            raise ParameterError("a --pipeline file names each stage's scale: leave out -s")
+        try:
+            text = path.read_text()
+        except OSError as exc:
+            raise SatscaleError(f"{args.pipeline}: {exc.strerror or exc}") from None
+        return parse_pipeline(text)
+    first = StageOptions(args.model or DEFAULT_MODEL, args.scale, args.tile, args.precision)
+    return (first, *(parse_then(spec) for spec in args.then or ()))
+
+
+def _stages(args: argparse.Namespace) -> list[Stage]:
+    """The command's stages, each checked by its engine's description before any file is read."""
+    sent = _stages_sent(args)
+    probe = ModelRegistry()
+    used = list({entry.kind: kinds.kind(entry.kind) for entry in (probe.get(s.model) for s in sent)}.values())
+    registry = ModelRegistry(settings=engine_settings(args, used))
+    stages = []
+    for index, stage in enumerate(sent, start=1):
+        named = f"{stage.model}" if len(sent) == 1 else f"stage {index} ({stage.model})"
+        try:
+            engine = registry.load_engine(stage.model, device=args.device, precision=stage.precision or "auto")
+            scale = engine.info.resolve_scale(stage.scale)
+            chosen = engine.info.parse_options(stage.options)
+        except ParameterError as exc:
+            raise ParameterError(f"{named}: {exc}") from None
+        tile = stage.tile if stage.tile is not None else (args.tile if index == 1 else None)
+        stages.append(Stage(engine, UpscaleOptions(scale=scale, tile=tile, batch=args.batch, engine_options=chosen)))
+    return stages
+
+
+def _figure(fidelity) -> str:
+    if fidelity is None:
+        return ""
+    shown = fidelity.to_dict()
+    psnr = "identical" if shown["psnr_db"] is None else f"PSNR {shown['psnr_db']} dB"
+    return f", {psnr}, SSIM {shown['ssim']} against the input"
 
 
 def cmd_upscale(args: argparse.Namespace) -> int:
-    kind = kinds.kind(ModelRegistry().get(args.model).kind)
-    registry = ModelRegistry(settings=engine_settings(args, kind))
-    engine = registry.load_engine(args.model, device=args.device, precision=args.precision)
-    try:
-        scale = engine.info.resolve_scale(args.scale)
-    except ParameterError as exc:
-        raise ParameterError(f"{args.model}: {exc}") from None
+    stages = _stages(args)
+    scale = 1
+    for stage in stages:
+        scale *= stage.options.scale or stage.engine.info.native_scale
     jobs = plan_jobs([Path(p) for p in args.inputs], Path(args.output) if args.output else None, scale, args.format)
-    options = UpscaleOptions(scale=scale, tile=args.tile, batch=args.batch)
     output_options = OutputOptions(format=args.format, quality=args.quality, lossless=args.lossless)
     limits = ImageLimits(max_pixels=int(args.max_megapixels * 1_000_000))
     failures = skipped = 0
@@ -128,7 +186,16 @@ def cmd_upscale(args: argparse.Namespace) -> int:
             continue
         bar, update = _progress_bar(len(jobs), position, job.source.name)
         try:
-            result = upscale_file(engine, job.source, job.target, options, output_options, limits, update)
+            result = run_pipeline(
+                stages,
+                job.source,
+                job.target,
+                output_options,
+                limits,
+                update,
+                keep=args.keep_intermediates,
+                fidelity=not args.no_fidelity,
+            )
         except SatscaleError as exc:
             failures += 1
             print(f"error: {exc}", file=sys.stderr)
@@ -139,14 +206,19 @@ def cmd_upscale(args: argparse.Namespace) -> int:
             continue
         finally:
             bar.close()
+        passes = f"{len(result.stages)} stages, " if len(result.stages) > 1 else ""
         print(
             f"{job.source} -> {job.target} ({result.input.width}x{result.input.height} -> "
-            f"{result.width}x{result.height}, {result.tiles} tiles, {result.seconds:.1f} s)"
+            f"{result.width}x{result.height}, {passes}{result.seconds:.1f} s{_figure(result.fidelity)})"
         )
     done = len(jobs) - failures - skipped
+    named = args.model or DEFAULT_MODEL
+    if len(stages) > 1:
+        named = " then ".join(f"{s.engine.info.architecture} x{s.options.scale}" for s in stages)
+    first = stages[0].engine.info
     print(
-        f"{done} upscaled, {skipped} skipped, {failures} failed with {args.model} x{scale} "
-        f"({engine.info.precision.value} on {engine.info.device})",
+        f"{done} upscaled, {skipped} skipped, {failures} failed with {named} "
+        f"x{scale} ({first.precision.value} on {first.device})",
         file=sys.stderr,
     )
     return 1 if failures else 0
@@ -173,6 +245,17 @@ def cmd_models_check(args: argparse.Namespace) -> int:
 def cmd_models(args: argparse.Namespace) -> int:
     if getattr(args, "models_command", None) == "check":
         return cmd_models_check(args)
+    if args.presets:
+        offered = [preset.describe() for preset in ModelRegistry().presets()]
+        if args.json:
+            print(json.dumps(offered, indent=2))
+            return 0
+        for preset in offered:
+            scales = ",".join(f"x{s}" for s in preset["scales"])
+            print(f"{preset['id']:<22} {scales:<10} {preset['description']}")
+        if not offered:
+            print("no presets: their models are not here (see satscale models)")
+        return 0
     rows = [description.to_dict() for description in ModelRegistry().describe_all()]
     if args.json:
         print(json.dumps(rows, indent=2))
@@ -288,7 +371,7 @@ def build_parser() -> argparse.ArgumentParser:
     up = commands.add_parser("upscale", help="upscale image files or folders")
     up.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders (PNG, JPEG, WebP, TIFF)")
     up.add_argument("-o", "--output", help="output file (one input) or folder; default: beside each input")
-    up.add_argument("-m", "--model", default=DEFAULT_MODEL, help=f"model name (default {DEFAULT_MODEL})")
+    up.add_argument("-m", "--model", help=f"model name (default {DEFAULT_MODEL})")
     up.add_argument("-s", "--scale", type=int, help="output scale (default: the model's own)")
     up.add_argument("-t", "--tile", type=int, help="tile size in input pixels (default: from memory)")
     up.add_argument("--batch", type=int, help="tiles per forward pass (default: from memory)")
@@ -299,11 +382,27 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--lossless", action="store_true", help="lossless WebP")
     up.add_argument("--overwrite", action="store_true", help="redo outputs that already exist")
     up.add_argument("--max-megapixels", type=float, default=64.0, help="refuse larger inputs (default 64)")
+    up.add_argument(
+        "--then",
+        action="append",
+        metavar="MODEL[:SCALE[:KEY=VALUE,...]]",
+        help="run another stage on the result (repeatable), e.g. --then realesrgan-x4plus:2; a model's own "
+        "options as KEY=VALUE pairs, e.g. --then MODEL:1:steps=20,seed=3 ('satscale models --json' lists them)",
+    )
+    up.add_argument(
+        "--pipeline",
+        metavar="FILE.json|PRESET",
+        help='stages as JSON ([{"model": "...", "scale": 2}, ...]) or a preset (satscale models --presets; '
+        "-s picks its total scale)",
+    )
+    up.add_argument("--keep-intermediates", action="store_true", help="keep each stage's image (NAME.stageN.tif)")
+    up.add_argument("--no-fidelity", action="store_true", help="skip the PSNR/SSIM consistency figure")
     add_engine_flags(up)
     up.set_defaults(func=cmd_upscale)
 
     models = commands.add_parser("models", help="list the available models")
     models.add_argument("--json", action="store_true", help="machine-readable output")
+    models.add_argument("--presets", action="store_true", help="list the pipeline presets these models allow")
     models.set_defaults(func=cmd_models)
     models_commands = models.add_subparsers(dest="models_command")
     check = models_commands.add_parser(

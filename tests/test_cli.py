@@ -83,3 +83,47 @@ def test_models_listing(weights_folder: Path) -> None:
     assert len(rows["realesrgan-x4plus"]["weights_sha256"]) == 64
     table = run("models", weights=weights_folder)
     assert "realesrgan-x4plus-anime" in table.stdout and "ESRGAN" in table.stdout
+
+
+def test_then_chains_stages_as_by_hand_and_reports_the_consistency(album: Path, tmp_path: Path, weights_folder: Path):
+    import numpy as np
+
+    source = album / "a.png"
+    fast = "realesr-animevideov3"
+    mid, hand = tmp_path / "mid.png", tmp_path / "hand.png"
+    assert run("upscale", str(source), "-o", str(mid), "-m", fast, "-s", "2", weights=weights_folder).returncode == 0
+    assert run("upscale", str(mid), "-o", str(hand), "-m", fast, "-s", "3", weights=weights_folder).returncode == 0
+
+    chained = tmp_path / "chained.png"
+    both = run("upscale", str(source), "-o", str(chained), "-m", fast, "-s", "2", "--then", f"{fast}:3",
+               "--keep-intermediates", weights=weights_folder)  # fmt: skip
+    assert both.returncode == 0, both.stderr
+    assert np.array_equal(np.asarray(Image.open(chained)), np.asarray(Image.open(hand)))
+    assert "2 stages" in both.stdout and "SSIM" in both.stdout and "against the input" in both.stdout
+    assert (tmp_path / "chained.stage1.tif").is_file()
+
+    # the same as a --pipeline file, named by the total scale beside the input
+    spec = tmp_path / "twice.json"
+    spec.write_text(json.dumps([{"model": fast, "scale": 2}, {"model": fast, "scale": 3}]))
+    from_file = run("upscale", str(source), "--pipeline", str(spec), "--no-fidelity", weights=weights_folder)
+    assert from_file.returncode == 0, from_file.stderr
+    assert np.array_equal(np.asarray(Image.open(album / "a_x6.png")), np.asarray(Image.open(hand)))
+    assert "SSIM" not in from_file.stdout
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--then", "realesr-animevideov3:9"], "stage 2 (realesr-animevideov3): scale x9 is not offered"),
+        (["--then", "realesr-animevideov3:2:seed=1"], "unknown option 'seed'"),
+        (["--then", "realesr-animevideov3:two"], "the scale must be a whole number"),
+        (["--then", ":2"], "name a model"),
+        (["--then", "nope"], "no model named 'nope'"),
+    ],
+)
+def test_bad_stages_are_refused_before_any_work(album: Path, weights_folder: Path, extra, message) -> None:
+    result = run(
+        "upscale", str(album / "a.png"), "-m", "realesr-animevideov3", "-s", "2", *extra, weights=weights_folder
+    )
+    assert result.returncode == 2 and message in result.stderr, result.stderr
+    assert not list(album.glob("a_x*"))
