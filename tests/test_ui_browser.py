@@ -163,3 +163,50 @@ def test_a_bad_file_is_refused_at_once(browser: Browser, server, tmp_path: Path)
     expect(page.locator("#image-info")).to_contain_text("Refused")
     assert app.state.service.store.count() == 0
     page.close()
+
+
+def test_add_a_pass_then_pay_and_download_each_pass(browser: Browser, server, photo: Path) -> None:
+    url, app = server
+    expect.set_options(timeout=60_000)
+    page = browser.new_page(viewport={"width": 1280, "height": 1100})
+    page.goto(url)
+    page.set_input_files("#upload input[type=file]", str(photo))
+    expect(page.locator("#image-info")).to_contain_text("80 × 60 px")
+    page.get_by_role("combobox", name="Model").click()
+    page.get_by_role("option", name="realesr-animevideov3").click()
+    page.locator('#scale [data-testid="2-radio-label"]').click()
+    expect(page.locator("#quote")).to_contain_text("output 160 × 120")
+    # a second pass, x2 on the first one's result: the passes, the total scale, size and price update
+    page.click("#add-pass")
+    page.get_by_role("combobox", name="Pass 2").click()
+    page.get_by_role("option", name="realesr-animevideov3").click()
+    page.locator('#pass-2-scale [data-testid="2-radio-label"]').click()
+    expect(page.locator("#quote")).to_contain_text("2 passes")
+    expect(page.locator("#quote")).to_contain_text("x4 in all")
+    expect(page.locator("#quote")).to_contain_text("output 320 × 240")
+    # the preset a user would otherwise build fills the passes itself
+    expect(page.locator("#preset")).to_be_visible()
+    page.click("#get-invoice")
+    expect(page.locator("#bolt11 textarea")).to_have_value(re.compile("^lnbcrt"))
+    page.click("#dev-pay")
+    expect(page.locator("#progress [data-state=succeeded]")).to_be_visible()
+
+    store = app.state.service.store
+    (job,) = store.recent(1)
+    assert [s.scale for s in job.stages] == [2, 2]
+    # the before/after compares the input with the final output; each pass can be downloaded
+    expect(page.locator("#slider img")).to_have_count(2)
+    with page.expect_download() as final:
+        page.click("#download a.satscale-download")
+    with Image.open(final.value.path()) as full:
+        assert full.size == (320, 240)
+    with page.expect_download() as first_pass:
+        page.click("#download a[data-stage='1']")
+    with Image.open(first_pass.value.path()) as mid:
+        assert mid.size == (160, 120)
+    # how faithful the result is to the input, per pass and for the whole job
+    expect(page.locator("#provenance .satscale-fidelity")).to_contain_text("Whole job")
+    expect(page.locator("#provenance .satscale-fidelity")).to_contain_text("Pass 2")
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "ui-passes.png"), full_page=True)
+    page.close()

@@ -5,6 +5,7 @@ Also the public API through gradio_client."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import io
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import bolt11
+import gradio as gr
 import httpx
 import pytest
 from gradio.utils import get_upload_folder
@@ -29,12 +31,15 @@ from app import create_app
 from payments import l402
 from service.config import Settings
 from service.jobs import InvoiceStatus, JobState
-from service.ui.handlers import options_from_page
+from service.ui.handlers import NO_PASS, options_from_page
+from sr_core.errors import ParameterError
 
 from .helpers import natural_image
 from .servers import serving
 
 MODEL = "realesr-animevideov3"
+#: the page's extra-pass fields left at "no further pass" (two passes: model and scale each)
+NO_PASSES = [NO_PASS, 2, NO_PASS, 2]
 
 
 def png(seed: int, height: int = 20, width: int = 24) -> bytes:
@@ -247,8 +252,8 @@ def browser_job(url: str, seed: int) -> tuple[dict, str]:
     path = upload(url, png(seed))
     _, types = handler(url, "create")
     session = {"current": None, "jobs": []}
-    data = [file_data(path), MODEL, 2, "png", 0, "auto", False, session]
-    assert types[-1] == "browserstate" and len(types) == len(data)
+    data = [file_data(path), MODEL, 2, "png", 0, "auto", False, session, *NO_PASSES]
+    assert types[7] == "browserstate" and len(types) == len(data)
     kind, payload = call(url, "create", data)
     assert kind == "complete", payload
     outputs = json.loads(payload)
@@ -383,9 +388,9 @@ def test_scale_zero_is_refused_at_both_doors(served) -> None:
     assert quote.status_code == 422
     path = upload(url, png(2))
     refusals = ("x0 is not offered", "not in the list of choices")  # ours, or Gradio's own choice check
-    kind, payload = call(url, "create", [file_data(path), MODEL, 0, "png", 0, "auto", False, {}])
+    kind, payload = call(url, "create", [file_data(path), MODEL, 0, "png", 0, "auto", False, {}, *NO_PASSES])
     assert kind == "error" and any(text in payload for text in refusals), payload
-    kind, payload = call(url, "quote", [file_data(path), MODEL, 0, False])
+    kind, payload = call(url, "quote", [file_data(path), MODEL, 0, False, *NO_PASSES])
     assert any(text in payload for text in refusals) and "sats" not in payload, payload
     # behind Gradio's own check, the handlers pass 0 on as 0 (never as "the default scale")
     options = options_from_page(MODEL, 0, None, 0, "auto", False)
@@ -441,3 +446,41 @@ def test_uploads_and_renders_from_many_browsers_at_once(served) -> None:
     assert not errors, errors
     ids = [s["jobs"][0]["job_id"] for s in sessions]
     assert len(set(ids)) == 6 and app.state.service.store.count() == 6
+
+
+def test_the_pass_fields_are_checked_like_any_request(served) -> None:
+    """The extra passes reach the create and quote handlers as untrusted values: each is
+    checked by the intake (as the API's pipeline), and nothing is made from a bad one."""
+    url, app = served
+    path = upload(url, png(5))
+    session = {"current": None, "jobs": []}
+    gradio = "not in the list of choices"  # Gradio's own check of a choice, before our handler
+    cases = [
+        ([MODEL, 9, NO_PASS, 2], ("scale x9 is not offered", gradio)),
+        (["nope", 2, NO_PASS, 2], ("no model named 'nope'", gradio)),
+        ([{"path": "/etc/passwd"}, 2, NO_PASS, 2], ("pass model must be text", gradio)),
+        ([MODEL, "2; rm", NO_PASS, 2], ("pass scale must be a whole number", gradio)),
+    ]
+    for passes, messages in cases:
+        kind, payload = call(url, "create", [file_data(path), MODEL, 2, "png", 0, "auto", False, session, *passes])
+        assert kind == "error" and any(m in payload for m in messages), (passes, payload[:300])
+        _kind, quoted = call(url, "quote", [file_data(path), MODEL, 2, False, *passes])
+        assert any(m in quoted for m in messages) and "sats" not in quoted, (passes, quoted[:300])
+    assert app.state.service.store.count() == 0
+    # behind Gradio's check, the intake refuses what the page's fields cannot hold, naming the pass
+    front = app.state.front
+    with pytest.raises(ParameterError, match=r"stage 2 \(realesr-animevideov3\): scale x9 is not offered"):
+        asyncio.run(front.quote(options_from_page(MODEL, 2, None, 0, "auto", False, [MODEL, 9, NO_PASS, 2]), 10, 10))
+    # the handlers' own check of the shape: pairs, at most two
+    for bad in ([MODEL], [MODEL, 2] * 3, "realesr-animevideov3"):
+        try:
+            options_from_page(MODEL, 2, None, 0, "auto", False, bad)
+        except gr.Error as exc:
+            assert "passes must be model and scale pairs" in str(exc)
+        else:
+            raise AssertionError(f"{bad!r} was accepted")
+    chained = options_from_page(MODEL, 2, None, 0, "auto", False, [MODEL, 2, NO_PASS, 3])
+    assert chained.pipeline == [
+        {"model": MODEL, "scale": 2, "tile": None, "precision": "auto"},
+        {"model": MODEL, "scale": 2},
+    ]

@@ -13,7 +13,7 @@ import gradio as gr
 
 from ..frontdoor import FrontDoor
 from . import render
-from .handlers import FORMATS, PRECISIONS, WebHandlers
+from .handlers import FORMATS, MAX_EXTRA_PASSES, NO_PASS, NO_PRESET, PRECISIONS, WebHandlers
 from .uploads import UploadGuard, UploadSizeLimit
 
 #: Gradio's temp files (uploads, previews, QR codes): every 10 minutes, those older than an hour go
@@ -55,6 +55,27 @@ def blocks(web: WebHandlers, front: FrontDoor) -> gr.Blocks:
                 model = gr.Dropdown(names, value=default, label="Model", elem_id="model")
                 note = gr.Markdown(web.note(default), elem_id="model-note")
                 scale = gr.Radio([2, 3, 4], value=4, label="Scale", elem_id="scale")
+                # further passes run on the result of the one before (2x then 2x, GAN then a 1x restorer)
+                presets = front.presets()
+                preset = gr.Dropdown(
+                    [NO_PRESET, *(p.id for p in presets)],
+                    value=NO_PRESET,
+                    label="Preset",
+                    info=" · ".join(f"{p.id}: {p.description}" for p in presets),
+                    elem_id="preset",
+                    visible=bool(presets),
+                )
+                shown_passes = gr.State(0)
+                pass_rows, pass_fields = [], []
+                for number in range(2, 2 + MAX_EXTRA_PASSES):
+                    with gr.Row(visible=False, elem_id=f"pass-{number}") as row:
+                        pass_model = gr.Dropdown(
+                            [NO_PASS, *names], value=NO_PASS, label=f"Pass {number}", elem_id=f"pass-{number}-model"
+                        )
+                        pass_scale = gr.Radio([1, 2, 3, 4], value=2, label="Scale", elem_id=f"pass-{number}-scale")
+                    pass_rows.append(row)
+                    pass_fields += [pass_model, pass_scale]
+                add_pass = gr.Button("Add a pass", size="sm", elem_id="add-pass")
                 fmt = gr.Dropdown(FORMATS, value=FORMATS[0], label="Output format", elem_id="format")
                 publish = gr.Checkbox(
                     front.settings.publish_default,
@@ -111,9 +132,9 @@ def blocks(web: WebHandlers, front: FrontDoor) -> gr.Blocks:
         image.change(web.inspect, image, image_info, **private)
         # one queue for every quote, newest request wins: a slow early answer never overwrites a newer one
         gr.on(
-            [image.change, model.change, scale.change, publish.change],
+            [image.change, model.change, scale.change, publish.change, *(f.change for f in pass_fields)],
             web.quote,
-            [image, model, scale, publish],
+            [image, model, scale, publish, *pass_fields],
             quote,
             concurrency_limit=1,
             concurrency_id="quote",
@@ -122,9 +143,13 @@ def blocks(web: WebHandlers, front: FrontDoor) -> gr.Blocks:
         )
         model.change(web.scales, [model, scale], scale, **private)
         model.change(web.note, model, note, **private)
+        add_pass.click(web.add_pass, shown_passes, [shown_passes, *pass_rows, add_pass], **private)
+        preset.change(
+            web.apply_preset, [preset, scale], [model, scale, *pass_fields, shown_passes, *pass_rows], **private
+        )
         create.click(
             web.create,
-            [image, model, scale, fmt, tile, precision, publish, session],
+            [image, model, scale, fmt, tile, precision, publish, session, *pass_fields],
             [session, *job_outputs],
             **private,
         ).then(web.jobs_table, session, [jobs, pick], **private)

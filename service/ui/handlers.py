@@ -45,6 +45,10 @@ FORMATS = ["same as input", *ACCEPTED_FORMATS]
 #: folders older than two hours are removed (the files are a result: they must not linger)
 PREVIEW_SECONDS = 3600
 PRECISIONS = [precision.value for precision in Precision]
+#: the choice that leaves an extra pass out, and how many the page offers after the first
+NO_PASS = "(no further pass)"
+MAX_EXTRA_PASSES = 2
+NO_PRESET = "(none)"
 T = TypeVar("T")
 
 
@@ -130,9 +134,26 @@ def _text(value: Any, name: str, default: str) -> str:
     return value
 
 
-def options_from_page(model: Any, scale: Any, fmt: Any, tile: Any, precision: Any, publish: Any) -> JobOptions:
+def page_passes(passes: Any) -> list[tuple[str, int | None]]:
+    """The extra passes the page chose: (model, scale) pairs, NO_PASS rows left out. The page's
+    values are untrusted like any request's: at most MAX_EXTRA_PASSES, each checked."""
+    if passes is None:
+        return []
+    if not isinstance(passes, list | tuple) or len(passes) > 2 * MAX_EXTRA_PASSES or len(passes) % 2:
+        raise gr.Error("passes must be model and scale pairs")
+    chosen = []
+    for model, scale in zip(passes[::2], passes[1::2], strict=True):
+        name = _text(model, "pass model", NO_PASS)
+        if name != NO_PASS:
+            chosen.append((name, _number(scale, "pass scale")))
+    return chosen
+
+
+def options_from_page(
+    model: Any, scale: Any, fmt: Any, tile: Any, precision: Any, publish: Any, passes: Any = None
+) -> JobOptions:
     output_format = _text(fmt, "format", FORMATS[0])
-    return JobOptions(
+    first = JobOptions(
         model=_text(model, "model", ""),
         scale=_number(scale, "scale"),
         output_format=None if output_format == FORMATS[0] else output_format,
@@ -140,6 +161,12 @@ def options_from_page(model: Any, scale: Any, fmt: Any, tile: Any, precision: An
         precision=_text(precision, "precision", "auto"),
         publish=publish is True,
     )
+    more = page_passes(passes)
+    if not more:
+        return first
+    stage = {"model": first.model, "scale": first.scale, "tile": first.tile, "precision": first.precision}
+    pipeline = [stage, *({"model": name, "scale": factor} for name, factor in more)]
+    return JobOptions(output_format=first.output_format, publish=first.publish, pipeline=pipeline)
 
 
 class WebHandlers:
@@ -170,13 +197,13 @@ class WebHandlers:
         kind = {1: "grey", 2: "grey + alpha", 3: "RGB", 4: "RGBA"}[info.channels]
         return f"{info.width} × {info.height} px · {info.format.upper()} · {kind} · {info.bit_depth}-bit"
 
-    async def quote(self, upload: Any, model: Any, scale: Any, publish: Any = False) -> str:
-        """Price and size of an upscale of the uploaded image."""
+    async def quote(self, upload: Any, model: Any, scale: Any, publish: Any = False, *passes: Any) -> str:
+        """Price and size of an upscale of the uploaded image, all passes counted."""
         if upload in (None, ""):
             return "Upload an image to see the price."
         try:
             info = await self._image(upload)
-            options = options_from_page(model, scale, None, None, None, publish)
+            options = options_from_page(model, scale, None, None, None, publish, list(passes))
             return self._price_text(await self.front.quote(options, info.width, info.height), options.publish)
         except gr.Error as exc:
             return render.warning(exc.message)
@@ -195,7 +222,8 @@ class WebHandlers:
     @staticmethod
     def _price_text(priced: Any, publish: bool | None) -> str:
         quote, seconds = priced.quote, max(1, round(priced.estimate.seconds))
-        text = (
+        passes = render.passes_text([(s.model, s.scale) for s in priced.stages])
+        text = (f"{passes}\n\n" if passes else "") + (
             f"**{quote.amount_sat} sats** · output {quote.output_width} × {quote.output_height} "
             f"({render.megapixels(quote.output_megapixels)} MP) · about {seconds} s here"
         )
@@ -211,6 +239,29 @@ class WebHandlers:
             return gr.Radio(choices=list(info.scales))  # no value: a click made meanwhile is not undone
         return gr.Radio(choices=list(info.scales), value=info.native_scale)
 
+    def add_pass(self, shown: Any) -> tuple[Any, ...]:
+        """Show one more pass row (the page keeps how many it shows)."""
+        count = min(MAX_EXTRA_PASSES, (shown if isinstance(shown, int) and shown >= 0 else 0) + 1)
+        rows = [gr.Row(visible=index < count) for index in range(MAX_EXTRA_PASSES)]
+        return (count, *rows, gr.Button(visible=count < MAX_EXTRA_PASSES))
+
+    def apply_preset(self, preset: Any, scale: Any) -> tuple[Any, ...]:
+        """A preset fills the passes: the first model and scale, then each further pass."""
+        chosen = next((p for p in self.front.presets() if p.id == preset), None)
+        if chosen is None:
+            return (gr.update(),) * (3 + 3 * MAX_EXTRA_PASSES)
+        wanted = _number(scale, "scale")
+        stages = chosen.pipeline(wanted if wanted in chosen.scales else None)
+        rest = stages[1 : 1 + MAX_EXTRA_PASSES]
+        updates: list[Any] = [gr.Dropdown(value=stages[0]["model"]), gr.Radio(value=stages[0]["scale"])]
+        for index in range(MAX_EXTRA_PASSES):
+            if index < len(rest):
+                updates += [gr.Dropdown(value=rest[index]["model"]), gr.Radio(value=rest[index]["scale"])]
+            else:
+                updates += [gr.Dropdown(value=NO_PASS), gr.Radio(value=2)]
+        rows = [gr.Row(visible=index < len(rest)) for index in range(MAX_EXTRA_PASSES)]
+        return (*updates, len(rest), *rows)
+
     def note(self, model: Any) -> str:
         rows = {row.entry.name: row.to_dict() for row in self.front.models()}
         name = model if isinstance(model, str) else ""
@@ -220,12 +271,22 @@ class WebHandlers:
 
     @friendly
     async def create(
-        self, upload: Any, model: Any, scale: Any, fmt: Any, tile: Any, precision: Any, publish: Any, session: Any
+        self,
+        upload: Any,
+        model: Any,
+        scale: Any,
+        fmt: Any,
+        tile: Any,
+        precision: Any,
+        publish: Any,
+        session: Any,
+        *passes: Any,
     ) -> tuple[Any, ...]:
         if upload in (None, ""):
             raise gr.Error("Upload an image first.")
+        options = options_from_page(model, scale, fmt, tile, precision, publish, list(passes))
         data = self.uploads.read(upload)
-        made = await self.front.create_for_browser(data, options_from_page(model, scale, fmt, tile, precision, publish))
+        made = await self.front.create_for_browser(data, options)
         job = made.created.job
         held = [t for t in tickets(session) if t.job_id != job.id] + [Ticket(job.id, made.owner_key)]
         session = make_session(held, job.id)
@@ -284,7 +345,8 @@ class WebHandlers:
             await asyncio.to_thread(self._sweep_previews)
             before, after = await self.front.previews(grant, self._preview_folder(job.job_id))
             slider = gr.ImageSlider(value=(str(before), str(after)), visible=True)
-            download = gr.HTML(render.download_html(self.front.download_link(grant)), visible=True)
+            links = self.front.intermediate_links(grant)
+            download = gr.HTML(render.download_html(self.front.download_link(grant), links), visible=True)
             metadata = self.front.metadata(grant)
         payment_request = job.payment.payment_request if awaiting and job.payment else None
         return (

@@ -41,6 +41,17 @@ def model_note(listing: dict[str, Any] | None) -> str:
     return " ".join(p for p in parts if p)
 
 
+def passes_text(stages: list[tuple[str, int]]) -> str:
+    """The chosen passes and the total scale, as the page shows them above the price."""
+    if len(stages) < 2:
+        return ""
+    total = 1
+    for _model, scale in stages:
+        total *= scale
+    listed = " → ".join(f"{html.escape(model)} x{scale}" for model, scale in stages)
+    return f"{len(stages)} passes: {listed} · **x{total} in all**"
+
+
 def megapixels(value: float) -> str:
     return f"{value:.1f}" if value >= 1 else f"{value:.2f}"
 
@@ -75,8 +86,37 @@ def status_text(job: JobView) -> str:
     return text
 
 
-def download_html(link: str) -> str:
-    return f'<a class="satscale-download" href="{html.escape(link)}" download>Download full resolution</a>'
+def download_html(link: str, intermediates: list[tuple[int, str, str]] | None = None) -> str:
+    """The result's link, and each intermediate image's (a multi-stage job)."""
+    parts = [f'<a class="satscale-download" href="{html.escape(link)}" download>Download full resolution</a>']
+    for stage, model, url in intermediates or ():
+        parts.append(
+            f'<a class="satscale-intermediate" data-stage="{stage}" href="{html.escape(url)}" download>'
+            f"after pass {stage} ({html.escape(model)}, TIFF)</a>"
+        )
+    return " · ".join(parts)
+
+
+def fidelity_html(job: JobView) -> str:
+    """How faithful the output is to the input: PSNR and SSIM of the output area-averaged back
+    to the input's size (hallucinated text and faces lower them), per pass and overall."""
+    figures = job.fidelity
+    if not figures or not figures.get("overall"):
+        return ""
+
+    def shown(figure: dict) -> str:
+        psnr = "identical" if figure.get("psnr_db") is None else f"PSNR {figure['psnr_db']} dB"
+        return f"{psnr}, SSIM {figure.get('ssim')}"
+
+    rows = [("Whole job", shown(figures["overall"]))]
+    stages = figures.get("stages") or []
+    if len(stages) > 1:
+        rows += [(f"Pass {s['stage']} ({html.escape(s['model'])})", shown(s)) for s in stages]
+    items = "".join(f"<dt>{label}</dt><dd>{value}</dd>" for label, value in rows)
+    return (
+        '<dl class="satscale-fidelity" data-heading="Consistency with the input" title="the output scaled back '
+        f"down to the input's size, compared with the input: higher is more faithful\">{items}</dl>"
+    )
 
 
 def provenance_html(job: JobView, chain: dict | None) -> str:
@@ -104,7 +144,7 @@ def provenance_html(job: JobView, chain: dict | None) -> str:
     if p.chain_error:
         rows.append(("Chain note", html.escape(p.chain_error)))
     items = "".join(f"<dt>{label}</dt><dd>{value}</dd>" for label, value in rows)
-    return f'<dl class="satscale-provenance">{items}</dl>'
+    return f'<dl class="satscale-provenance">{items}</dl>' + fidelity_html(job)
 
 
 def verification_text(report: Report) -> str:
@@ -137,8 +177,12 @@ CSS = """
 .satscale-download { display: inline-block; padding: .55rem 1rem; border-radius: var(--button-large-radius, 8px);
   background: var(--button-secondary-background-fill); color: var(--button-secondary-text-color);
   border: 1px solid var(--button-secondary-border-color); text-decoration: none; font-weight: 600; }
-.satscale-provenance { display: grid; grid-template-columns: max-content 1fr; gap: .3rem .9rem; margin: 0; }
-.satscale-provenance dt { font-weight: 600; }
-.satscale-provenance dd { margin: 0; overflow-wrap: anywhere; }
+.satscale-provenance, .satscale-fidelity {
+  display: grid; grid-template-columns: max-content 1fr; gap: .3rem .9rem; margin: 0;
+}
+.satscale-provenance dt, .satscale-fidelity dt { font-weight: 600; }
+.satscale-provenance dd, .satscale-fidelity dd { margin: 0; overflow-wrap: anywhere; }
+.satscale-fidelity { margin-top: .8rem; }
+.satscale-fidelity::before { content: attr(data-heading); grid-column: 1 / -1; font-weight: 600; }
 .satscale-jobs { width: 100%; } .satscale-jobs td { padding: .2rem .5rem; overflow-wrap: anywhere; }
 """
