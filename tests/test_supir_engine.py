@@ -219,3 +219,73 @@ def test_supir_is_sold_over_the_api_at_the_diffusion_rate(supir_weights, tmp_pat
         assert done["output"]["width"] == 56 and done["output"]["height"] == 40
         result = client.get(f"/v1/upscales/{body['job_id']}/result", headers={"Authorization": credential})
         assert result.status_code == 200 and Image.open(io.BytesIO(result.content)).size == (56, 40)
+
+
+def test_esrgan_then_supir_at_1x_as_a_preset_with_per_job_options(supir_weights, tmp_path):
+    """The preset exists once a SUPIR folder is here; SUPIR runs at 1x as a restorer on the photo
+    model's result; a job's own steps and seed are checked before any invoice and change the run."""
+    import json
+
+    from .test_api import make_client, pay, settled, wait_for
+
+    registry = ModelRegistry(supir_weights, settings={"supir": FAST})
+    offered = {p.id: p for p in registry.presets()}
+    assert set(offered) == {"2x-then-2x", "esrgan-then-supir"}
+    assert offered["esrgan-then-supir"].pipeline(2) == [
+        {"model": "realesrgan-x4plus", "scale": 2},
+        {"model": "supir-tiny", "scale": 1},
+    ]
+    assert "esrgan-then-supir" not in {p.id for p in ModelRegistry(tmp_path).presets()}  # no SUPIR: not offered
+
+    with make_client(tmp_path, registry) as client:
+        listed = {p["id"]: p for p in client.get("/v1/presets").json()}
+        stages = listed["esrgan-then-supir"]["pipelines"]["2"]
+        supir = {m["name"]: m for m in client.get("/v1/models").json()}["supir-tiny"]
+        assert supir["takes_prompt"] and {o["name"] for o in supir["options"]} == {
+            "preset", "steps", "seed", "prompt", "color_fix"
+        }  # fmt: skip
+        image = _png(natural_image(20, 28))
+        files = {"image": ("in.png", image, "image/png")}
+        bad = [stages[0], stages[1] | {"steps": 0}]
+        refused = client.post("/v1/upscales", files=files, data={"pipeline": json.dumps(bad)})
+        assert refused.status_code == 422 and "stage 2 (supir-tiny): steps must be between 1 and 200" in refused.text
+        chosen = [stages[0], stages[1] | {"steps": 1, "seed": 7, "prompt": "a test card"}]
+        quote = client.get("/v1/quote", params={"pipeline": json.dumps(chosen), "width": 28, "height": 20}).json()
+        assert [s["rate_msat_per_megapixel"] for s in quote["stages"]] == [10_000, 500_000]
+        response = client.post("/v1/upscales", files=files, data={"pipeline": json.dumps(chosen)})
+        assert response.status_code == 402, response.text
+        public = client.get(f"/v1/upscales/{response.json()['job_id']}").json()
+        assert public["pipeline"][1] == {"model": "supir-tiny", "scale": 1}  # the job id alone: no prompt
+        challenge = l402.parse_challenge(response.headers["WWW-Authenticate"])
+        paid = pay(client, response.json()["payment_request"])
+        credential = f"L402 {challenge.macaroon}:{paid['preimage']}"
+        done = wait_for(client, response.json()["job_id"], settled, timeout=180, credential=credential)
+        assert (done["output"]["width"], done["output"]["height"]) == (56, 40)  # x2, then x1
+        assert done["pipeline"][1] == {
+            "model": "supir-tiny",
+            "scale": 1,
+            "steps": 1,
+            "seed": 7,
+            "prompt": "a test card",
+        }
+        result = client.get(f"/v1/upscales/{response.json()['job_id']}/result", headers={"Authorization": credential})
+        ours = np.asarray(Image.open(io.BytesIO(result.content)))
+
+    # the same two stages by hand, with the same per-job options, give the same image
+    first = registry.load_engine("realesrgan-x4plus")
+    restorer = registry.load_engine("supir-tiny")
+    from sr_core.upscale import UpscaleOptions
+
+    source = tmp_path / "in.png"
+    source.write_bytes(image)
+    upscale_file(first, source, tmp_path / "mid.png", UpscaleOptions(scale=2))
+    options = {"steps": 1, "seed": 7, "prompt": "a test card"}
+    upscale_file(restorer, tmp_path / "mid.png", tmp_path / "hand.png", UpscaleOptions(scale=1, engine_options=options))
+    assert np.array_equal(ours, np.asarray(Image.open(tmp_path / "hand.png")))
+    upscale_file(
+        restorer,
+        tmp_path / "mid.png",
+        tmp_path / "other.png",
+        UpscaleOptions(scale=1, engine_options={"seed": 8, "steps": 1}),
+    )
+    assert not np.array_equal(ours, np.asarray(Image.open(tmp_path / "other.png")))  # the job's seed was used
