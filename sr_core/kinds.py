@@ -138,6 +138,11 @@ class EngineKind(ABC):
     def parse_settings(self, values: Mapping[str, Any] | None) -> dict[str, Any]:
         return parse_values(self.settings, values, f"{self.title} settings")
 
+    def job_options(self, settings: Mapping[str, Any]) -> tuple[Option, ...]:
+        """The settings a request may set for its own run, with this server's values as defaults."""
+        return tuple(option.with_default(settings.get(option.name, option.default))
+                     for option in self.settings if option.per_job)  # fmt: skip
+
     def presets(self, described: Described) -> list[Preset]:
         """Pipelines this kind offers, given every model that loads (none by default)."""
         return []

@@ -52,10 +52,6 @@ class CcsrKind(FolderKind):
     prefix = "ccsr"
     settings = SETTINGS
 
-    def job_options(self, settings: Mapping[str, Any]) -> tuple[Option, ...]:
-        defaults = {o.name: o.default for o in SETTINGS} | dict(settings)
-        return tuple(o.with_default(defaults[o.name]) for o in SETTINGS if o.per_job)
-
     def load(
         self,
         entry: ModelEntry,

@@ -45,10 +45,6 @@ class SupirKind(FolderKind):
         # loader does
         return sorted(files, key=lambda p: "supir" in p.name.lower())
 
-    def job_options(self, settings: Mapping[str, Any]) -> tuple[Option, ...]:
-        defaults = {o.name: o.default for o in SETTINGS} | dict(settings)
-        return tuple(o.with_default(defaults[o.name]) for o in SETTINGS if o.per_job)
-
     def load(
         self,
         entry: ModelEntry,
