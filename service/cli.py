@@ -354,6 +354,9 @@ def cmd_verify(args: argparse.Namespace) -> int:
         print(f"  chain    {chain['chain_id']}, registry {chain['registry']}{tx}")
         print(f"  input    {custody['input']['cid']}  sha256 {custody['input']['sha256']}")
         print(f"  model    {custody['model']['id']}  weights sha256 {custody['model']['weights_sha256']}")
+        for number, stage in enumerate(custody["model"].get("stages", ()), start=1):
+            options = ", ".join(f"{k}={v}" for k, v in stage.items() if k not in ("model", "scale"))
+            print(f"  stage {number}  {stage['model']} x{stage['scale']}" + (f" ({options})" if options else ""))
         output = custody["output"]
         shown = f"{output['cid']}  sha256 {output['sha256']}" if "cid" in output else "not published"
         print(f"  output   {shown}")

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 from PIL import Image
 
 from app import create_app
@@ -53,14 +54,18 @@ def test_dev_pay_from_the_command_line(tmp_path: Path, registry) -> None:
         assert again.returncode == 2 and "already paid" in again.stderr
 
 
-def test_verify_from_the_command_line(tmp_path: Path, registry) -> None:
+TWICE = '[{"model": "realesr-animevideov3", "scale": 2}, {"model": "realesr-animevideov3", "scale": 2}]'
+
+
+@pytest.mark.parametrize("form", [{"model": "realesr-animevideov3", "scale": "2"}, {"pipeline": TWICE}])
+def test_verify_from_the_command_line(tmp_path: Path, registry, form: dict) -> None:
     image = io.BytesIO()
     Image.fromarray(natural_image(16, 20, seed=3)).save(image, "PNG")
     with serving(create_app(Settings(data_dir=tmp_path / "data"), registry)) as url:
         response = httpx.post(
             f"{url}/v1/upscales",
             files={"image": ("a.png", image.getvalue(), "image/png")},
-            data={"model": "realesr-animevideov3", "scale": "2"},
+            data=form,
             timeout=60,
         )
         body = response.json()
@@ -87,6 +92,8 @@ def test_verify_from_the_command_line(tmp_path: Path, registry) -> None:
         ok = subprocess.run([SATSCALE, "verify", str(downloaded), "--server", url], capture_output=True, text=True)
         assert ok.returncode == 0, ok.stderr
         assert "VERIFIED" in ok.stdout and "this image is the output" in ok.stdout and "MISMATCH" not in ok.stdout
+        if "pipeline" in form:  # every stage is named, and its weights checked
+            assert "stage 2  realesr-animevideov3 x2" in ok.stdout and "2 stages on this server" in ok.stdout
 
         altered = tmp_path / "altered.png"
         altered.write_bytes(result.content[:-1] + bytes([result.content[-1] ^ 1]))
