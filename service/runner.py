@@ -148,6 +148,7 @@ class JobRunner:
             # a plain invoice cannot be refunded by the node: say so, loudly
             log.error("job %s failed after a plain-invoice payment; refund by hand: %s", job_id, reason)
         self._progress.pop(job_id, None)
+        remove_intermediates(self.output_path(failed))  # what a stopped or killed run kept
         ended = self.store.get(job_id)
         if ended is not None:
             await self.inputs.release(ended)

@@ -231,9 +231,11 @@ def downscale_to(pixels: np.ndarray, width: int, height: int) -> np.ndarray:
 
 
 def _reader(source: bytes | str | os.PathLike[str], name: str) -> ImageReader:
+    """Each image is read once, top to bottom (whole, or in full-width bands): in order, so a
+    PNG or JPEG streams instead of being decoded whole first."""
     if isinstance(source, bytes | bytearray | memoryview):
-        return ImageReader(bytes(source), _TRUSTED, source=name)
-    return ImageReader(Path(source), _TRUSTED)
+        return ImageReader(bytes(source), _TRUSTED, source=name, sequential=True)
+    return ImageReader(Path(source), _TRUSTED, sequential=True)
 
 
 def _compare(small: ImageReader, large: ImageReader) -> Fidelity:

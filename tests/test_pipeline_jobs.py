@@ -206,3 +206,16 @@ def test_a_pipeline_that_cannot_finish_in_the_hold_budget_is_refused_before_any_
         assert refused.status_code == 413 and refused.headers["content-type"] == PROBLEM
         assert "would take about" in refused.json()["detail"]
         assert client.app.state.service.store.count() == 1
+
+
+def test_a_failed_job_leaves_no_intermediate_of_an_earlier_killed_attempt(client) -> None:
+    created = send(client, png(), TWICE)
+    job_id = created.json()["job_id"]
+    runner = client.app.state.service.runner
+    job = client.app.state.service.store.get(job_id)
+    stray = runner.output_path(job).with_name(f"{job_id}.stage1.tif")  # as a killed run would have kept it
+    stray.parent.mkdir(parents=True, exist_ok=True)
+    stray.write_bytes(b"half a pipeline")
+    client.portal.call(runner.fail, job_id, "an operator stopped it")
+    assert not stray.exists()
+    assert client.get(f"/v1/upscales/{job_id}").json()["status"] == "failed"
