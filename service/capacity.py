@@ -18,15 +18,21 @@ enough to time) counts, with a margin, until real calls replace it.
 from __future__ import annotations
 
 import math
+import tempfile
 import threading
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from sr_core.engines import Engine, EngineInfo
+from sr_core.fidelity import calibrate as calibrate_figure
+from sr_core.fidelity import compared_pixels
 from sr_core.imageio import ImageInfo
 from sr_core.upscale import UpscaleOptions
 
+#: what a consistency figure's measured speed is kept under (beside the engine variants)
+FIGURE_KEY = ("consistency figure", "", "")
 #: fixed cost per job on top of the engine's work (decode, encode, hashing, pinning)
 OVERHEAD_SECONDS = 0.5
 #: an engine call counts only when it saw at least this many input pixels ...
@@ -53,6 +59,8 @@ class Estimate:
     work_pixels: int
     #: each stage's share of `seconds` (the overhead counted once, outside them)
     stage_seconds: tuple[float, ...] = ()
+    #: the consistency figures' share of `seconds`
+    figure_seconds: float = 0.0
 
 
 def variant_key(info: EngineInfo) -> tuple[str, str, str]:
@@ -100,18 +108,51 @@ class ThroughputMeter:
 
     # ------------------------------------------------------------ estimating
 
+    # ------------------------------------------------------------ consistency figures
+
+    def record_figure(self, pixels: int, seconds: float) -> bool:
+        """One consistency figure of a real job (its compared pixels and seconds)."""
+        if pixels < MIN_SAMPLE_PIXELS or seconds < MIN_SAMPLE_SECONDS:
+            return False
+        with self._lock:
+            self._measured.setdefault(FIGURE_KEY, deque(maxlen=SAMPLES_KEPT)).append(seconds / pixels)
+        return True
+
+    def figure_rate(self) -> float:
+        """Seconds per compared pixel of a consistency figure: real figures, else a calibration."""
+        with self._lock:
+            measured = sorted(self._measured.get(FIGURE_KEY, ()))
+        if len(measured) >= CALIBRATION_CALLS:
+            return _quantile(measured)
+        with self._calibrating:
+            if FIGURE_KEY not in self._calibrated:
+                with tempfile.TemporaryDirectory(prefix="satscale-calibration-") as folder:
+                    calibrated = calibrate_figure(Path(folder))
+                with self._lock:
+                    self._calibrated[FIGURE_KEY] = calibrated
+        return self._calibrated[FIGURE_KEY] * CALIBRATION_MARGIN
+
     def estimate(self, engine: Engine, image: ImageInfo, options: UpscaleOptions) -> Estimate:
         """How long this job takes here. Blocking (it may calibrate): call from a worker thread."""
         return self.estimate_stages([(engine, image, options)])
 
     def estimate_stages(self, runs: Sequence[tuple[Engine, ImageInfo, UpscaleOptions]]) -> Estimate:
-        """How long a pipeline takes here: each stage on the image the stage before makes."""
-        rates, work = [], []
+        """How long a pipeline takes here: each stage on the image the stage before makes, and
+        the consistency figures (one per stage, and one overall when there are several)."""
+        rates, work, compared = [], [], 0
+        total_scale = 1
         for engine, image, options in runs:
-            work.append(engine.plan(image, options).work_pixels)
+            plan = engine.plan(image, options)
+            work.append(plan.work_pixels)
             rates.append(self.rate(engine))
+            compared += compared_pixels(image.width, image.height, plan.scale)
+            total_scale *= plan.scale
+        if len(runs) > 1:
+            first = runs[0][1]
+            compared += compared_pixels(first.width, first.height, total_scale)
         seconds = tuple(rate * units for rate, units in zip(rates, work, strict=True))
-        return Estimate(OVERHEAD_SECONDS + sum(seconds), rates[0] * 1e6, sum(work), seconds)
+        figures = self.figure_rate() * compared
+        return Estimate(OVERHEAD_SECONDS + sum(seconds) + figures, rates[0] * 1e6, sum(work), seconds, figures)
 
 
 def nominal_image(width: int, height: int) -> ImageInfo:

@@ -99,8 +99,14 @@ class Settings(BaseSettings):
     #: input is removed once every job made from it expired unpaid or failed
     max_pending_upload_bytes: int = 2 * 1024**3
     max_input_megapixels: float = 16.0
-    #: the largest output a job may make, all stages together (one 4x of the largest input)
-    max_output_megapixels: float = 256.0
+    #: the largest output a job may make, all stages together; None: one 4x of the largest input
+    #: (max_input_megapixels x 16), so a one-model job is never refused for its output size
+    max_output_megapixels: float | None = None
+
+    @property
+    def output_megapixels_limit(self) -> float:
+        return self.max_output_megapixels or self.max_input_megapixels * 16
+
     device: str | None = None
     precision: str = "auto"
 

@@ -114,6 +114,14 @@ def request_hash(input_sha256: str, request: JobRequest) -> str:
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
 
 
+def _work_factor(engine: Engine, image: ImageInfo, run: UpscaleOptions) -> float:
+    """How much more (or less) work the request's own engine options make than the server's."""
+    if not run.engine_options:
+        return 1.0
+    default = engine.plan(image, UpscaleOptions(scale=run.scale, tile=run.tile)).work_pixels
+    return engine.plan(image, run).work_pixels / default if default else 1.0
+
+
 class Intake:
     def __init__(
         self,
@@ -208,10 +216,12 @@ class Intake:
                 raise ParameterError(f"stage {index} ({stage.model}): {exc}") if several else exc from None
             resolved = StageRequest(stage.model, scale, stage.tile, stage.precision, tuple(sorted(chosen.items())))
             stages.append(resolved)
-            quotes.append(stage_quote(self.settings, stage.model, info, current.width, current.height, scale))
-            runs.append((engine, current, UpscaleOptions(scale=scale, tile=stage.tile, engine_options=chosen)))
+            run = UpscaleOptions(scale=scale, tile=stage.tile, engine_options=chosen)
+            factor = _work_factor(engine, current, run)
+            quotes.append(stage_quote(self.settings, stage.model, info, current.width, current.height, scale, factor))
+            runs.append((engine, current, run))
             current = stage_image(current, scale)
-        limit = self.settings.max_output_megapixels
+        limit = self.settings.output_megapixels_limit
         if current.width * current.height > limit * 1e6:
             raise ImageTooLargeError(
                 f"the output would be {current.width}x{current.height}, more than this server's "

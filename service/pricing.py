@@ -48,13 +48,18 @@ class Quote:
         return self.amount_msat // 1000
 
 
-def stage_quote(settings: Settings, model: str, info: EngineInfo, width: int, height: int, scale: int) -> StageQuote:
-    """One stage on an image of this size (the scale already resolved by the engine)."""
+def stage_quote(
+    settings: Settings, model: str, info: EngineInfo, width: int, height: int, scale: int, work_factor: float = 1.0
+) -> StageQuote:
+    """One stage on an image of this size (the scale already resolved by the engine).
+    `work_factor`: the stage's work with the request's own engine options over its work with
+    the server's (a job's 200 sampler steps cost what they take, not what the default takes)."""
     if width < 1 or height < 1:
         raise ParameterError("width and height must be positive")
     rate = settings.model_prices_msat.get(model, settings.price_per_megapixel_msat.get(info.price_class))
     if rate is None:
         raise ParameterError(f"no price is configured for {model} (price class {info.price_class})")
+    rate = math.ceil(rate * work_factor)
     megapixels = width * scale * height * scale / 1e6
     return StageQuote(
         model, scale, width * scale, height * scale, round(megapixels, 4), rate, math.ceil(rate * megapixels)

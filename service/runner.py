@@ -277,6 +277,7 @@ class JobRunner:
             timings=timed,
             weigh=weigh,
             keep=len(stages) > 1,
+            figure_timings=self.meter.record_figure,
         )
         figures = [
             {"stage": r.index, "model": s.model} | (r.fidelity.to_dict() if r.fidelity else {})

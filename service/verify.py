@@ -124,6 +124,10 @@ def _check_content(stores: tuple[LocalIpfsStore, ...], label: str, cid: str, sha
 Disclose = Callable[[str], bool]
 
 
+def _stage_shown(stage: StageRequest, disclosed: bool) -> dict:
+    return stage.to_dict() if disclosed else {"model": stage.model, "scale": stage.scale}
+
+
 class Verifier:
     def __init__(
         self,
@@ -168,11 +172,16 @@ class Verifier:
             record = self.chain.record_of(payment_hash)
             if record is not None:
                 job = self.jobs.by_payment_hash(record.fields.payment_hash)
-                withheld = role == "input" and job is not None and not job.publish and not disclose(payment_hash)
-                reports.append(self._verify_record(record, role, job, withheld))
+                disclosed = job is not None and (job.publish or disclose(payment_hash))
+                withheld = role == "input" and job is not None and not disclosed
+                reports.append(self._verify_record(record, role, job, withheld, disclosed))
         return Report(query, sha256, reports, skipped)
 
-    def _verify_record(self, record: OnChainRecord, role: str, job: Job | None, withheld: bool) -> RecordReport:
+    def _verify_record(
+        self, record: OnChainRecord, role: str, job: Job | None, withheld: bool, disclosed: bool = False
+    ) -> RecordReport:
+        """`disclosed`: the job is published or the caller holds it, so its stages' own options (a
+        prompt describes the image) may be shown; otherwise each stage's model and scale only."""
         fields = record.fields
         checks = _check_content(self.stores, "input", fields.input_cid, fields.input_sha256)
         if not withheld:
@@ -216,7 +225,7 @@ class Verifier:
         custody = {
             "input": {"cid": fields.input_cid, "sha256": fields.input_sha256},
             "model": {"id": fields.model, "weights_sha256": fields.weights_sha256, "params_hash": fields.params_hash}
-            | ({"stages": [stage.to_dict() for stage in stages]} if several else {}),
+            | ({"stages": [_stage_shown(stage, disclosed) for stage in stages]} if several else {}),
             "output": {"published": False} if withheld else {"cid": fields.output_cid, "sha256": fields.output_sha256},
             "payment": {"hash": None if withheld else fields.payment_hash},
         }
@@ -245,7 +254,7 @@ class Verifier:
         return Check(
             "model weights",
             digest == weights_sha256,
-            f"{len(stages)} stages on this server ({listed}) digest to {digest}"
+            f"{len(stages)} stage{'s' if len(stages) > 1 else ''} on this server ({listed}) digest to {digest}"
             + ("" if digest == weights_sha256 else f", the record says {weights_sha256}"),
         )
 

@@ -27,13 +27,15 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pyvips
 
-from .errors import ParameterError
+from .errors import Cancelled, ParameterError
 from .imageio import ImageLimits, ImageReader
 
 #: SSIM constants (Wang et al. 2004)
@@ -238,8 +240,9 @@ def _reader(source: bytes | str | os.PathLike[str], name: str) -> ImageReader:
     return ImageReader(Path(source), _TRUSTED, sequential=True)
 
 
-def _compare(small: ImageReader, large: ImageReader) -> Fidelity:
-    """`small` loaded whole, `large` reduced to its size band by band."""
+def _compare(small: ImageReader, large: ImageReader, should_stop: Callable[[], bool] | None = None) -> Fidelity:
+    """`small` loaded whole, `large` reduced to its size band by band; `should_stop` is asked
+    before every band and before the comparison (a stopped run raises Cancelled)."""
     (w, h), (big_w, big_h) = (small.info.width, small.info.height), (large.info.width, large.info.height)
     if abs((w / h) / (big_w / big_h) - 1) > ASPECT_TOLERANCE:
         raise ParameterError(
@@ -255,7 +258,8 @@ def _compare(small: ImageReader, large: ImageReader) -> Fidelity:
         # float32 holds any block mean of 16-bit samples to well under 1/100 of a level, at half
         # the memory of float64
         row_bytes = big_w * large.info.channels * (2 if large.info.bit_depth == 16 else 1)
-        reduced = _reduce(large.read, (big_w, big_h), large.info.colour_channels, (w, h), row_bytes, np.float32)
+        read = large.read if should_stop is None else _stoppable(large.read, should_stop)
+        reduced = _reduce(read, (big_w, big_h), large.info.colour_channels, (w, h), row_bytes, np.float32)
     depths = {small.info.bit_depth, large.info.bit_depth}
     if depths == {8, 16}:  # e.g. a 16-bit PNG upscaled to JPEG: compare at 8 bits
         if small.info.bit_depth == 16:
@@ -263,14 +267,54 @@ def _compare(small: ImageReader, large: ImageReader) -> Fidelity:
         else:
             reduced = reduced / np.float32(257)
     peak = 65535.0 if depths == {16} else 255.0
+    if should_stop is not None and should_stop():
+        raise Cancelled("the run was stopped")
     return Fidelity(psnr=psnr(reduced, reference, peak), ssim=ssim(reduced, reference, peak), width=w, height=h)
 
 
-def consistency(source: bytes | str | os.PathLike[str], output: str | os.PathLike[str]) -> Fidelity:
+def _stoppable(read: Read, should_stop: Callable[[], bool]) -> Read:
+    def checked(x: int, y: int, width: int, height: int) -> np.ndarray:
+        if should_stop():
+            raise Cancelled("the run was stopped")
+        return read(x, y, width, height)
+
+    return checked
+
+
+def consistency(
+    source: bytes | str | os.PathLike[str],
+    output: str | os.PathLike[str],
+    should_stop: Callable[[], bool] | None = None,
+) -> Fidelity:
     """The consistency figure of a job: `output` area-averaged down to the size of `source`
     (the input file or its bytes), compared with it. The output is read in bands, so a
     192-megapixel output costs little more memory than the input."""
-    return _compare(_reader(source, "input"), _reader(output, "output"))
+    return _compare(_reader(source, "input"), _reader(output, "output"), should_stop)
+
+
+def compared_pixels(width: int, height: int, scale: int) -> int:
+    """The unit a consistency figure's time is counted in: the pixels of both images."""
+    return width * height * (1 + scale * scale)
+
+
+def calibrate(folder: Path) -> float:
+    """Seconds per compared pixel here: one figure of a synthetic 2048x1536 output against its
+    512x384 input, as PNG files in `folder` (a figure decodes the output file)."""
+    rng = np.random.default_rng(0)
+    small = rng.integers(0, 256, (384, 512, 3), dtype=np.uint8)
+    big = np.repeat(np.repeat(small, 4, axis=0), 4, axis=1)
+    paths = []
+    for name, pixels in (("in", small), ("out", big)):
+        path = folder / f".calibration-{name}.png"
+        pyvips.Image.new_from_array(pixels).copy(interpretation="srgb").pngsave(str(path), compression=1)
+        paths.append(path)
+    try:
+        started = time.perf_counter()
+        consistency(paths[0], paths[1])
+        return (time.perf_counter() - started) / compared_pixels(512, 384, 4)
+    finally:
+        for path in paths:
+            path.unlink(missing_ok=True)
 
 
 def compare_files(a: bytes | str | os.PathLike[str], b: bytes | str | os.PathLike[str]) -> Fidelity:

@@ -10,6 +10,7 @@ files stay (for download) or go.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -17,7 +18,7 @@ from pathlib import Path
 
 from .engines import Engine, EngineInfo
 from .errors import ParameterError
-from .fidelity import Fidelity, consistency
+from .fidelity import Fidelity, compared_pixels, consistency
 from .imageio import ImageInfo, ImageLimits, ImageReader, OutputOptions, StreamingWriter
 from .plans import StopCheck, UpscaleOptions, UpscalePlan
 from .upscale import output_spec
@@ -118,11 +119,21 @@ def run_pipeline(
     weigh: Callable[[PlannedStage], float] | None = None,
     keep: bool = False,
     fidelity: bool = True,
+    figure_timings: Callable[[int, float], None] | None = None,
 ) -> PipelineResult:
     """Run the stages in order; the last one writes `output`. `weigh`: a stage's share of the
     progress (e.g. its estimated seconds; default: its work units). `keep`: leave the
     intermediates (intermediate_path) beside the output. `fidelity`: measure each stage's and
-    the whole pipeline's consistency with its input."""
+    the whole pipeline's consistency with its input (`figure_timings` is told the compared
+    pixels and seconds of each figure)."""
+
+    def figure(reference: Path | bytes, made: Path, width: int, height: int, scale: int) -> Fidelity:
+        started = time.perf_counter()
+        measured = consistency(reference, made, should_stop)
+        if figure_timings:
+            figure_timings(compared_pixels(width, height, scale), time.perf_counter() - started)
+        return measured
+
     started = time.perf_counter()
     reader = ImageReader(source, limits, source=str(source) if isinstance(source, Path) else "image")
     planned = plan_pipeline(stages, reader.info)
@@ -155,7 +166,8 @@ def run_pipeline(
                 )  # fmt: skip
                 writer.close()
             written.append(target)
-            measured = consistency(current_source, target) if fidelity else None
+            info = current_reader.info
+            measured = figure(current_source, target, info.width, info.height, step.plan.scale) if fidelity else None
             results.append(
                 StageResult(
                     index,
@@ -172,7 +184,11 @@ def run_pipeline(
             if not last:
                 current_source = target
                 current_reader = ImageReader(target, _INTERMEDIATE_LIMITS, source=f"stage {index} output")
-        overall = results[-1].fidelity if len(results) == 1 else (consistency(source, output) if fidelity else None)
+        total = math.prod(r.scale for r in results)
+        if len(results) == 1 or not fidelity:
+            overall = results[-1].fidelity
+        else:
+            overall = figure(source, output, reader.info.width, reader.info.height, total)
     except BaseException:
         for path in written:
             path.unlink(missing_ok=True)
@@ -180,9 +196,7 @@ def run_pipeline(
     if not keep:
         for path in written[:-1]:
             path.unlink(missing_ok=True)
-    scale = 1
-    for result in results:
-        scale *= result.scale
+    scale = math.prod(result.scale for result in results)
     last_result = results[-1]
     return PipelineResult(
         input=reader.info,

@@ -191,6 +191,7 @@ def test_a_pipeline_that_cannot_finish_in_the_hold_budget_is_refused_before_any_
     with make_client(tmp_path, registry) as client:
         meter = client.app.state.service.meter
         meter.rate = lambda _engine: 1e-4  # seconds per unit of work: a fixed speed, so the test is exact
+        meter.figure_rate = lambda: 0.0  # and consistency figures for free
         from service.capacity import OVERHEAD_SECONDS, nominal_image
         from service.intake import ADMISSION_SHARE
 
@@ -219,3 +220,23 @@ def test_a_failed_job_leaves_no_intermediate_of_an_earlier_killed_attempt(client
     client.portal.call(runner.fail, job_id, "an operator stopped it")
     assert not stray.exists()
     assert client.get(f"/v1/upscales/{job_id}").json()["status"] == "failed"
+
+
+def test_the_estimate_counts_every_consistency_figure(registry) -> None:
+    """Each stage's figure and the overall one are work the hold budget must cover."""
+    from service.capacity import OVERHEAD_SECONDS, ThroughputMeter, nominal_image
+
+    engine = registry.load_engine(FAST)
+    meter = ThroughputMeter()
+    meter.rate = lambda _engine: 0.0
+    meter.figure_rate = lambda: 1e-6
+    runs = [
+        (engine, nominal_image(100, 50), UpscaleOptions(scale=2)),
+        (engine, nominal_image(200, 100), UpscaleOptions(scale=2)),
+    ]
+    estimate = meter.estimate_stages(runs)
+    compared = 100 * 50 * 5 + 200 * 100 * 5 + 100 * 50 * 17  # both images of each figure
+    assert estimate.figure_seconds == pytest.approx(1e-6 * compared)
+    assert estimate.seconds == pytest.approx(OVERHEAD_SECONDS + 1e-6 * compared)
+    single = meter.estimate(engine, nominal_image(100, 50), UpscaleOptions(scale=2))
+    assert single.figure_seconds == pytest.approx(1e-6 * 100 * 50 * 5)  # one figure: the stage is the job

@@ -225,6 +225,7 @@ def test_esrgan_then_supir_at_1x_as_a_preset_with_per_job_options(supir_weights,
     """The preset exists once a SUPIR folder is here; SUPIR runs at 1x as a restorer on the photo
     model's result; a job's own steps and seed are checked before any invoice and change the run."""
     import json
+    import math
 
     from .test_api import make_client, pay, settled, wait_for
 
@@ -251,7 +252,11 @@ def test_esrgan_then_supir_at_1x_as_a_preset_with_per_job_options(supir_weights,
         assert refused.status_code == 422 and "stage 2 (supir-tiny): steps must be between 1 and 200" in refused.text
         chosen = [stages[0], stages[1] | {"steps": 1, "seed": 7, "prompt": "a test card"}]
         quote = client.get("/v1/quote", params={"pipeline": json.dumps(chosen), "width": 28, "height": 20}).json()
-        assert [s["rate_msat_per_megapixel"] for s in quote["stages"]] == [10_000, 500_000]
+        # a job's own steps cost what they take: (steps + 4 VAE-equivalent passes) over the server's 2 + 4
+        assert [s["rate_msat_per_megapixel"] for s in quote["stages"]] == [10_000, math.ceil(500_000 * 5 / 6)]
+        many = [stages[0], stages[1] | {"steps": 40}]
+        dear = client.get("/v1/quote", params={"pipeline": json.dumps(many), "width": 28, "height": 20}).json()
+        assert dear["stages"][1]["rate_msat_per_megapixel"] == math.ceil(500_000 * 44 / 6)
         response = client.post("/v1/upscales", files=files, data={"pipeline": json.dumps(chosen)})
         assert response.status_code == 402, response.text
         public = client.get(f"/v1/upscales/{response.json()['job_id']}").json()
@@ -270,6 +275,24 @@ def test_esrgan_then_supir_at_1x_as_a_preset_with_per_job_options(supir_weights,
         }
         result = client.get(f"/v1/upscales/{response.json()['job_id']}/result", headers={"Authorization": credential})
         ours = np.asarray(Image.open(io.BytesIO(result.content)))
+        # the prompt is the payer's: a provenance lookup by the (public) input shows each stage's
+        # model and scale only, unless the caller holds the job
+        import hashlib
+        import time
+
+        job_url = f"/v1/upscales/{response.json()['job_id']}"
+        deadline = time.monotonic() + 60
+        while (
+            client.get(job_url, headers={"Authorization": credential}).json()["provenance"]["chain"]["status"]
+            != "confirmed"
+        ):
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        by_input = f"/v1/provenance/{hashlib.sha256(image).hexdigest()}"
+        anonymous = client.get(by_input)
+        assert anonymous.status_code == 200 and "a test card" not in anonymous.text
+        assert anonymous.json()["records"][0]["custody"]["model"]["stages"][1] == {"model": "supir-tiny", "scale": 1}
+        assert "a test card" in client.get(by_input, headers={"Authorization": credential}).text
 
     # the same two stages by hand, with the same per-job options, give the same image
     first = registry.load_engine("realesrgan-x4plus")
