@@ -52,6 +52,13 @@ class Pinned:
         return OutboxEntry(payment_hash=facts.payment_hash, job_id=facts.job_id, payload=asdict(fields))
 
 
+def _documented(stages: Sequence[StageRequest], weights: Sequence[str], settings: Sequence[dict] | None) -> list[dict]:
+    described = pipeline_parameters(stages, weights)
+    if settings is None:
+        return described
+    return [row | ({"settings": used} if used else {}) for row, used in zip(described, settings, strict=True)]
+
+
 class Provenance:
     def __init__(
         self, ipfs: LocalIpfsStore, private: LocalIpfsStore, cid_version: int = 1, remote: bool = False
@@ -84,9 +91,12 @@ class Provenance:
         width: int,
         height: int,
         fidelity: dict | None = None,
+        settings: Sequence[dict] | None = None,
     ) -> Pinned:
         """Pin the job's input, output and metadata document (blocking). `weights`: each stage's
-        weights sha256; `fidelity`: the consistency figures the metadata document carries."""
+        weights sha256; `fidelity`: the consistency figures the metadata document carries;
+        `settings`: each stage's engine options in force (the request's over the server's), which
+        the document lists as they were (the parameters hash covers what the request chose)."""
         store = self.store_for(job)
         stages = job.stages
         weights_sha256 = weights_digest(stages, weights)
@@ -111,7 +121,7 @@ class Provenance:
             output_format=job.output_format,
         )
         document = canonical_bytes(
-            metadata_document(facts, stages=pipeline_parameters(stages, weights), fidelity=fidelity)
+            metadata_document(facts, stages=_documented(stages, weights, settings), fidelity=fidelity)
         )
         metadata_cid = store.add_bytes(document, cid_version=self.cid_version, pin=True).cid
         return Pinned(facts, metadata_cid)

@@ -56,6 +56,8 @@ class EngineRun:
     fidelity: dict
     #: a multi-stage job's intermediate images: [{stage, model, path, sha256, width, height}]
     intermediates: list[dict]
+    #: each stage's engine options in force: the request's over the server's defaults
+    settings: list[dict]
 
     def remove(self) -> None:
         self.path.unlink(missing_ok=True)
@@ -201,7 +203,15 @@ class JobRunner:
         if self.provenance is not None:
             try:
                 pinned = await asyncio.to_thread(
-                    self.provenance.pin_job, job, run.path, run.sha256, run.weights, run.width, run.height, run.fidelity
+                    self.provenance.pin_job,
+                    job,
+                    run.path,
+                    run.sha256,
+                    run.weights,
+                    run.width,
+                    run.height,
+                    run.fidelity,
+                    run.settings,
                 )
             except Exception as exc:
                 log.exception("pinning job %s failed", job.id)
@@ -296,6 +306,10 @@ class JobRunner:
             tuple(engine.info.weights_sha256 for engine in engines),
             {"overall": result.fidelity.to_dict() if result.fidelity else None, "stages": figures},
             intermediates,
+            [
+                {o.name: stage.engine_options.get(o.name, o.default) for o in engine.info.job_options}
+                for engine, stage in zip(engines, stages, strict=True)
+            ],
         )
 
     def _reason(self, exc: Exception, job: Job) -> str:

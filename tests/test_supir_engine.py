@@ -293,6 +293,13 @@ def test_esrgan_then_supir_at_1x_as_a_preset_with_per_job_options(supir_weights,
         assert anonymous.status_code == 200 and "a test card" not in anonymous.text
         assert anonymous.json()["records"][0]["custody"]["model"]["stages"][1] == {"model": "supir-tiny", "scale": 1}
         assert "a test card" in client.get(by_input, headers={"Authorization": credential}).text
+        # the metadata names every option in force, the server's defaults included
+        from service.access import Proof
+
+        front = client.app.state.front
+        document = front.metadata(front.grant(response.json()["job_id"], Proof.from_authorization(credential)))
+        used = document["properties"]["provenance"]["stages"][1]["settings"]
+        assert used == {"preset": "quality", "steps": 1, "seed": 7, "prompt": "a test card", "color_fix": "wavelet"}
 
     # the same two stages by hand, with the same per-job options, give the same image
     first = registry.load_engine("realesrgan-x4plus")
