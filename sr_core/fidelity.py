@@ -28,7 +28,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -152,21 +152,11 @@ def ssim(a: np.ndarray, b: np.ndarray, peak: float | None = None) -> float:
     height, width = a.shape[:2]
     ky, kx = _window(height), _window(width)
     out_h, out_w = height - len(ky) + 1, width - len(kx) + 1
-    c1, c2 = K1 * K1, K2 * K2  # pixels are scaled to [0, 1], so L = 1
-
-    def blur(x: np.ndarray) -> np.ndarray:
-        return _correlate_valid(_correlate_valid(x, ky, 0), kx, 1)
-
     rows = max(1, STRIP_PIXELS // width)
     total = 0.0
     for top in range(0, out_h, rows):
         bottom = min(out_h, top + rows) + len(ky) - 1
-        ya, yb = _luma(a[top:bottom]) / peak, _luma(b[top:bottom]) / peak
-        mu_a, mu_b = blur(ya), blur(yb)
-        var_a, var_b, cov = blur(ya * ya) - mu_a * mu_a, blur(yb * yb) - mu_b * mu_b, blur(ya * yb) - mu_a * mu_b
-        numerator = (2 * mu_a * mu_b + c1) * (2 * cov + c2)
-        denominator = (mu_a * mu_a + mu_b * mu_b + c1) * (var_a + var_b + c2)
-        total += float((numerator / denominator).sum())
+        total += _ssim_sum(_luma(a[top:bottom]) / peak, _luma(b[top:bottom]) / peak, ky, kx)
     return total / (out_h * out_w)
 
 
@@ -181,13 +171,13 @@ def _axis_weights(source: int, target: int) -> tuple[np.ndarray, np.ndarray, np.
     return first, end, np.minimum(index, source - 1), np.clip(overlap, 0, None) / source
 
 
-def _reduce(
+def _reduce_bands(
     read: Read, size: tuple[int, int], channels: int, target: tuple[int, int], row_bytes: int, dtype: type
-) -> np.ndarray:
+) -> Iterator[np.ndarray]:
     """Area-average the image that `read(x, y, w, h)` serves down to `target` (w, h), keeping
-    its first `channels` channels, reading bands of about BAND_BYTES."""
+    its first `channels` channels, reading bands of about BAND_BYTES top to bottom; yields the
+    reduced rows band by band."""
     (width, height), (out_w, out_h) = size, target
-    out = np.empty((out_h, out_w, channels), dtype=dtype)
     if width % out_w == 0 and height % out_h == 0:  # the exact block mean
         fx, fy = width // out_w, height // out_h
         step = max(1, BAND_BYTES // (fy * row_bytes))
@@ -195,8 +185,8 @@ def _reduce(
             n = min(step, out_h - top)
             band = read(0, top * fy, width, n * fy)[..., :channels]
             sums = band.reshape(n, fy, out_w, fx, channels).sum(axis=(1, 3), dtype=np.float64)
-            out[top : top + n] = sums / (fx * fy)
-        return out
+            yield (sums / (fx * fy)).astype(dtype, copy=False)
+        return
     first_y, end_y, index_y, weight_y = _axis_weights(height, out_h)
     _, _, index_x, weight_x = _axis_weights(width, out_w)
     step = max(1, BAND_BYTES // (math.ceil(height / out_h) * row_bytes))
@@ -206,8 +196,14 @@ def _reduce(
         band = read(0, lo, width, hi - lo)[..., :channels]
         across = sum(w[None, :, None] * band[:, i, :] for i, w in zip(index_x.T, weight_x.T, strict=True))
         local = np.minimum(index_y[rows] - lo, hi - lo - 1)  # padding taps (weight 0) stay in the band
-        out[rows] = sum(w[:, None, None] * across[i] for i, w in zip(local.T, weight_y[rows].T, strict=True))
-    return out
+        reduced = sum(w[:, None, None] * across[i] for i, w in zip(local.T, weight_y[rows].T, strict=True))
+        yield reduced.astype(dtype, copy=False)
+
+
+def _reduce(
+    read: Read, size: tuple[int, int], channels: int, target: tuple[int, int], row_bytes: int, dtype: type
+) -> np.ndarray:
+    return np.concatenate(list(_reduce_bands(read, size, channels, target, row_bytes, dtype)), axis=0)
 
 
 def downscale_to(pixels: np.ndarray, width: int, height: int) -> np.ndarray:
@@ -252,25 +248,81 @@ def _compare(small: ImageReader, large: ImageReader, should_stop: Callable[[], b
         )
     if big_w < w or big_h < h:
         raise ParameterError(f"{large.source} ({big_w}x{big_h}) is smaller than {small.source} ({w}x{h}) on one side")
-    reference = small.read(0, 0, w, h)[..., : small.info.colour_channels]
-    if (big_w, big_h) == (w, h):  # nothing to reduce: read whole, like the reference
-        reduced = large.read(0, 0, w, h)[..., : large.info.colour_channels]
+    read = large.read if should_stop is None else _stoppable(large.read, should_stop)
+    if (big_w, big_h) == (w, h):  # nothing to reduce: bands of the image itself
+        rows = max(1, BAND_BYTES // (w * large.info.channels * 2))
+        bands: Iterator[np.ndarray] = (
+            read(0, top, w, min(rows, h - top))[..., : large.info.colour_channels] for top in range(0, h, rows)
+        )
     else:
-        # float32 holds any block mean of 16-bit samples to well under 1/100 of a level, at half
-        # the memory of float64
+        # float32 holds any block mean of 16-bit samples to well under 1/100 of a level
         row_bytes = big_w * large.info.channels * (2 if large.info.bit_depth == 16 else 1)
-        read = large.read if should_stop is None else _stoppable(large.read, should_stop)
-        reduced = _reduce(read, (big_w, big_h), large.info.colour_channels, (w, h), row_bytes, np.float32)
+        bands = _reduce_bands(read, (big_w, big_h), large.info.colour_channels, (w, h), row_bytes, np.float32)
     depths = {small.info.bit_depth, large.info.bit_depth}
-    if depths == {8, 16}:  # e.g. a 16-bit PNG upscaled to JPEG: compare at 8 bits
-        if small.info.bit_depth == 16:
-            reference = reference / np.float32(257)
-        else:
-            reduced = reduced / np.float32(257)
     peak = 65535.0 if depths == {16} else 255.0
+    # at 8 bits when the depths differ (e.g. a 16-bit PNG upscaled to JPEG)
+    small_scale = 257.0 if depths == {8, 16} and small.info.bit_depth == 16 else 1.0
+    large_scale = 257.0 if depths == {8, 16} and large.info.bit_depth == 16 else 1.0
+    streamed = _Streamed(w, h, peak)
+    top = 0
+    for band in bands:
+        n = band.shape[0]
+        reference = small.read(0, top, w, n)[..., : small.info.colour_channels]
+        streamed.add(band / np.float32(large_scale) if large_scale != 1 else band,
+                     reference / np.float32(small_scale) if small_scale != 1 else reference)  # fmt: skip
+        top += n
     if should_stop is not None and should_stop():
         raise Cancelled("the run was stopped")
-    return Fidelity(psnr=psnr(reduced, reference, peak), ssim=ssim(reduced, reference, peak), width=w, height=h)
+    return Fidelity(psnr=streamed.psnr(), ssim=streamed.ssim(), width=w, height=h)
+
+
+class _Streamed:
+    """PSNR and SSIM of two images handed over in matching bands of rows, top to bottom: the
+    same figures as psnr() and ssim() on the whole arrays, holding only a band and the last
+    window's rows (an SSIM window spans rows of two bands)."""
+
+    def __init__(self, width: int, height: int, peak: float) -> None:
+        self.peak = peak
+        self.ky, self.kx = _window(height), _window(width)
+        self.squared = 0.0
+        self.samples = 0
+        self.ssim_sum = 0.0
+        self.ssim_count = (height - len(self.ky) + 1) * (width - len(self.kx) + 1)
+        self.carry: tuple[np.ndarray, np.ndarray] | None = None  # luma rows a window still needs
+
+    def add(self, a: np.ndarray, b: np.ndarray) -> None:
+        a, b, _ = _pair(a, b, self.peak)
+        diff = a.astype(np.float64) - b  # grey broadcasts over RGB
+        self.squared += float(np.vdot(diff.ravel(), diff.ravel()))
+        self.samples += diff.size
+        la, lb = _luma(a) / self.peak, _luma(b) / self.peak
+        if self.carry is not None:
+            la, lb = np.concatenate([self.carry[0], la]), np.concatenate([self.carry[1], lb])
+        keep = len(self.ky) - 1
+        if la.shape[0] > keep:
+            self.ssim_sum += _ssim_sum(la, lb, self.ky, self.kx)
+        self.carry = (la[-keep:], lb[-keep:]) if keep else (la[:0], lb[:0])
+
+    def psnr(self) -> float:
+        mse = self.squared / self.samples
+        return math.inf if mse == 0 else 10 * math.log10(self.peak * self.peak / mse)
+
+    def ssim(self) -> float:
+        return self.ssim_sum / self.ssim_count
+
+
+def _ssim_sum(ya: np.ndarray, yb: np.ndarray, ky: np.ndarray, kx: np.ndarray) -> float:
+    """The sum of the SSIM map over the valid region of two luma strips scaled to [0, 1]."""
+    c1, c2 = K1 * K1, K2 * K2
+
+    def blur(x: np.ndarray) -> np.ndarray:
+        return _correlate_valid(_correlate_valid(x, ky, 0), kx, 1)
+
+    mu_a, mu_b = blur(ya), blur(yb)
+    var_a, var_b, cov = blur(ya * ya) - mu_a * mu_a, blur(yb * yb) - mu_b * mu_b, blur(ya * yb) - mu_a * mu_b
+    numerator = (2 * mu_a * mu_b + c1) * (2 * cov + c2)
+    denominator = (mu_a * mu_a + mu_b * mu_b + c1) * (var_a + var_b + c2)
+    return float((numerator / denominator).sum())
 
 
 def _stoppable(read: Read, should_stop: Callable[[], bool]) -> Read:
