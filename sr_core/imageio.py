@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -216,6 +216,51 @@ class ImageReader:
         return np.frombuffer(raw, dtype=self._dtype).reshape(height, width, self.info.channels)
 
 
+class RawTiffReader:
+    """Windows of an uncompressed, contiguous TIFF that StreamingWriter.keep_raw wrote, read
+    with one pread per row: nothing is cached or mapped, so reading a whole 48 MP intermediate
+    window by window costs a window (libvips' random-access reader keeps every strip it
+    decoded: the image's size in RSS by the end)."""
+
+    def __init__(self, path: Path, like: ImageInfo, source: str | None = None) -> None:
+        self.source = source or str(path)
+        with tifffile.TiffFile(path) as tiff:
+            page = tiff.pages[0]
+            offsets, counts, shape, dtype = page.dataoffsets, page.databytecounts, page.shape, page.dtype
+            compressed = page.compression != 1
+        ends = [int(o) + int(c) for o, c in zip(offsets, counts, strict=True)]
+        if compressed or any(int(o) != end for o, end in zip(offsets[1:], ends, strict=False)):
+            raise CorruptImageError(f"{self.source}: not an uncompressed, contiguous intermediate image")
+        self._offset = int(offsets[0])
+        height, width = shape[0], shape[1]
+        channels = shape[2] if len(shape) == 3 else 1
+        self._dtype = np.dtype(dtype)
+        self._row_bytes = width * channels * self._dtype.itemsize
+        self.info = replace(like, format="tiff", width=width, height=height, channels=channels, orientation=1,
+                            byte_size=path.stat().st_size)  # fmt: skip
+        self._channels = channels
+        self._fd = os.open(path, os.O_RDONLY)
+
+    def read(self, x: int, y: int, width: int, height: int) -> np.ndarray:
+        item = self._dtype.itemsize * self._channels
+        out = np.empty((height, width * item), dtype=np.uint8)
+        for row in range(height):
+            start = self._offset + (y + row) * self._row_bytes + x * item
+            chunk = os.pread(self._fd, width * item, start)
+            if len(chunk) != width * item:
+                raise CorruptImageError(f"{self.source}: the file ends early")
+            out[row] = np.frombuffer(chunk, dtype=np.uint8)
+        return out.view(self._dtype).reshape(height, width, self._channels)
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def __del__(self) -> None:
+        self.close()
+
+
 def normalise_format(name: str) -> str:
     """'JPG' -> 'jpeg', 'tif' -> 'tiff'; refuses anything we cannot write."""
     fmt = FORMAT_ALIASES.get(name.lower(), name.lower())
@@ -371,6 +416,16 @@ class StreamingWriter:
             raise
         finally:
             self._staging.unlink(missing_ok=True)
+        return self.path
+
+    def keep_raw(self) -> Path:
+        """Move the uncompressed TIFF the rows went into to `path`, unencoded (an intermediate
+        image: RawTiffReader reads its windows straight from the file)."""
+        self._file.close()
+        if self.rows_written != self.spec.height:
+            self.abort()
+            raise ValueError(f"only {self.rows_written} of {self.spec.height} rows were written")
+        os.replace(self._staging, self.path)
         return self.path
 
     def abort(self) -> None:

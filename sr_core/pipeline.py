@@ -19,14 +19,15 @@ from pathlib import Path
 from .engines import Engine, EngineInfo
 from .errors import ParameterError
 from .fidelity import Fidelity, compared_pixels, consistency
-from .imageio import ImageInfo, ImageLimits, ImageReader, OutputOptions, StreamingWriter
+from .imageio import ImageInfo, ImageLimits, ImageReader, OutputOptions, RawTiffReader, StreamingWriter
 from .plans import StopCheck, UpscaleOptions, UpscalePlan
 from .upscale import output_spec
 
 #: more stages than this is a mistake, not a workflow
 MAX_STAGES = 4
-#: the format intermediates are kept in (lossless, 16-bit, alpha, read window by window)
-INTERMEDIATE = OutputOptions(format="tiff", compression=1)
+#: intermediates: uncompressed TIFF (lossless, 16-bit, alpha), kept as the rows were written and
+#: read window by window straight from the file (imageio.RawTiffReader)
+INTERMEDIATE = OutputOptions(format="tiff")
 
 #: told the whole pipeline's progress as a fraction in [0, 1]
 FractionCallback = Callable[[float], None]
@@ -164,7 +165,10 @@ def run_pipeline(
                     current_reader.read, current_reader.info, writer.write_rows, step.stage.options,
                     report, should_stop, timed,
                 )  # fmt: skip
-                writer.close()
+                if last:
+                    writer.close()
+                else:
+                    writer.keep_raw()  # no encoding: the next stage reads its windows from the file
             written.append(target)
             info = current_reader.info
             measured = figure(current_source, target, info.width, info.height, step.plan.scale) if fidelity else None
@@ -183,7 +187,7 @@ def run_pipeline(
             done_share += shares[index - 1]
             if not last:
                 current_source = target
-                current_reader = ImageReader(target, _INTERMEDIATE_LIMITS, source=f"stage {index} output")
+                current_reader = RawTiffReader(target, current_reader.info, source=f"stage {index} output")
         total = math.prod(r.scale for r in results)
         if len(results) == 1 or not fidelity:
             overall = results[-1].fidelity
@@ -208,10 +212,6 @@ def run_pipeline(
         seconds=time.perf_counter() - started,
         fidelity=overall,
     )
-
-
-# intermediates are our own files: only the output format's limits bound them
-_INTERMEDIATE_LIMITS = ImageLimits(max_bytes=1 << 44, max_pixels=1 << 40, max_side=1 << 31)
 
 
 def remove_intermediates(output: Path) -> None:

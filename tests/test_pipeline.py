@@ -93,16 +93,45 @@ def test_the_second_stage_reads_the_intermediate_window_by_window(compact, tmp_p
     source = tmp_path / "in.png"
     Image.fromarray(natural_image(300, 400)).save(source)
     reads: dict[str, int] = {}
-    original = imageio.ImageReader.read
 
-    def recording(self, x, y, width, height):
-        reads[self.source] = max(reads.get(self.source, 0), width * height)
-        return original(self, x, y, width, height)
+    def recording(original):
+        def read(self, x, y, width, height):
+            reads[self.source] = max(reads.get(self.source, 0), width * height)
+            return original(self, x, y, width, height)
 
-    monkeypatch.setattr(imageio.ImageReader, "read", recording)
+        return read
+
+    for reader in (imageio.ImageReader, imageio.RawTiffReader):
+        monkeypatch.setattr(reader, "read", recording(reader.read))
     stages = [Stage(compact, UpscaleOptions(scale=2, tile=64)), Stage(compact, UpscaleOptions(scale=2, tile=64))]
     result = run_pipeline(stages, source, tmp_path / "out.png", fidelity=False)
     assert (result.width, result.height) == (1600, 1200)
     intermediate_area = 800 * 600
     assert reads["stage 1 output"] < intermediate_area / 20  # windows of a 64 px tile with context
     assert reads[str(source)] < 400 * 300 / 5
+
+
+@pytest.mark.parametrize(("channels", "depth"), [(1, 8), (3, 8), (4, 16), (2, 16)])
+def test_an_intermediate_is_read_window_by_window_exactly(tmp_path, channels, depth) -> None:
+    from sr_core.errors import CorruptImageError
+    from sr_core.imageio import ImageInfo, OutputSpec, RawTiffReader, StreamingWriter
+
+    dtype = np.uint16 if depth == 16 else np.uint8
+    rng = np.random.default_rng(channels)
+    pixels = rng.integers(0, np.iinfo(dtype).max, (70, 90, channels), dtype=dtype)
+    spec = OutputSpec(90, 70, channels, depth)
+    with StreamingWriter(tmp_path / "mid.tif", spec, OutputOptions(format="tiff")) as writer:
+        writer.write_rows(pixels[:30])
+        writer.write_rows(pixels[30:])
+        writer.keep_raw()
+    like = ImageInfo("png", 9, 7, channels, channels in (2, 4), depth, None, 1, 0)
+    reader = RawTiffReader(tmp_path / "mid.tif", like)
+    assert (reader.info.width, reader.info.height, reader.info.channels) == (90, 70, channels)
+    assert np.array_equal(reader.read(0, 0, 90, 70), pixels)
+    assert np.array_equal(reader.read(13, 21, 40, 17), pixels[21:38, 13:53])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mid.tif"]  # the staging file became it
+    reader.close()
+    # anything else (a compressed TIFF) is refused, not misread
+    Image.fromarray(natural_image(20, 20)).save(tmp_path / "other.tif", compression="tiff_deflate")
+    with pytest.raises(CorruptImageError, match="not an uncompressed, contiguous intermediate"):
+        RawTiffReader(tmp_path / "other.tif", like)
