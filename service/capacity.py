@@ -21,7 +21,7 @@ import math
 import tempfile
 import threading
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,10 +79,17 @@ class ThroughputMeter:
 
     def record(self, info: EngineInfo, pixels: int, seconds: float) -> bool:
         """One engine call of a real job. Returns whether it counted (big and long enough)."""
-        if pixels < MIN_SAMPLE_PIXELS or seconds < MIN_SAMPLE_SECONDS:
+        return self._record(variant_key(info), pixels, seconds)
+
+    def record_figure(self, pixels: int, seconds: float) -> bool:
+        """One consistency figure of a real job (its compared pixels and seconds)."""
+        return self._record(FIGURE_KEY, pixels, seconds)
+
+    def _record(self, key: tuple[str, str, str], units: int, seconds: float) -> bool:
+        if units < MIN_SAMPLE_PIXELS or seconds < MIN_SAMPLE_SECONDS:
             return False
         with self._lock:
-            self._measured.setdefault(variant_key(info), deque(maxlen=SAMPLES_KEPT)).append(seconds / pixels)
+            self._measured.setdefault(key, deque(maxlen=SAMPLES_KEPT)).append(seconds / units)
         return True
 
     def samples(self, info: EngineInfo) -> int:
@@ -94,43 +101,30 @@ class ThroughputMeter:
     def rate(self, engine: Engine) -> float:
         """Seconds per work unit: the upper quantile of recent real calls, or (until there are
         enough) the engine's own calibration, with its margin. Blocking: call from a worker thread."""
-        key = variant_key(engine.info)
+        return self._rate(variant_key(engine.info), engine.calibrate)
+
+    def figure_rate(self) -> float:
+        """Seconds per compared pixel of a consistency figure: real figures, else a calibration."""
+
+        def calibrate() -> float:
+            with tempfile.TemporaryDirectory(prefix="satscale-calibration-") as folder:
+                return calibrate_figure(Path(folder))
+
+        return self._rate(FIGURE_KEY, calibrate)
+
+    def _rate(self, key: tuple[str, str, str], calibrate: Callable[[], float]) -> float:
         with self._lock:
             measured = sorted(self._measured.get(key, ()))
         if len(measured) >= CALIBRATION_CALLS:
             return _quantile(measured)
         with self._calibrating:
             if key not in self._calibrated:
-                calibrated = engine.calibrate()
+                calibrated = calibrate()
                 with self._lock:
                     self._calibrated[key] = calibrated
         return self._calibrated[key] * CALIBRATION_MARGIN
 
     # ------------------------------------------------------------ estimating
-
-    # ------------------------------------------------------------ consistency figures
-
-    def record_figure(self, pixels: int, seconds: float) -> bool:
-        """One consistency figure of a real job (its compared pixels and seconds)."""
-        if pixels < MIN_SAMPLE_PIXELS or seconds < MIN_SAMPLE_SECONDS:
-            return False
-        with self._lock:
-            self._measured.setdefault(FIGURE_KEY, deque(maxlen=SAMPLES_KEPT)).append(seconds / pixels)
-        return True
-
-    def figure_rate(self) -> float:
-        """Seconds per compared pixel of a consistency figure: real figures, else a calibration."""
-        with self._lock:
-            measured = sorted(self._measured.get(FIGURE_KEY, ()))
-        if len(measured) >= CALIBRATION_CALLS:
-            return _quantile(measured)
-        with self._calibrating:
-            if FIGURE_KEY not in self._calibrated:
-                with tempfile.TemporaryDirectory(prefix="satscale-calibration-") as folder:
-                    calibrated = calibrate_figure(Path(folder))
-                with self._lock:
-                    self._calibrated[FIGURE_KEY] = calibrated
-        return self._calibrated[FIGURE_KEY] * CALIBRATION_MARGIN
 
     def estimate(self, engine: Engine, image: ImageInfo, options: UpscaleOptions) -> Estimate:
         """How long this job takes here. Blocking (it may calibrate): call from a worker thread."""
