@@ -6,7 +6,6 @@ Lightning backend or the model registry itself, so every rule lives here once.
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -170,8 +169,7 @@ class FrontDoor:
     def intermediate(self, grant: Grant, stage: int) -> ResultFile:
         """A multi-stage job's image after `stage` (lossless TIFF), for the result's owner."""
         job = self._releasable(grant)
-        rows = json.loads(job.intermediates) if job.intermediates else []
-        row = next((r for r in rows if r["stage"] == stage), None)
+        row = next((r for r in job.kept_intermediates if r["stage"] == stage), None)
         if row is None:
             raise UnknownIntermediate(f"job {job.id} has no intermediate image after stage {stage}")
         return ResultFile(Path(row["path"]), "image/tiff", f"{job.id}.stage{stage}.tif", row["sha256"])
@@ -184,9 +182,11 @@ class FrontDoor:
     def intermediate_links(self, grant: Grant) -> list[tuple[int, str, str]]:
         """(stage, model, expiring link) of each intermediate image, for the result's owner."""
         job = self._releasable(grant)
-        rows = json.loads(job.intermediates) if job.intermediates else []
         query = self.gate.download_query(grant)
-        return [(r["stage"], r["model"], f"/v1/upscales/{job.id}/stages/{r['stage']}?{query}") for r in rows]
+        return [
+            (r["stage"], r["model"], f"/v1/upscales/{job.id}/stages/{r['stage']}?{query}")
+            for r in job.kept_intermediates
+        ]
 
     async def previews(self, grant: Grant, folder: Path) -> tuple[Path, Path]:
         """Before/after previews for the owner, made once into `folder` (the web app's cache)."""

@@ -13,6 +13,7 @@ failed/expired + open/accepted -> cancel).
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -150,6 +151,11 @@ class Job:
     @property
     def stages(self) -> tuple[StageRequest, ...]:
         return decode(self.pipeline, self.model, self.scale, self.tile, self.precision)
+
+    @property
+    def kept_intermediates(self) -> list[dict]:
+        """The intermediate images of a multi-stage job ([] for one stage)."""
+        return json.loads(self.intermediates) if self.intermediates else []
 
     @property
     def charged(self) -> bool:

@@ -128,8 +128,9 @@ def view(grant: Grant, progress: float | None) -> JobView:
 
 
 def _intermediates(job: Job) -> tuple[IntermediateView, ...]:
-    rows = json.loads(job.intermediates) if job.intermediates else []
-    return tuple(IntermediateView(r["stage"], r["model"], r["sha256"], r["width"], r["height"]) for r in rows)
+    return tuple(
+        IntermediateView(r["stage"], r["model"], r["sha256"], r["width"], r["height"]) for r in job.kept_intermediates
+    )
 
 
 def _payment(job: Job) -> PaymentView:

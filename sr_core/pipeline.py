@@ -1,8 +1,8 @@
 """A job as a short pipeline of stages: each stage one engine with its own options, each reading
 what the stage before wrote.
 
-Between stages the image goes through a lossless, striped TIFF beside the output (16-bit and
-alpha kept), which the next stage reads window by window: a pipeline of tiled stages stays
+Between stages the image goes through an uncompressed TIFF beside the output (16-bit and alpha
+kept), which the next stage reads window by window straight from the file: a pipeline of tiled stages stays
 within the same memory bound as one stage. The final stage writes the requested format; a
 stage that fails or is stopped leaves no output, and `keep` decides whether the intermediate
 files stay (for download) or go.
@@ -188,11 +188,11 @@ def run_pipeline(
             if not last:
                 current_source = target
                 current_reader = RawTiffReader(target, current_reader.info, source=f"stage {index} output")
-        total = math.prod(r.scale for r in results)
+        scale = math.prod(result.scale for result in results)
         if len(results) == 1 or not fidelity:
             overall = results[-1].fidelity
         else:
-            overall = figure(source, output, reader.info.width, reader.info.height, total)
+            overall = figure(source, output, reader.info.width, reader.info.height, scale)
     except BaseException:
         for path in written:
             path.unlink(missing_ok=True)
@@ -200,7 +200,6 @@ def run_pipeline(
     if not keep:
         for path in written[:-1]:
             path.unlink(missing_ok=True)
-    scale = math.prod(result.scale for result in results)
     last_result = results[-1]
     return PipelineResult(
         input=reader.info,
