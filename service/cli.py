@@ -12,6 +12,7 @@ from pathlib import Path
 from sr_core import kinds
 from sr_core.device import Precision
 from sr_core.errors import ParameterError, SatscaleError
+from sr_core.fidelity import Fidelity, figure_text
 from sr_core.imageio import FORMAT_EXTENSIONS, OUTPUT_EXTENSIONS, ImageLimits, OutputOptions, output_format
 from sr_core.pipeline import Stage, run_pipeline
 from sr_core.registry import ModelRegistry
@@ -162,12 +163,8 @@ def _stages(args: argparse.Namespace) -> list[Stage]:
     return stages
 
 
-def _figure(fidelity) -> str:
-    if fidelity is None:
-        return ""
-    shown = fidelity.to_dict()
-    psnr = "identical" if shown["psnr_db"] is None else f"PSNR {shown['psnr_db']} dB"
-    return f", {psnr}, SSIM {shown['ssim']} against the input"
+def _figure(fidelity: Fidelity | None) -> str:
+    return "" if fidelity is None else f", {figure_text(fidelity.to_dict())} against the input"
 
 
 def cmd_upscale(args: argparse.Namespace) -> int:

@@ -28,9 +28,10 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyvips
@@ -71,6 +72,12 @@ class Fidelity:
             "psnr_db": None if math.isinf(self.psnr) else round(self.psnr, 2),
             "ssim": round(self.ssim, 4),
         }
+
+
+def figure_text(figure: Mapping[str, Any]) -> str:
+    """A figure as people read it (`Fidelity.to_dict()`, or a job document's copy of it)."""
+    psnr_db = figure.get("psnr_db")
+    return f"{'identical' if psnr_db is None else f'PSNR {psnr_db} dB'}, SSIM {figure.get('ssim')}"
 
 
 def _colour(pixels: np.ndarray) -> np.ndarray:

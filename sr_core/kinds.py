@@ -124,16 +124,18 @@ class EngineKind(ABC):
         return entry.path, sha256_file(entry.path)
 
     def describe(self, entry: ModelEntry, digest: str, settings: Mapping[str, Any]) -> EngineInfo:
-        """The description without loading the weights (only when describes_without_loading)."""
-        raise NotImplementedError
+        """The description without loading the weights: asked only of a kind that sets
+        describes_without_loading (FolderKind requires it); the others are described by loading."""
+        raise NotImplementedError(f"{self.id} is described by loading its engine")
 
     def detect(self, paths: Sequence[Path]) -> bool:
         """True when these files (or one folder) are a model of this kind, complete or not."""
         return False
 
     def check(self, paths: Sequence[Path]) -> CheckReport:
-        """Whether the files make a complete model, naming what is missing."""
-        raise NotImplementedError
+        """Whether the files make a complete model, naming what is missing: asked only of the
+        kind whose `detect` recognised them (a kind that detects nothing is never asked)."""
+        raise NotImplementedError(f"{self.id} recognises no files to check")
 
     def parse_settings(self, values: Mapping[str, Any] | None) -> dict[str, Any]:
         return parse_values(self.settings, values, f"{self.title} settings")
@@ -162,6 +164,10 @@ class FolderKind(EngineKind):
     def order_files(self, files: list[Path]) -> list[Path]:
         """The order the parts load in (later files override earlier ones)."""
         return files
+
+    @abstractmethod
+    def describe(self, entry: ModelEntry, digest: str, settings: Mapping[str, Any]) -> EngineInfo:
+        """From the files' headers: listing a multi-GB model must not load it."""
 
     def discover(self, folder: Path, claimed: Sequence[Path]) -> list[ModelEntry]:
         entries = []

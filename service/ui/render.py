@@ -8,6 +8,8 @@ from typing import Any
 
 import qrcode
 
+from sr_core.fidelity import figure_text
+
 from ..jobs import JobState
 from ..verify import Report
 from ..views import JobView
@@ -104,14 +106,10 @@ def fidelity_html(job: JobView) -> str:
     if not figures or not figures.get("overall"):
         return ""
 
-    def shown(figure: dict) -> str:
-        psnr = "identical" if figure.get("psnr_db") is None else f"PSNR {figure['psnr_db']} dB"
-        return f"{psnr}, SSIM {figure.get('ssim')}"
-
-    rows = [("Whole job", shown(figures["overall"]))]
+    rows = [("Whole job", figure_text(figures["overall"]))]
     stages = figures.get("stages") or []
     if len(stages) > 1:
-        rows += [(f"Pass {s['stage']} ({html.escape(s['model'])})", shown(s)) for s in stages]
+        rows += [(f"Pass {s['stage']} ({html.escape(s['model'])})", figure_text(s)) for s in stages]
     items = "".join(f"<dt>{label}</dt><dd>{value}</dd>" for label, value in rows)
     return (
         '<dl class="satscale-fidelity" data-heading="Consistency with the input" title="the output scaled back '
