@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,20 +30,6 @@ class UpscaleResult:
     batch: int
     seconds: float
     engine: EngineInfo
-
-
-def run_tiles(
-    engine: Engine,
-    read: Callable[[int, int, int, int], np.ndarray],
-    image: ImageInfo,
-    write_rows: Callable[[np.ndarray], None],
-    options: UpscaleOptions,
-    progress: ProgressCallback | None = None,
-    should_stop: StopCheck | None = None,
-    timings: TimingCallback | None = None,
-) -> UpscalePlan:
-    """Drive the engine over the image, handing finished rows to `write_rows` (see Engine.process)."""
-    return engine.process(read, image, write_rows, options, progress, should_stop, timings)
 
 
 def output_spec(
@@ -81,7 +66,7 @@ def upscale_file(
     scale = engine.plan(info, options).scale  # scale, size and options refused before any output exists
     spec = output_spec(info, scale, reader.exif, reader.resolution)
     with StreamingWriter(output, spec, output_options) as writer:
-        plan = run_tiles(engine, reader.read, info, writer.write_rows, options, progress, should_stop, timings)
+        plan = engine.process(reader.read, info, writer.write_rows, options, progress, should_stop, timings)
         writer.close()
     return UpscaleResult(
         input=info,
@@ -123,8 +108,7 @@ def upscale_array(
         byte_size=pixels.nbytes,
     )
     rows: list[np.ndarray] = []
-    run_tiles(
-        engine,
+    engine.process(
         lambda x, y, w, h: pixels[y : y + h, x : x + w],
         info,
         rows.append,
