@@ -117,6 +117,14 @@ def test_a_paid_pipeline_equals_its_stages_by_hand_and_is_recorded_whole(client,
     assert (
         client.get(f"/v1/upscales/{body['job_id']}/stages/2", headers={"Authorization": credential}).status_code == 404
     )
+    # a stranger's tries: a forged signed link, stage numbers the route does not take, another id
+    forged = client.get(listed["url"], params={"expires": 4_000_000_000, "signature": "0" * 64})
+    assert forged.status_code == 401 and forged.headers["content-type"] == PROBLEM
+    for stage in ("0", "5", "one", "-1"):
+        odd = client.get(f"/v1/upscales/{body['job_id']}/stages/{stage}", headers={"Authorization": credential})
+        assert odd.status_code == 422 and odd.headers["content-type"] == PROBLEM, stage
+    other = client.get("/v1/upscales/job_nope/stages/1", headers={"Authorization": credential})
+    assert other.status_code == 404 and other.headers["content-type"] == PROBLEM
     public = client.get(f"/v1/upscales/{body['job_id']}").json()
     assert "intermediates" not in public and "fidelity" not in public
 
