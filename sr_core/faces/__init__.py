@@ -1,0 +1,1 @@
+"""Face restoration: detection, alignment, restoration and paste-back."""
