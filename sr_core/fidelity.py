@@ -213,6 +213,14 @@ def _reduce(
     return np.concatenate(list(_reduce_bands(read, size, channels, target, row_bytes, dtype)), axis=0)
 
 
+def reduce_image(
+    read: Read, size: tuple[int, int], channels: int, target: tuple[int, int], bytes_per_sample: int
+) -> np.ndarray:
+    """The image `read(x, y, w, h)` serves (`size`: w, h), area-averaged down to `target` (w, h)
+    as float64, its first `channels` channels, read in bands of about BAND_BYTES."""
+    return _reduce(read, size, channels, target, size[0] * channels * bytes_per_sample, np.float64)
+
+
 def downscale_to(pixels: np.ndarray, width: int, height: int) -> np.ndarray:
     """Area-average an (H, W, C) (or (H, W)) array down to width x height, as float64.
 

@@ -24,7 +24,12 @@ from .errors import ParameterError, SatscaleError
 from .weights import WEIGHT_SUFFIXES, combined_sha256, sha256_file
 
 #: the kinds that ship with Satscale, most specific first (modules with a `KIND`)
-DEFAULT_KINDS = ("sr_core.engines.ccsr.kind", "sr_core.engines.supir.kind", "sr_core.engines.esrgan")
+DEFAULT_KINDS = (
+    "sr_core.engines.ccsr.kind",
+    "sr_core.engines.supir.kind",
+    "sr_core.faces.kind",  # before the feed-forward kind: it claims the face checkpoints among the files
+    "sr_core.engines.esrgan",
+)
 
 
 @dataclass(frozen=True)
@@ -94,7 +99,8 @@ class EngineKind(ABC):
     describes_without_loading = False
 
     def folders(self, folder: Path) -> list[Path]:
-        """Sub-folders of the weights folder this kind owns (one model each)."""
+        """Paths in the weights folder this kind owns (sub-folders, one model each, or single
+        files it recognises): other kinds do not list what is inside them."""
         return []
 
     @abstractmethod

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
-from .engines import Engine, EngineInfo
+from .engines import Engine, EngineInfo, Faces
 from .errors import ParameterError
 from .fidelity import Fidelity, compared_pixels, consistency
 from .imageio import ImageInfo, ImageLimits, ImageReader, OutputOptions, RawTiffReader, StreamingWriter
@@ -59,6 +60,8 @@ class StageResult:
     seconds: float
     #: this stage's output area-averaged back to its input, against its input
     fidelity: Fidelity | None
+    #: what the engine found (a face stage: the faces restored and left alone), for the record
+    outcome: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -87,11 +90,32 @@ def stage_image(previous: ImageInfo, scale: int) -> ImageInfo:
     )
 
 
+def check_face_stages(infos: Sequence[EngineInfo]) -> None:
+    """A face stage restores photographic faces: after a stage that repaints faces in drawing
+    style (an illustration model) it would paste photo faces into a drawing (a known complaint),
+    so that order is refused; and one face stage a job (a second would restore, and charge for,
+    the same faces again). The one rule; the pipeline, the CLI and the front door's intake call it."""
+    faces = [index for index, info in enumerate(infos, start=1) if info.faces is Faces.RESTORES]
+    if len(faces) > 1:
+        raise ParameterError(f"stages {' and '.join(map(str, faces))} both restore faces: a job has one face stage")
+    for index, info in enumerate(infos, start=1):
+        if info.faces is not Faces.RESTORES:
+            continue
+        drawn = [n for n, before in enumerate(infos[: index - 1], start=1) if before.faces is Faces.REPAINTS]
+        if drawn:
+            raise ParameterError(
+                f"stage {index} restores faces as photographs, but stage {drawn[0]} repaints faces in drawing "
+                "style (an illustration model): restoring them would paste photographic faces into a drawing. "
+                "Use a photo model before a face stage, or leave the face stage out"
+            )
+
+
 def plan_pipeline(stages: Sequence[Stage], image: ImageInfo) -> list[PlannedStage]:
     """Every stage's plan, each on the image the stage before makes: scales, sizes and options
     are checked for all stages before any work."""
     if not 1 <= len(stages) <= MAX_STAGES:
         raise ParameterError(f"a pipeline has 1 to {MAX_STAGES} stages, not {len(stages)}")
+    check_face_stages([stage.engine.info for stage in stages])
     planned = []
     current = image
     for index, stage in enumerate(stages, start=1):
@@ -161,7 +185,7 @@ def run_pipeline(
                     timings(stage, units, seconds)
 
             with StreamingWriter(target, spec, output_options if last else INTERMEDIATE) as writer:
-                step.stage.engine.process(
+                ran = step.stage.engine.process(
                     current_reader.read, current_reader.info, writer.write_rows, step.stage.options,
                     report, should_stop, timed,
                 )  # fmt: skip
@@ -182,6 +206,7 @@ def run_pipeline(
                     target,
                     time.perf_counter() - stage_started,
                     measured,
+                    dict(ran.outcome),
                 )
             )
             done_share += shares[index - 1]

@@ -39,3 +39,6 @@ class UpscalePlan:
     #: tiled engine the input pixels it processes (every window with its context, twice where an
     #: alpha plane needs its own pass)
     work_pixels: int
+    #: what a finished run found, for the job's record (a face stage: the faces it restored and
+    #: the ones it left alone, with why); empty before the run and for most engines
+    outcome: Mapping[str, Any] = field(default_factory=dict)

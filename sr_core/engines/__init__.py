@@ -45,15 +45,18 @@ class Tiling(StrEnum):
     INTERNAL = "internal"
     #: the engine takes the whole image at once and does not tile (memory grows with the image)
     WHOLE_IMAGE = "whole-image"
+    #: the engine reads only the regions it works on (faces) and streams the rest through
+    REGIONS = "regions"
 
 
 class Faces(StrEnum):
-    """What an engine does to people's faces (none of today's engines restores them)."""
+    """What an engine does to people's faces."""
 
     KEEPS = "keeps"  # keeps them as they are: safe for photographs of people
     REPAINTS = "repaints"  # repaints them in its own style (illustration models): not for photos
     MAY_INVENT = "may-invent"  # rebuilds missing detail and can invent it, faces included
     UNKNOWN = "unknown"  # a checkpoint nobody described
+    RESTORES = "restores"  # a face model: finds faces and restores them (the face stage)
 
 
 FACE_NOTES = {
@@ -61,7 +64,17 @@ FACE_NOTES = {
     Faces.REPAINTS: "Repaints faces in drawing style: not for photos of people.",
     Faces.MAY_INVENT: "Rebuilds detail the input lacks and can invent it, faces included: check people's faces.",
     Faces.UNKNOWN: "Not described: try it on a picture of a person before relying on it for faces.",
+    Faces.RESTORES: "Restores the faces it finds (a face stage, after the upscale); the rest of the image is kept.",
 }
+
+
+@dataclass(frozen=True)
+class Survey:
+    """What an engine priced per thing it finds (EngineInfo.price_unit) found in an image."""
+
+    units: int  # how many (faces): the job is priced for this many
+    #: the job's options bound to that count, so the run does no more than was paid for
+    options: Mapping[str, Any]
 
 
 @dataclass(frozen=True)
@@ -94,6 +107,10 @@ class EngineInfo:
     precision_fixed: bool = False
     #: what `work_pixels` of a plan counts, for people reading an estimate
     work_unit: str = "input pixels through the network"
+    #: what the price counts: output megapixels, or things the engine finds (its `survey`)
+    price_unit: str = "megapixel"
+    #: a notice users must see before using the model (its weights' licence)
+    licence_note: str | None = None
 
     def resolve_scale(self, scale: int | None) -> int:
         """The scale a request gets: None means the model's own; anything the model does not offer
@@ -141,7 +158,8 @@ class EngineInfo:
             "takes_prompt": self.takes_prompt,
             "options": [option.describe() for option in self.job_options],
             "weights_sha256": self.weights_sha256,
-        }
+            "price_unit": self.price_unit,
+        } | ({"licence": self.licence_note} if self.licence_note else {})
 
 
 class Engine(ABC):
@@ -172,6 +190,15 @@ class Engine(ABC):
     @abstractmethod
     def calibrate(self) -> float:
         """Seconds per work unit here, measured now on synthetic input (before any real run)."""
+
+    def survey(
+        self, read: ReadWindow | None, image: ImageInfo, options: UpscaleOptions, magnified: int = 1
+    ) -> Survey | None:
+        """An engine priced per thing it finds (EngineInfo.price_unit) counts them in the image:
+        at intake, on the job's input, `magnified` being what the stages before it multiply its
+        size by; `read` None (a quote without the image): the most it may find. None: the
+        engine is priced by output size and counts nothing."""
+        return None
 
 
 class TiledEngine(Engine):

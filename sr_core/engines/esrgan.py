@@ -36,7 +36,7 @@ KIND_ID = "spandrel"
 #: float32 copies of a tile's upscaled output the pipeline holds at once (network output, resize, quantise)
 OUTPUT_COPIES = 4
 #: what spandrel's descriptors call the models this engine runs
-_PURPOSES = ("SR", "FaceSR", "Restoration")
+_PURPOSES = ("SR", "Restoration")
 
 # Leaf modules whose spatial reach the receptive-field count understands.
 _LOCAL_MODULES = (
@@ -73,6 +73,8 @@ def load_descriptor(path: Path) -> ImageModelDescriptor:
         pickle.UnpicklingError,
         zipfile.BadZipFile,
         SafetensorError,
+        AttributeError,  # a pickle of something other than a dict (a list...): spandrel's unwrapping trips
+        TypeError,
     ) as exc:
         raise WeightsError(
             f"{path}: cannot read the file, it is truncated or not a checkpoint ({_short(exc)})"
@@ -93,6 +95,11 @@ def descriptor_from_state_dict(state_dict: dict, origin: str) -> ImageModelDescr
     except (RuntimeError, KeyError, ValueError, AssertionError, IndexError) as exc:
         # strict load_state_dict: missing, unexpected or mis-shaped tensors
         raise WeightsError(f"{origin}: the tensors do not fit the detected architecture: {_short(exc)}") from None
+    if isinstance(descriptor, ImageModelDescriptor) and descriptor.purpose == "FaceSR":
+        raise WeightsError(
+            f"{origin}: is a {descriptor.architecture.name} face restoration model: use it as a face stage "
+            '(pipeline {"face": ...} or --face), not as an upscaler'
+        )
     if not isinstance(descriptor, ImageModelDescriptor) or descriptor.purpose not in _PURPOSES:
         raise WeightsError(
             f"{origin}: is a {descriptor.architecture.name} {descriptor.purpose} model, not super-resolution"

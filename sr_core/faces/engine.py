@@ -1,0 +1,150 @@
+"""The face stage as an engine: detect, align, restore, paste back, streaming the image through.
+
+It reads the image three ways, all bounded in memory whatever the image's size: a small copy
+for the detector (bands, area-averaged), each face's footprint (bands, area-averaged to about
+the crop's size) and then the whole image band by band on its way to the writer, with the
+restored faces pasted into the bands they reach. Rows no face reaches are copied exactly.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..engines import Engine, EngineInfo, ReadWindow, Survey, WriteRows
+from ..errors import Cancelled
+from ..imageio import ImageInfo
+from ..plans import ProgressCallback, StopCheck, TimingCallback, UpscaleOptions, UpscalePlan
+from ..tiling import MIN_TILE, plan_tiles
+from .align import FACE_SIZE, crop_face
+from .face_models import FaceRestorer
+from .paste import FaceEllipse, RestoredFace, paste_band
+from .search import FaceSearch, SearchRules, find_faces
+
+#: rows handed to the writer at once
+BAND_ROWS = 256
+
+Detect = Callable[[np.ndarray], list]
+
+
+class FaceRestoreEngine(Engine):
+    """One face model (GFPGAN, RestoreFormer, CodeFormer...) with the detector, at 1x."""
+
+    def __init__(self, restorer: FaceRestorer, detect: Detect, info: EngineInfo, rules: SearchRules) -> None:
+        self.restorer = restorer
+        self.detect = detect
+        self.info = info
+        self.rules = rules  # the server's; a job's own options override only_center_face and max_faces
+
+    def _chosen(self, options: UpscaleOptions) -> dict[str, Any]:
+        """The job's options over the server's defaults (every option present)."""
+        defaults = {option.name: option.default for option in self.info.job_options}
+        return defaults | self.info.parse_options(options.engine_options)
+
+    def _rules(self, chosen: Mapping[str, Any]) -> SearchRules:
+        return SearchRules(
+            min_score=self.rules.min_score,
+            min_eye_distance=self.rules.min_eye_distance,
+            only_center_face=bool(chosen["only_center_face"]),
+            max_faces=int(chosen["max_faces"]),
+        )
+
+    def plan(self, image: ImageInfo, options: UpscaleOptions) -> UpscalePlan:
+        scale = self.info.resolve_scale(options.scale)
+        self.info.check_output_size(image.width, image.height, scale)
+        chosen = self._chosen(options)
+        one_tile = plan_tiles(image.width, image.height, max(image.width, image.height, MIN_TILE), 0)
+        # work units: one per face it may restore, one for the detection
+        return UpscalePlan(scale, one_tile, 1, int(chosen["max_faces"]) + 1)
+
+    def survey(self, read: ReadWindow | None, image: ImageInfo, options: UpscaleOptions, magnified: int = 1) -> Survey:
+        given = self.info.parse_options(options.engine_options)
+        chosen = self._chosen(options)
+        if float(chosen["weight"]) >= 1.0:  # every face kept as it was: nothing to restore or charge
+            return Survey(0, given | {"max_faces": 0})
+        if read is None:
+            return Survey(int(chosen["max_faces"]), given)
+        search = find_faces(read, image, self.detect, self._rules(chosen), magnified)
+        count = len(search.restore)
+        return Survey(count, given | {"max_faces": count})
+
+    def process(
+        self,
+        read: ReadWindow,
+        image: ImageInfo,
+        write_rows: WriteRows,
+        options: UpscaleOptions,
+        progress: ProgressCallback | None = None,
+        should_stop: StopCheck | None = None,
+        timings: TimingCallback | None = None,
+    ) -> UpscalePlan:
+        plan = self.plan(image, options)
+        chosen = self._chosen(options)
+
+        def check() -> None:
+            if should_stop and should_stop():
+                raise Cancelled("the run was stopped")
+
+        check()
+        started = time.perf_counter()
+        search = find_faces(read, image, self.detect, self._rules(chosen))
+        if float(chosen["weight"]) >= 1.0:
+            kept = tuple((face, "weight 1 keeps each face as it was") for face in search.restore)
+            search = FaceSearch((), kept + search.left_alone)
+        if timings:
+            timings(1, time.perf_counter() - started)
+        total = len(search.restore) + 2  # the detection, each face, the copy
+        if progress:
+            progress(1, total)
+        faces = self._restore(read, image, search, chosen, check, progress, timings, total)
+        peak = 65535.0 if image.bit_depth == 16 else 255.0
+        for top in range(0, image.height, BAND_ROWS):
+            check()
+            band = read(0, top, image.width, min(BAND_ROWS, image.height - top))
+            write_rows(paste_band(band, top, faces, image.colour_channels, peak))
+        if progress:
+            progress(total, total)
+        return UpscalePlan(plan.scale, plan.tiles, plan.batch, len(search.restore) + 1, search.describe())
+
+    def _restore(
+        self,
+        read: ReadWindow,
+        image: ImageInfo,
+        search: FaceSearch,
+        chosen: Mapping[str, Any],
+        check: Callable[[], None],
+        progress: ProgressCallback | None,
+        timings: TimingCallback | None,
+        total: int,
+    ) -> list[RestoredFace]:
+        strength = 1.0 - float(chosen["weight"])
+        peak = 65535.0 if image.bit_depth == 16 else 255.0
+        restored = []
+        for done, face in enumerate(search.restore, start=2):
+            check()
+            footprint = face.alignment.footprint(image.width, image.height)
+            if footprint is None or strength <= 0:
+                continue
+            started = time.perf_counter()
+            crop = crop_face(read, face.alignment, image.width, image.height, image.colour_channels, peak)
+            out = self.restorer.restore(crop[None], chosen.get("fidelity"))[0].float().cpu()
+            if timings:
+                timings(1, time.perf_counter() - started)
+            ellipse = FaceEllipse.around(face.alignment.landmarks)
+            restored.append(RestoredFace(out, face.alignment, ellipse, strength, footprint))
+            if progress:
+                progress(done, total)
+        return restored
+
+    def calibrate(self) -> float:
+        """Seconds per face: one restore of a synthetic crop (the detection counts as one too)."""
+        generator = torch.Generator().manual_seed(0)
+        crop = torch.rand(1, 3, FACE_SIZE, FACE_SIZE, generator=generator)
+        self.restorer.restore(crop, None)  # warm-up: first calls allocate
+        started = time.perf_counter()
+        self.restorer.restore(crop, None)
+        return time.perf_counter() - started
