@@ -78,16 +78,23 @@ class StageQuoteDocument(BaseModel):
     output_width: int
     output_height: int
     output_megapixels: float
+    #: per output megapixel, or per unit for a stage priced per thing it finds (`unit`)
     rate_msat_per_megapixel: int
     amount_msat: int
     estimated_seconds: float
+    #: what the stage is priced by: "megapixel", or "face" for a face stage
+    unit: str = "megapixel"
+    #: a stage priced per unit: how many the job pays for, at most (a face stage: the faces
+    #: found in the upload; priced by size alone, the most it may restore)
+    units: int | None = None
 
 
 PIPELINE_HELP = (
     "instead of model/scale/tile/precision: a JSON list of 1 to 4 stages run one after the other, "
     'e.g. [{"model": "realesrgan-x4plus", "scale": 2}, {"model": "realesrgan-x4plus", "scale": 2}]; a stage '
     "may also set its model's own options (GET /v1/models lists each model's `options`: preset, steps, seed, "
-    "prompt...)"
+    "prompt...). A face stage, run on the image the stages before it make, is "
+    '{"face": "<face model>", "weight": 0.5}: priced per face found in the upload'
 )
 
 
@@ -135,16 +142,22 @@ class ModelListing(BaseModel):
     precisions: list[str] | None = None
     parameters: int | None = None
     price_class: str | None = None
-    #: external (the server tiles), internal (the engine tiles the whole image) or whole-image
+    #: external (the server tiles), internal (the engine tiles the whole image), whole-image, or
+    #: regions (a face stage: reads the faces' regions and streams the rest through)
     tiling: str | None = None
     bytes_per_output_pixel: int | None = None
     max_output_pixels: int | None = None
-    #: keeps, repaints, may-invent or unknown: what the model does to people's faces
+    #: keeps, repaints, may-invent or unknown: what the model does to people's faces; restores:
+    #: a face model, used as a face stage ({"face": name} in a pipeline)
     faces: str | None = None
     takes_prompt: bool | None = None
     options: list[ModelOption] | None = None
     note: str | None = None
     weights_sha256: str | None = None
+    #: what the price counts: "megapixel" (output), or "face" for a face model
+    price_unit: str | None = None
+    #: a notice about the weights' licence users must read before using the model
+    licence: str | None = None
 
 
 class PresetDocument(BaseModel):

@@ -14,13 +14,13 @@ from sr_core.device import Precision
 from sr_core.errors import ParameterError, SatscaleError
 from sr_core.fidelity import Fidelity, figure_text
 from sr_core.imageio import FORMAT_EXTENSIONS, OUTPUT_EXTENSIONS, ImageLimits, OutputOptions, output_format
-from sr_core.pipeline import Stage, run_pipeline
+from sr_core.pipeline import PipelineResult, Stage, check_face_stages, run_pipeline
 from sr_core.registry import ModelRegistry
 from sr_core.upscale import UpscaleOptions
 from sr_core.weights import weights_dir
 
 from .engines import DEFAULT_MODEL
-from .stages import StageOptions, parse_pipeline, parse_then
+from .stages import StageOptions, check_stage_model, face_stage, parse_pipeline, parse_then
 
 
 @dataclass(frozen=True)
@@ -143,9 +143,17 @@ def _stages_sent(args: argparse.Namespace) -> tuple[StageOptions, ...]:
     return (first, *(parse_then(spec) for spec in args.then or ()))
 
 
+def _sent_with_faces(args: argparse.Namespace) -> tuple[StageOptions, ...]:
+    """The stages, with --face's stage appended (it runs on the final image of the others)."""
+    sent = _stages_sent(args)
+    if args.face_weight is not None and not args.face:
+        raise ParameterError("--face-weight goes with --face MODEL")
+    return (*sent, face_stage(args.face, args.face_weight)) if args.face else sent
+
+
 def _stages(args: argparse.Namespace) -> list[Stage]:
     """The command's stages, each checked by its engine's description before any file is read."""
-    sent = _stages_sent(args)
+    sent = _sent_with_faces(args)
     probe = ModelRegistry()
     used = list({entry.kind: kinds.kind(entry.kind) for entry in (probe.get(s.model) for s in sent)}.values())
     registry = ModelRegistry(settings=engine_settings(args, used))
@@ -154,13 +162,26 @@ def _stages(args: argparse.Namespace) -> list[Stage]:
         named = f"{stage.model}" if len(sent) == 1 else f"stage {index} ({stage.model})"
         try:
             engine = registry.load_engine(stage.model, device=args.device, precision=stage.precision or "auto")
+            check_stage_model(stage, engine.info)
             scale = engine.info.resolve_scale(stage.scale)
             chosen = engine.info.parse_options(stage.options)
         except ParameterError as exc:
             raise ParameterError(f"{named}: {exc}") from None
         tile = stage.tile if stage.tile is not None else (args.tile if index == 1 else None)
         stages.append(Stage(engine, UpscaleOptions(scale=scale, tile=tile, batch=args.batch, engine_options=chosen)))
+    check_face_stages([stage.engine.info for stage in stages])
     return stages
+
+
+def _faces_text(result: PipelineResult) -> str:
+    """What the face stages did, for the line printed per image."""
+    parts = []
+    for stage in result.stages:
+        if "faces_restored" in stage.outcome:
+            restored, left = len(stage.outcome["faces_restored"]), stage.outcome["faces_left_alone_count"]
+            parts.append(f", {restored} face{'s' * (restored != 1)} restored")
+            parts.append(f", {left} left alone" if left else "")
+    return "".join(parts)
 
 
 def _figure(fidelity: Fidelity | None) -> str:
@@ -206,7 +227,8 @@ def cmd_upscale(args: argparse.Namespace) -> int:
         passes = f"{len(result.stages)} stages, " if len(result.stages) > 1 else ""
         print(
             f"{job.source} -> {job.target} ({result.input.width}x{result.input.height} -> "
-            f"{result.width}x{result.height}, {passes}{result.seconds:.1f} s{_figure(result.fidelity)})"
+            f"{result.width}x{result.height}, {passes}{result.seconds:.1f} s{_faces_text(result)}"
+            f"{_figure(result.fidelity)})"
         )
     done = len(jobs) - failures - skipped
     named = args.model or DEFAULT_MODEL
@@ -394,6 +416,17 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE.json|PRESET",
         help='stages as JSON ([{"model": "...", "scale": 2}, ...]) or a preset (satscale models --presets; '
         "-s picks its total scale)",
+    )
+    up.add_argument(
+        "--face",
+        metavar="MODEL",
+        help="restore faces with this face model after the other stages (satscale models lists them)",
+    )
+    up.add_argument(
+        "--face-weight",
+        type=float,
+        metavar="W",
+        help="how much of each face as it was to keep: 0 fully restored, 1 unchanged (default 0.5)",
     )
     up.add_argument("--keep-intermediates", action="store_true", help="keep each stage's image (NAME.stageN.tif)")
     up.add_argument("--no-fidelity", action="store_true", help="skip the PSNR/SSIM consistency figure")

@@ -68,7 +68,9 @@ class Settings(BaseSettings):
     price_per_megapixel_msat: dict[str, int] = Field(
         default_factory=lambda: {"light": 2_000, "standard": 10_000, "heavy": 50_000, "diffusion": 500_000}
     )
-    #: ... or per model name, which wins
+    #: price in msat per thing an engine finds and works on, by unit (a face stage: per face) ...
+    price_per_unit_msat: dict[str, int] = Field(default_factory=lambda: {"face": 20_000})
+    #: ... or per model name, which wins (per output megapixel, or per unit for a per-unit model)
     model_prices_msat: dict[str, int] = Field(default_factory=dict)
     minimum_price_msat: int = 10_000
 

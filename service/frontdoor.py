@@ -16,7 +16,7 @@ import pyvips
 from payments import l402
 from payments.dev import DevNode, DevPaymentError
 from provenance.chain import ProvenanceChain
-from sr_core.engines import EngineInfo
+from sr_core.engines import EngineInfo, Faces
 from sr_core.imageio import FORMAT_EXTENSIONS, ImageInfo
 from sr_core.kinds import Preset
 from sr_core.registry import ModelDescription
@@ -110,7 +110,13 @@ class FrontDoor:
         return self.service.engines.presets()
 
     def model_names(self) -> list[str]:
-        return self.service.engines.names()
+        """The models an upscale pass may use (face models are offered as the face stage)."""
+        faces = set(self.face_model_names())
+        return [name for name in self.service.engines.names() if name not in faces]
+
+    def face_model_names(self) -> list[str]:
+        """The models that restore faces (their description says so), for the face stage."""
+        return [entry.name for entry in self.service.engines.registry.entries() if entry.faces is Faces.RESTORES]
 
     def default_model(self) -> str:
         return self.service.engines.default_model()
@@ -123,6 +129,10 @@ class FrontDoor:
 
     async def quote(self, options: JobOptions, width: int, height: int) -> Priced:
         return await self.service.intake.price(options, width, height)
+
+    async def quote_upload(self, data: bytes, options: JobOptions) -> Priced:
+        """The price of this very image: what a stage priced per face finds in it counted."""
+        return await self.service.intake.price_upload(data, options)
 
     # ------------------------------------------------------------ creating jobs
 

@@ -21,18 +21,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sr_core.engines import Engine, EngineInfo
+from sr_core.engines import Engine, EngineInfo, ReadWindow
 from sr_core.errors import ImageTooLargeError, ParameterError
 from sr_core.imageio import (
     ImageInfo,
     ImageLimits,
+    ImageReader,
     OutputSpec,
     check_dimensions,
     check_output,
     normalise_format,
     validate_image,
 )
-from sr_core.pipeline import stage_image
+from sr_core.pipeline import check_face_stages, stage_image
 from sr_core.tiling import MIN_TILE
 from sr_core.upscale import UpscaleOptions
 
@@ -41,7 +42,7 @@ from .config import Settings
 from .engines import DEFAULT_MODEL, Engines
 from .jobs import JobRequest
 from .pricing import Quote, quote, stage_quote
-from .stages import StageOptions, StageRequest, parse_pipeline, pipeline_name, trivial
+from .stages import StageOptions, StageRequest, check_stage_model, parse_pipeline, pipeline_name, trivial
 
 #: refuse a job whose estimated run takes more than this share of the hold budget
 ADMISSION_SHARE = 0.8
@@ -148,6 +149,17 @@ class Intake:
         check_dimensions(width, height, self.limits())
         return await asyncio.to_thread(self._price, options, nominal_image(width, height))
 
+    async def price_upload(self, data: bytes, options: JobOptions) -> Priced:
+        """Price and time of an upscale of this upload (a face stage's faces counted in it)."""
+        image = await self.inspect(data)
+        return await asyncio.to_thread(self._price, options, image, self._pixels(data))
+
+    def _pixels(self, data: bytes) -> Callable[[], ReadWindow]:
+        def pixels() -> ReadWindow:  # opened only for a stage that looks at them, read in order
+            return ImageReader(data, self.limits(), source="upload", sequential=True).read
+
+        return pixels
+
     async def resolve(self, data: bytes, options: JobOptions) -> Admission:
         """Validate the upload and the options; price the job. Nothing is refused for time."""
         image = await self.inspect(data)
@@ -198,9 +210,11 @@ class Intake:
             raise ParameterError("precision must be a name (auto, fp32, bf16, fp16)")
         return self.engines.get(stage.model, stage.precision)
 
-    def _price(self, options: JobOptions, image: ImageInfo) -> Priced:
+    def _price(self, options: JobOptions, image: ImageInfo, pixels: Callable[[], ReadWindow] | None = None) -> Priced:
         """Every stage checked on the image the stage before makes (scale, size, the engine's own
-        options), priced and timed; the whole pipeline's output within the server's limit."""
+        options), priced and timed; the whole pipeline's output within the server's limit.
+        `pixels`: opens the upload's pixels, where a stage priced per thing it finds counts them
+        (a face stage its faces; without pixels, a quote counts the most the stage may do)."""
         sent = self._stage_options(options)
         several = len(sent) > 1
         stages, quotes, runs = [], [], []
@@ -209,18 +223,27 @@ class Intake:
             try:
                 engine = self._engine(stage)
                 info = engine.info
+                check_stage_model(stage, info)
                 scale = info.resolve_scale(stage.scale)
                 info.check_output_size(current.width, current.height, scale)
                 chosen = info.parse_options(stage.options)
+                run = UpscaleOptions(scale=scale, tile=stage.tile, engine_options=chosen)
+                units = self._units(engine, run, image, pixels, current.width // image.width)
             except ParameterError as exc:
                 raise ParameterError(f"stage {index} ({stage.model}): {exc}") if several else exc from None
+            if units is not None:
+                chosen = units[1]
+                run = UpscaleOptions(scale=scale, tile=stage.tile, engine_options=chosen)
             resolved = StageRequest(stage.model, scale, stage.tile, stage.precision, tuple(sorted(chosen.items())))
             stages.append(resolved)
-            run = UpscaleOptions(scale=scale, tile=stage.tile, engine_options=chosen)
             factor = _work_factor(engine, current, run)
-            quotes.append(stage_quote(self.settings, stage.model, info, current.width, current.height, scale, factor))
+            count = units[0] if units else None
+            quotes.append(
+                stage_quote(self.settings, stage.model, info, current.width, current.height, scale, factor, count)
+            )
             runs.append((engine, current, run))
             current = stage_image(current, scale)
+        check_face_stages([engine.info for engine, _, _ in runs])
         limit = self.settings.output_megapixels_limit
         if current.width * current.height > limit * 1e6:
             raise ImageTooLargeError(
@@ -231,9 +254,23 @@ class Intake:
         estimate = self.meter.estimate_stages(runs)
         return Priced(priced, estimate, runs[0][0].info, tuple(stages))
 
+    @staticmethod
+    def _units(
+        engine: Engine,
+        run: UpscaleOptions,
+        image: ImageInfo,
+        pixels: Callable[[], ReadWindow] | None,
+        magnified: int,
+    ) -> tuple[int, dict] | None:
+        """What a stage priced per unit pays for and its options bound to that count, counted in
+        the upload (without it: the most the stage may do); None for a stage priced by size."""
+        survey = engine.survey(pixels() if pixels else None, image, run, magnified)
+        return None if survey is None else (survey.units, dict(survey.options))
+
     def _resolve(self, data: bytes, image: ImageInfo, options: JobOptions) -> Admission:
         output_format = image.format if options.output_format in (None, "") else normalise_format(options.output_format)
-        priced = self._price(options, image)
+
+        priced = self._price(options, image, self._pixels(data))
         scale = priced.quote.scale
         spec = OutputSpec(image.width * scale, image.height * scale, image.channels, image.bit_depth)
         check_output(spec, output_format, Path("output"))  # a format that cannot hold the output: before any invoice

@@ -52,7 +52,8 @@ class EngineRun:
     height: int
     #: each stage's weights sha256
     weights: tuple[str, ...]
-    #: consistency figures: {"overall": {psnr_db, ssim}, "stages": [{stage, model, psnr_db, ssim}]}
+    #: consistency figures: {"overall": {psnr_db, ssim}, "stages": [{stage, model, psnr_db, ssim}]},
+    #: each stage's with what it found (a face stage: faces_restored, faces_left_alone)
     fidelity: dict
     #: a multi-stage job's intermediate images: [{stage, model, path, sha256, width, height}]
     intermediates: list[dict]
@@ -290,7 +291,7 @@ class JobRunner:
             figure_timings=self.meter.record_figure,
         )
         figures = [
-            {"stage": r.index, "model": s.model} | (r.fidelity.to_dict() if r.fidelity else {})
+            {"stage": r.index, "model": s.model} | (r.fidelity.to_dict() if r.fidelity else {}) | dict(r.outcome)
             for r, s in zip(result.stages, stages, strict=True)
         ]
         intermediates = [

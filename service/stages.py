@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from sr_core.engines import EngineInfo, Faces
 from sr_core.errors import ParameterError
 from sr_core.pipeline import MAX_STAGES
 
@@ -21,6 +22,8 @@ from sr_core.pipeline import MAX_STAGES
 MAX_PIPELINE_CHARS = 8_000
 #: a stage's own fields; every other key of a stage object is an option of its engine
 STAGE_FIELDS = ("model", "scale", "tile", "precision")
+#: a face stage names its model with this key instead of `model`: {"face": "...", "weight": 0.5}
+FACE_FIELD = "face"
 
 
 @dataclass(frozen=True)
@@ -32,6 +35,8 @@ class StageOptions:
     tile: Any = None
     precision: Any = "auto"
     options: Mapping[str, Any] = field(default_factory=dict)
+    #: sent as a face stage ({"face": ...}): its model must be a face model
+    face: bool = False
 
 
 @dataclass(frozen=True)
@@ -78,17 +83,36 @@ def parse_pipeline(raw: Any) -> tuple[StageOptions, ...]:
         raise ParameterError(
             f'pipeline must be a JSON list of 1 to {MAX_STAGES} stages, e.g. [{{"model": "...", "scale": 2}}]'
         )
-    stages = []
-    for index, stage in enumerate(raw, start=1):
-        if not isinstance(stage, dict):
-            raise ParameterError(f"pipeline stage {index} must be an object with a model")
-        if not isinstance(stage.get("model"), str) or not stage["model"]:
-            raise ParameterError(f"pipeline stage {index} needs a model (GET /v1/models lists them)")
-        options = {k: v for k, v in stage.items() if k not in STAGE_FIELDS}
-        stages.append(
-            StageOptions(stage["model"], stage.get("scale"), stage.get("tile"), stage.get("precision", "auto"), options)
-        )
-    return tuple(stages)
+    return tuple(_stage(stage, index) for index, stage in enumerate(raw, start=1))
+
+
+def _stage(stage: Any, index: int) -> StageOptions:
+    if not isinstance(stage, dict):
+        raise ParameterError(f"pipeline stage {index} must be an object with a model")
+    face = FACE_FIELD in stage
+    if face:
+        if "model" in stage:
+            raise ParameterError(f'pipeline stage {index}: name its model with "face" or "model", not both')
+        stage = {"model": stage[FACE_FIELD]} | {k: v for k, v in stage.items() if k != FACE_FIELD}
+        if not isinstance(stage["model"], str) or not stage["model"]:
+            raise ParameterError(f"pipeline stage {index}: face needs a face model's name (GET /v1/models lists them)")
+    if not isinstance(stage.get("model"), str) or not stage["model"]:
+        raise ParameterError(f"pipeline stage {index} needs a model (GET /v1/models lists them)")
+    options = {k: v for k, v in stage.items() if k not in STAGE_FIELDS}
+    return StageOptions(
+        stage["model"], stage.get("scale"), stage.get("tile"), stage.get("precision", "auto"), options, face
+    )
+
+
+def check_stage_model(stage: StageOptions, info: EngineInfo) -> None:
+    """A stage sent as a face stage must name a face model (the CLI and the intake call this)."""
+    if stage.face and info.faces is not Faces.RESTORES:
+        raise ParameterError(f"{stage.model} is not a face model (the model listing says which are)")
+
+
+def face_stage(model: str, weight: Any = None) -> StageOptions:
+    """The CLI's `--face MODEL [--face-weight W]` and the web app's "restore faces"."""
+    return StageOptions(model, options={} if weight is None else {"weight": weight}, face=True)
 
 
 def parse_then(spec: str) -> StageOptions:

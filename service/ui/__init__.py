@@ -76,6 +76,21 @@ def blocks(web: WebHandlers, front: FrontDoor) -> gr.Blocks:
                     pass_rows.append(row)
                     pass_fields += [pass_model, pass_scale]
                 add_pass = gr.Button("Add a pass", size="sm", elem_id="add-pass")
+                # the face stage runs on the final image of the passes; shown when a face model is there
+                face_names = front.face_model_names()
+                first_face = face_names[0] if face_names else None
+                with gr.Group(visible=bool(face_names), elem_id="faces"):
+                    restore = gr.Checkbox(False, label="Restore faces", elem_id="restore-faces")
+                    face_model = gr.Dropdown(face_names, value=first_face, label="Face model", elem_id="face-model")
+                    face_weight = gr.Slider(
+                        0.0,
+                        1.0,
+                        value=0.5,
+                        step=0.05,
+                        label="Keep of each face as it was (0: fully restored, 1: unchanged)",
+                        elem_id="face-weight",
+                    )
+                    face_note = gr.Markdown(web.face_note(default, first_face), elem_id="face-note")
                 fmt = gr.Dropdown(FORMATS, value=FORMATS[0], label="Output format", elem_id="format")
                 publish = gr.Checkbox(
                     front.settings.publish_default,
@@ -131,10 +146,18 @@ def blocks(web: WebHandlers, front: FrontDoor) -> gr.Blocks:
         private = {"api_visibility": "private"}
         image.change(web.inspect, image, image_info, **private)
         # one queue for every quote, newest request wins: a slow early answer never overwrites a newer one
+        face_fields = [restore, face_model, face_weight]
         gr.on(
-            [image.change, model.change, scale.change, publish.change, *(f.change for f in pass_fields)],
+            [
+                image.change,
+                model.change,
+                scale.change,
+                publish.change,
+                *(f.change for f in face_fields),
+                *(f.change for f in pass_fields),
+            ],
             web.quote,
-            [image, model, scale, publish, *pass_fields],
+            [image, model, scale, publish, *face_fields, *pass_fields],
             quote,
             concurrency_limit=1,
             concurrency_id="quote",
@@ -143,13 +166,17 @@ def blocks(web: WebHandlers, front: FrontDoor) -> gr.Blocks:
         )
         model.change(web.scales, [model, scale], scale, **private)
         model.change(web.note, model, note, **private)
+        gr.on([model.change, face_model.change], web.face_note, [model, face_model], face_note, **private)
         add_pass.click(web.add_pass, shown_passes, [shown_passes, *pass_rows, add_pass], **private)
         preset.change(
-            web.apply_preset, [preset, scale], [model, scale, *pass_fields, shown_passes, *pass_rows], **private
+            web.apply_preset,
+            [preset, scale],
+            [model, scale, *pass_fields, shown_passes, *pass_rows, restore, face_model],
+            **private,
         )
         create.click(
             web.create,
-            [image, model, scale, fmt, tile, precision, publish, session, *pass_fields],
+            [image, model, scale, fmt, tile, precision, publish, session, *face_fields, *pass_fields],
             [session, *job_outputs],
             **private,
         ).then(web.jobs_table, session, [jobs, pick], **private)

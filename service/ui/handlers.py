@@ -149,8 +149,28 @@ def page_passes(passes: Any) -> list[tuple[str, int | None]]:
     return chosen
 
 
+def page_faces(restore: Any, model: Any, weight: Any) -> dict[str, Any] | None:
+    """The face stage the page asked for ("Restore faces"), or None. Untrusted: the model must
+    be text and the weight a number; the engine's own options check its range."""
+    if restore is not True:
+        return None
+    name = _text(model, "face model", "")
+    if not name:
+        raise gr.Error("Choose a face model to restore faces with.")
+    if isinstance(weight, bool) or not isinstance(weight, int | float | None):
+        raise gr.Error("face weight must be a number between 0 and 1")
+    return {"face": name} | ({} if weight is None else {"weight": float(weight)})
+
+
 def options_from_page(
-    model: Any, scale: Any, fmt: Any, tile: Any, precision: Any, publish: Any, passes: Any = None
+    model: Any,
+    scale: Any,
+    fmt: Any,
+    tile: Any,
+    precision: Any,
+    publish: Any,
+    passes: Any = None,
+    faces: tuple[Any, Any, Any] | None = None,
 ) -> JobOptions:
     output_format = _text(fmt, "format", FORMATS[0])
     first = JobOptions(
@@ -162,10 +182,13 @@ def options_from_page(
         publish=publish is True,
     )
     more = page_passes(passes)
-    if not more:
+    face = page_faces(*faces) if faces else None
+    if not more and face is None:
         return first
     stage = {"model": first.model, "scale": first.scale, "tile": first.tile, "precision": first.precision}
     pipeline = [stage, *({"model": name, "scale": factor} for name, factor in more)]
+    if face is not None:
+        pipeline.append(face)
     return JobOptions(output_format=first.output_format, publish=first.publish, pipeline=pipeline)
 
 
@@ -197,14 +220,30 @@ class WebHandlers:
         kind = {1: "grey", 2: "grey + alpha", 3: "RGB", 4: "RGBA"}[info.channels]
         return f"{info.width} × {info.height} px · {info.format.upper()} · {kind} · {info.bit_depth}-bit"
 
-    async def quote(self, upload: Any, model: Any, scale: Any, publish: Any = False, *passes: Any) -> str:
-        """Price and size of an upscale of the uploaded image, all passes counted."""
+    async def quote(
+        self,
+        upload: Any,
+        model: Any,
+        scale: Any,
+        publish: Any = False,
+        restore: Any = False,
+        face_model: Any = None,
+        face_weight: Any = None,
+        *passes: Any,
+    ) -> str:
+        """Price and size of an upscale of the uploaded image, all passes counted (and its faces,
+        when faces are to be restored: they are counted in this very image)."""
         if upload in (None, ""):
             return "Upload an image to see the price."
         try:
             info = await self._image(upload)
-            options = options_from_page(model, scale, None, None, None, publish, list(passes))
-            return self._price_text(await self.front.quote(options, info.width, info.height), options.publish)
+            faces = (restore, face_model, face_weight)
+            options = options_from_page(model, scale, None, None, None, publish, list(passes), faces)
+            if options.pipeline and any("face" in stage for stage in options.pipeline):
+                priced = await self.front.quote_upload(self.uploads.read(upload), options)
+            else:
+                priced = await self.front.quote(options, info.width, info.height)
+            return self._price_text(priced, options.publish)
         except gr.Error as exc:
             return render.warning(exc.message)
         except Exception as exc:
@@ -223,9 +262,14 @@ class WebHandlers:
     def _price_text(priced: Any, publish: bool | None) -> str:
         quote, seconds = priced.quote, max(1, round(priced.estimate.seconds))
         passes = render.passes_text([(s.model, s.scale) for s in priced.stages])
-        text = (f"{passes}\n\n" if passes else "") + (
-            f"**{quote.amount_sat} sats** · output {quote.output_width} × {quote.output_height} "
-            f"({render.megapixels(quote.output_megapixels)} MP) · about {seconds} s here"
+        counted = render.units_text(quote.stages)
+        text = (
+            (f"{passes}\n\n" if passes else "")
+            + (f"{counted}\n\n" if counted else "")
+            + (
+                f"**{quote.amount_sat} sats** · output {quote.output_width} × {quote.output_height} "
+                f"({render.megapixels(quote.output_megapixels)} MP) · about {seconds} s here"
+            )
         )
         if publish is not None:
             text += " · published on IPFS" if publish else " · private (not published)"
@@ -246,12 +290,15 @@ class WebHandlers:
         return (count, *rows, gr.Button(visible=count < MAX_EXTRA_PASSES))
 
     def apply_preset(self, preset: Any, scale: Any) -> tuple[Any, ...]:
-        """A preset fills the passes: the first model and scale, then each further pass."""
+        """A preset fills the passes: the first model and scale, then each further pass; a face
+        stage in it ticks "Restore faces" with its model."""
         chosen = next((p for p in self.front.presets() if p.id == preset), None)
         if chosen is None:
-            return (gr.update(),) * (3 + 3 * MAX_EXTRA_PASSES)
+            return (gr.update(),) * (5 + 3 * MAX_EXTRA_PASSES)
         wanted = _number(scale, "scale")
-        stages = chosen.pipeline(wanted if wanted in chosen.scales else None)
+        every = chosen.pipeline(wanted if wanted in chosen.scales else None)
+        faces = [stage for stage in every if "face" in stage]
+        stages = [stage for stage in every if "face" not in stage]
         rest = stages[1 : 1 + MAX_EXTRA_PASSES]
         updates: list[Any] = [gr.Dropdown(value=stages[0]["model"]), gr.Radio(value=stages[0]["scale"])]
         for index in range(MAX_EXTRA_PASSES):
@@ -260,12 +307,24 @@ class WebHandlers:
             else:
                 updates += [gr.Dropdown(value=NO_PASS), gr.Radio(value=2)]
         rows = [gr.Row(visible=index < len(rest)) for index in range(MAX_EXTRA_PASSES)]
-        return (*updates, len(rest), *rows)
+        face = (
+            [gr.Checkbox(value=True), gr.Dropdown(value=faces[0]["face"])]
+            if faces
+            else [gr.Checkbox(value=False), gr.update()]
+        )
+        return (*updates, len(rest), *rows, *face)
 
     def note(self, model: Any) -> str:
         rows = {row.entry.name: row.to_dict() for row in self.front.models()}
         name = model if isinstance(model, str) else ""
         return render.model_note(rows.get(name))
+
+    def face_note(self, model: Any, face_model: Any) -> str:
+        """Whether restoring faces suits the chosen upscaler, and the face model's own notice."""
+        rows = {row.entry.name: row.to_dict() for row in self.front.models()}
+        upscaler = rows.get(model if isinstance(model, str) else "")
+        face = rows.get(face_model if isinstance(face_model, str) else "")
+        return render.face_note(upscaler, face)
 
     # ------------------------------------------------------------ jobs
 
@@ -280,11 +339,15 @@ class WebHandlers:
         precision: Any,
         publish: Any,
         session: Any,
+        restore: Any = False,
+        face_model: Any = None,
+        face_weight: Any = None,
         *passes: Any,
     ) -> tuple[Any, ...]:
         if upload in (None, ""):
             raise gr.Error("Upload an image first.")
-        options = options_from_page(model, scale, fmt, tile, precision, publish, list(passes))
+        faces = (restore, face_model, face_weight)
+        options = options_from_page(model, scale, fmt, tile, precision, publish, list(passes), faces)
         data = self.uploads.read(upload)
         made = await self.front.create_for_browser(data, options)
         job = made.created.job

@@ -54,6 +54,34 @@ def passes_text(stages: list[tuple[str, int]]) -> str:
     return f"{len(stages)} passes: {listed} · **x{total} in all**"
 
 
+def units_text(stages: Any) -> str:
+    """Stages priced per thing found (faces), as the quote shows them: how many, at what rate."""
+    parts = []
+    for stage in stages:
+        if stage.unit != "megapixel" and stage.units is not None:
+            each = stage.rate_msat_per_megapixel / 1000
+            plural = "s" if stage.units != 1 else ""
+            parts.append(f"up to {stage.units} {stage.unit}{plural} restored ({each:g} sats each)")
+    return " · ".join(parts)
+
+
+def face_note(upscaler: dict[str, Any] | None, face: dict[str, Any] | None) -> str:
+    """Whether restoring faces makes sense after this upscaler (its own description says what it
+    does to faces), and the face model's licence notice if it has one."""
+    parts = []
+    faces = (upscaler or {}).get("faces")
+    if faces == "repaints":
+        parts.append("⚠ Not with this model: it paints faces in drawing style, and restoring them would paste "
+                     "photographic faces into a drawing (the server refuses it).")  # fmt: skip
+    elif faces == "keeps":
+        parts.append("Suits this model: it keeps faces as they are, and the faces it finds are then restored.")
+    else:
+        parts.append("Faces the detector finds are restored after the upscale; the rest of the image is kept.")
+    if face and face.get("licence"):
+        parts.append(f"**Licence:** {face['licence']}")
+    return " ".join(parts)
+
+
 def megapixels(value: float) -> str:
     return f"{value:.1f}" if value >= 1 else f"{value:.2f}"
 
@@ -106,15 +134,28 @@ def fidelity_html(job: JobView) -> str:
     if not figures or not figures.get("overall"):
         return ""
 
-    rows = [("Whole job", figure_text(figures["overall"]))]
     stages = figures.get("stages") or []
+    rows = [("Whole job", figure_text(figures["overall"]) + (_faces(stages[0]) if len(stages) == 1 else ""))]
     if len(stages) > 1:
-        rows += [(f"Pass {s['stage']} ({html.escape(s['model'])})", figure_text(s)) for s in stages]
+        rows += [(f"Pass {s['stage']} ({html.escape(s['model'])})", figure_text(s) + _faces(s)) for s in stages]
     items = "".join(f"<dt>{label}</dt><dd>{value}</dd>" for label, value in rows)
     return (
         '<dl class="satscale-fidelity" data-heading="Consistency with the input" title="the output scaled back '
         f"down to the input's size, compared with the input: higher is more faithful\">{items}</dl>"
     )
+
+
+def _faces(stage: dict[str, Any]) -> str:
+    """What a face stage did, after its figure: faces restored, and the others with why."""
+    if "faces_restored" not in stage:
+        return ""
+    restored, listed = len(stage["faces_restored"]), stage.get("faces_left_alone") or []
+    left = stage.get("faces_left_alone_count", len(listed))
+    text = f" · {restored} face{'s' * (restored != 1)} restored"
+    if left:
+        reasons = "; ".join(dict.fromkeys(html.escape(str(face.get("reason", ""))) for face in listed))
+        text += f" · {left} left alone ({reasons})"
+    return text
 
 
 def provenance_html(job: JobView, chain: dict | None) -> str:
