@@ -28,7 +28,11 @@ from sr_core.upscale import UpscaleOptions, upscale_file
 from .helpers import natural_image
 
 ROOT = Path(__file__).resolve().parent.parent
-FAMILY = re.compile(r"\bsupir|\bccsr|\besrgan\b|spandrel|engines\.(esrgan|supir|ccsr|diffusion)", re.IGNORECASE)
+FAMILY = re.compile(
+    r"\bsupir|\bccsr|\besrgan\b|spandrel|engines\.(esrgan|supir|ccsr|diffusion)|gfpgan|restoreformer|codeformer|mtcnn",
+    re.IGNORECASE,
+)
+ENGINE_PACKAGES = (ROOT / "sr_core" / "engines", ROOT / "sr_core" / "faces")
 
 
 def test_no_family_name_outside_the_engine_packages_and_the_registry_of_kinds() -> None:
@@ -37,7 +41,7 @@ def test_no_family_name_outside_the_engine_packages_and_the_registry_of_kinds() 
     sources = [ROOT / "app.py", *sorted((ROOT / "service").rglob("*.py")), *sorted((ROOT / "sr_core").rglob("*.py"))]
     found = []
     for path in sources:
-        if path in allowed or (ROOT / "sr_core" / "engines") in path.parents:
+        if path in allowed or any(package in path.parents for package in ENGINE_PACKAGES):
             continue
         for number, line in enumerate(path.read_text().splitlines(), start=1):
             if FAMILY.search(line):

@@ -65,7 +65,7 @@ def upload_and_pay(page: Page, url: str, photo: Path, publish: bool = False) -> 
     page.goto(url)
     page.set_input_files("#upload input[type=file]", str(photo))
     expect(page.locator("#image-info")).to_contain_text("80 × 60 px · PNG · RGB · 8-bit")
-    page.get_by_role("combobox", name="Model").click()
+    page.get_by_role("combobox", name="Model", exact=True).click()
     page.get_by_role("option", name="realesr-animevideov3").click()
     expect(page.locator("#model-note")).to_contain_text("not for photos of people")
     page.locator('#scale [data-testid="2-radio-label"]').click()
@@ -172,7 +172,7 @@ def test_add_a_pass_then_pay_and_download_each_pass(browser: Browser, server, ph
     page.goto(url)
     page.set_input_files("#upload input[type=file]", str(photo))
     expect(page.locator("#image-info")).to_contain_text("80 × 60 px")
-    page.get_by_role("combobox", name="Model").click()
+    page.get_by_role("combobox", name="Model", exact=True).click()
     page.get_by_role("option", name="realesr-animevideov3").click()
     page.locator('#scale [data-testid="2-radio-label"]').click()
     expect(page.locator("#quote")).to_contain_text("output 160 × 120")
@@ -209,4 +209,59 @@ def test_add_a_pass_then_pay_and_download_each_pass(browser: Browser, server, ph
     expect(page.locator("#provenance .satscale-fidelity")).to_contain_text("Pass 2")
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "ui-passes.png"), full_page=True)
+    page.close()
+
+
+@pytest.fixture
+def face_server(tmp_path: Path, face_registry) -> Iterator[tuple[str, object]]:
+    app = create_app(Settings(data_dir=tmp_path / "data"), face_registry)
+    with serving(app) as url:
+        yield url, app
+
+
+def test_restore_faces_is_priced_per_face_explained_per_model_and_paid(
+    browser: Browser, face_server, tmp_path: Path
+) -> None:
+    import skimage.data
+
+    url, app = face_server
+    expect.set_options(timeout=120_000)
+    portrait = tmp_path / "portrait.png"
+    Image.fromarray(skimage.data.astronaut()).resize((128, 128), Image.Resampling.LANCZOS).save(portrait)
+    page = browser.new_page(viewport={"width": 1280, "height": 1200})
+    page.goto(url)
+    page.set_input_files("#upload input[type=file]", str(portrait))
+    expect(page.locator("#image-info")).to_contain_text("128 × 128 px")
+    page.get_by_role("combobox", name="Model", exact=True).click()
+    page.get_by_role("option", name="realesrgan-x4plus", exact=True).click()
+    page.locator('#scale [data-testid="2-radio-label"]').click()
+    expect(page.locator("#face-note")).to_contain_text("Suits this model")
+    page.locator("#restore-faces input").check()
+    page.get_by_role("combobox", name="Face model").click()
+    page.get_by_role("option", name="gfpgan-v1.4").click()
+    expect(page.locator("#quote")).to_contain_text("up to 1 face restored")
+    # an illustration model: the page says why not, and the server refuses it
+    page.get_by_role("combobox", name="Model", exact=True).click()
+    page.get_by_role("option", name="realesr-animevideov3").click()
+    expect(page.locator("#face-note")).to_contain_text("Not with this model")
+    expect(page.locator("#quote")).to_contain_text("paste photographic faces into a drawing")
+    # CodeFormer's licence is on the page before anyone picks it
+    page.get_by_role("combobox", name="Face model").click()
+    page.get_by_role("option", name="codeformer").click()
+    expect(page.locator("#face-note")).to_contain_text("non-commercial")
+    page.get_by_role("combobox", name="Face model").click()
+    page.get_by_role("option", name="gfpgan-v1.4").click()
+    page.get_by_role("combobox", name="Model", exact=True).click()
+    page.get_by_role("option", name="realesrgan-x4plus", exact=True).click()
+    page.locator('#scale [data-testid="2-radio-label"]').click()
+    expect(page.locator("#quote")).to_contain_text("up to 1 face restored")
+    page.click("#get-invoice")
+    expect(page.locator("#bolt11 textarea")).to_have_value(re.compile("^lnbcrt"))
+    page.click("#dev-pay")
+    expect(page.locator("#progress [data-state=succeeded]")).to_be_visible()
+    (job,) = app.state.service.store.recent(1)
+    assert [s.model for s in job.stages] == ["realesrgan-x4plus", "gfpgan-v1.4"]
+    expect(page.locator("#provenance .satscale-fidelity")).to_contain_text("1 face restored")
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "ui-faces.png"), full_page=True)
     page.close()

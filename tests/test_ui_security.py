@@ -40,6 +40,8 @@ from .servers import serving
 MODEL = "realesr-animevideov3"
 #: the page's extra-pass fields left at "no further pass" (two passes: model and scale each)
 NO_PASSES = [NO_PASS, 2, NO_PASS, 2]
+#: the page's face fields left off: "Restore faces" unticked, no face model, the default weight
+NO_FACES = [False, None, 0.5]
 
 
 def png(seed: int, height: int = 20, width: int = 24) -> bytes:
@@ -252,7 +254,7 @@ def browser_job(url: str, seed: int) -> tuple[dict, str]:
     path = upload(url, png(seed))
     _, types = handler(url, "create")
     session = {"current": None, "jobs": []}
-    data = [file_data(path), MODEL, 2, "png", 0, "auto", False, session, *NO_PASSES]
+    data = [file_data(path), MODEL, 2, "png", 0, "auto", False, session, *NO_FACES, *NO_PASSES]
     assert types[7] == "browserstate" and len(types) == len(data)
     kind, payload = call(url, "create", data)
     assert kind == "complete", payload
@@ -388,9 +390,9 @@ def test_scale_zero_is_refused_at_both_doors(served) -> None:
     assert quote.status_code == 422
     path = upload(url, png(2))
     refusals = ("x0 is not offered", "not in the list of choices")  # ours, or Gradio's own choice check
-    kind, payload = call(url, "create", [file_data(path), MODEL, 0, "png", 0, "auto", False, {}, *NO_PASSES])
+    kind, payload = call(url, "create", [file_data(path), MODEL, 0, "png", 0, "auto", False, {}, *NO_FACES, *NO_PASSES])
     assert kind == "error" and any(text in payload for text in refusals), payload
-    kind, payload = call(url, "quote", [file_data(path), MODEL, 0, False, *NO_PASSES])
+    kind, payload = call(url, "quote", [file_data(path), MODEL, 0, False, *NO_FACES, *NO_PASSES])
     assert any(text in payload for text in refusals) and "sats" not in payload, payload
     # behind Gradio's own check, the handlers pass 0 on as 0 (never as "the default scale")
     options = options_from_page(MODEL, 0, None, 0, "auto", False)
@@ -462,9 +464,10 @@ def test_the_pass_fields_are_checked_like_any_request(served) -> None:
         ([MODEL, "2; rm", NO_PASS, 2], ("pass scale must be a whole number", gradio)),
     ]
     for passes, messages in cases:
-        kind, payload = call(url, "create", [file_data(path), MODEL, 2, "png", 0, "auto", False, session, *passes])
+        data = [file_data(path), MODEL, 2, "png", 0, "auto", False, session, *NO_FACES, *passes]
+        kind, payload = call(url, "create", data)
         assert kind == "error" and any(m in payload for m in messages), (passes, payload[:300])
-        _kind, quoted = call(url, "quote", [file_data(path), MODEL, 2, False, *passes])
+        _kind, quoted = call(url, "quote", [file_data(path), MODEL, 2, False, *NO_FACES, *passes])
         assert any(m in quoted for m in messages) and "sats" not in quoted, (passes, quoted[:300])
     assert app.state.service.store.count() == 0
     # behind Gradio's check, the intake refuses what the page's fields cannot hold, naming the pass
