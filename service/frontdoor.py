@@ -150,8 +150,7 @@ class FrontDoor:
 
     async def repeat(self, data: bytes, options: JobOptions, credential: l402.Credential) -> Grant:
         """A creating request repeated with its credential: the job that token pays for."""
-        admission = await self.service.intake.resolve(data, options)
-        return self.gate.by_token(credential, admission.binding)
+        return self.gate.by_token(credential, await self.service.intake.binding(data, options))
 
     # ------------------------------------------------------------ jobs
 

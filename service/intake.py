@@ -16,12 +16,14 @@ import asyncio
 import hashlib
 import json
 import math
+import threading
+from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from sr_core.engines import Engine, EngineInfo, ReadWindow
+from sr_core.engines import Engine, EngineInfo, ReadWindow, Survey
 from sr_core.errors import ImageTooLargeError, ParameterError
 from sr_core.imageio import (
     ImageInfo,
@@ -47,6 +49,9 @@ from .stages import StageOptions, StageRequest, check_stage_model, parse_pipelin
 #: refuse a job whose estimated run takes more than this share of the hold budget
 ADMISSION_SHARE = 0.8
 MAX_REQUEST_TILE = 2048
+#: uploads whose validation, and stage surveys (faces counted), are remembered by content hash
+INSPECTIONS_KEPT = 16
+SURVEYS_KEPT = 64
 
 
 class ServerBusy(Exception):
@@ -76,7 +81,37 @@ class Priced:
     quote: Quote
     estimate: Estimate
     engine: EngineInfo  # the first stage's
+    #: the stages the job runs: options bound to what the price counted (a face stage's max_faces)
     stages: tuple[StageRequest, ...] = ()
+    #: the same stages with the options as sent: what a token is bound to, so repeating the
+    #: request never depends on counting the same faces again
+    sent: tuple[StageRequest, ...] = ()
+
+
+@dataclass(frozen=True)
+class _Upload:
+    data: bytes
+    sha256: str
+
+    def reader(self, limits: ImageLimits) -> ReadWindow:
+        return ImageReader(self.data, limits, source="upload", sequential=True).read
+
+
+@dataclass(frozen=True)
+class _Step:
+    """One stage checked, before anything is counted in the image."""
+
+    sent: StageOptions
+    engine: Engine
+    scale: int
+    chosen: dict[str, Any]  # its engine options as sent, parsed
+    run: UpscaleOptions
+    image: ImageInfo  # the image the stage gets
+    magnified: int  # what the stages before it multiply the input's size by
+
+    def resolved(self, options: dict[str, Any]) -> StageRequest:
+        return StageRequest(self.sent.model, self.scale, self.sent.tile, self.sent.precision,
+                            tuple(sorted(options.items())))  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -136,13 +171,29 @@ class Intake:
         self.engines = engines
         self.meter = meter
         self.backlog = backlog
+        self._lock = threading.Lock()
+        self._inspected: OrderedDict[str, ImageInfo] = OrderedDict()
+        self._surveys: OrderedDict[tuple, tuple[Engine, Survey | None]] = OrderedDict()
 
     def limits(self) -> ImageLimits:
         return upload_limits(self.settings)
 
     async def inspect(self, data: bytes) -> ImageInfo:
-        """The core's validation, the same checks the CLI applies."""
-        return await asyncio.to_thread(validate_image, data, self.limits(), "upload")
+        """The core's validation, the same checks the CLI applies (a full decode), once per
+        content: the same bytes again (a quote asked again, the job made from it) are known."""
+        return (await asyncio.to_thread(self._inspect, data))[1]
+
+    def _inspect(self, data: bytes) -> tuple[_Upload, ImageInfo]:
+        upload = _Upload(data, hashlib.sha256(data).hexdigest())
+        with self._lock:
+            known = self._inspected.get(upload.sha256)
+        if known is None:
+            known = validate_image(data, self.limits(), "upload")  # refusals are not remembered
+            with self._lock:
+                self._inspected[upload.sha256] = known
+                while len(self._inspected) > INSPECTIONS_KEPT:
+                    self._inspected.popitem(last=False)
+        return upload, known
 
     async def price(self, options: JobOptions, width: int, height: int) -> Priced:
         """Price and time of an upscale of an image of this size (the upload limits apply)."""
@@ -151,25 +202,27 @@ class Intake:
 
     async def price_upload(self, data: bytes, options: JobOptions) -> Priced:
         """Price and time of an upscale of this upload (a face stage's faces counted in it)."""
-        image = await self.inspect(data)
-        return await asyncio.to_thread(self._price, options, image, self._pixels(data))
 
-    def _pixels(self, data: bytes) -> Callable[[], ReadWindow]:
-        def pixels() -> ReadWindow:  # opened only for a stage that looks at them, read in order
-            return ImageReader(data, self.limits(), source="upload", sequential=True).read
+        def price() -> Priced:
+            upload, image = self._inspect(data)
+            return self._price(options, image, upload)
 
-        return pixels
+        return await asyncio.to_thread(price)
 
     async def resolve(self, data: bytes, options: JobOptions) -> Admission:
         """Validate the upload and the options; price the job. Nothing is refused for time."""
-        image = await self.inspect(data)
-        return await asyncio.to_thread(self._resolve, data, image, options)
+        return await asyncio.to_thread(self._resolve, data, options, False)
 
     async def admit(self, data: bytes, options: JobOptions) -> Admission:
         """`resolve`, then refuse a job that cannot finish while its payment can be held."""
-        admission = await self.resolve(data, options)
+        admission = await asyncio.to_thread(self._resolve, data, options, True)
         self.check_time(admission.estimate, admission.image, admission.request.model)
         return admission
+
+    async def binding(self, data: bytes, options: JobOptions) -> str:
+        """What a token for this request is bound to: the upload validated and the options
+        checked, nothing counted in the image (a token's repeat needs no second detection)."""
+        return await asyncio.to_thread(lambda: self._admission(data, options, count=False).binding)
 
     def check_time(self, estimate: Estimate, image: ImageInfo, model: str) -> None:
         budget = self.settings.hold_budget_seconds
@@ -210,15 +263,43 @@ class Intake:
             raise ParameterError("precision must be a name (auto, fp32, bf16, fp16)")
         return self.engines.get(stage.model, stage.precision)
 
-    def _price(self, options: JobOptions, image: ImageInfo, pixels: Callable[[], ReadWindow] | None = None) -> Priced:
+    def _price(self, options: JobOptions, image: ImageInfo, upload: _Upload | None = None) -> Priced:
         """Every stage checked on the image the stage before makes (scale, size, the engine's own
         options), priced and timed; the whole pipeline's output within the server's limit.
-        `pixels`: opens the upload's pixels, where a stage priced per thing it finds counts them
-        (a face stage its faces; without pixels, a quote counts the most the stage may do)."""
+        `upload`: the image itself, where a stage priced per thing it finds counts them (a face
+        stage its faces; without it, a quote counts the most the stage may do). Everything that
+        can refuse without looking at the pixels is checked before they are looked at."""
+        return self._price_steps(self._plan(options, image), image, upload)
+
+    def _price_steps(self, planned: list[_Step], image: ImageInfo, upload: _Upload | None) -> Priced:
+        several = len(planned) > 1
+        stages, sent, quotes, runs = [], [], [], []
+        for index, step in enumerate(planned, start=1):
+            try:
+                survey = self._survey(index, step, image, upload)
+            except ParameterError as exc:
+                raise ParameterError(f"stage {index} ({step.sent.model}): {exc}") if several else exc from None
+            chosen, count = step.chosen, None
+            if survey is not None:
+                chosen, count = dict(survey.options), survey.units
+            run = replace(step.run, engine_options=chosen)
+            stages.append(step.resolved(chosen))
+            sent.append(step.resolved(step.chosen))
+            info = step.engine.info
+            factor = _work_factor(step.engine, step.image, run)
+            quotes.append(stage_quote(self.settings, step.sent.model, info, step.image.width, step.image.height,
+                                      step.scale, factor, count))  # fmt: skip
+            runs.append((step.engine, step.image, run))
+        priced = quote(self.settings, pipeline_name(stages), image.width, image.height, quotes)
+        estimate = self.meter.estimate_stages(runs)
+        return Priced(priced, estimate, runs[0][0].info, tuple(stages), tuple(sent))
+
+    def _plan(self, options: JobOptions, image: ImageInfo) -> list[_Step]:
+        """The stages checked without the pixels: names, scales, sizes, options, their order
+        (one face stage, never after a model that repaints faces) and the output's size."""
         sent = self._stage_options(options)
         several = len(sent) > 1
-        stages, quotes, runs = [], [], []
-        current = image
+        steps, current = [], image
         for index, stage in enumerate(sent, start=1):
             try:
                 engine = self._engine(stage)
@@ -227,71 +308,75 @@ class Intake:
                 scale = info.resolve_scale(stage.scale)
                 info.check_output_size(current.width, current.height, scale)
                 chosen = info.parse_options(stage.options)
-                run = UpscaleOptions(scale=scale, tile=stage.tile, engine_options=chosen)
-                units = self._units(engine, run, image, pixels, current.width // image.width)
             except ParameterError as exc:
                 raise ParameterError(f"stage {index} ({stage.model}): {exc}") if several else exc from None
-            if units is not None:
-                chosen = units[1]
-                run = UpscaleOptions(scale=scale, tile=stage.tile, engine_options=chosen)
-            resolved = StageRequest(stage.model, scale, stage.tile, stage.precision, tuple(sorted(chosen.items())))
-            stages.append(resolved)
-            factor = _work_factor(engine, current, run)
-            count = units[0] if units else None
-            quotes.append(
-                stage_quote(self.settings, stage.model, info, current.width, current.height, scale, factor, count)
-            )
-            runs.append((engine, current, run))
+            run = UpscaleOptions(scale=scale, tile=stage.tile, engine_options=chosen)
+            steps.append(_Step(stage, engine, scale, chosen, run, current, current.width // image.width))
             current = stage_image(current, scale)
-        check_face_stages([engine.info for engine, _, _ in runs])
+        check_face_stages([step.engine.info for step in steps])
         limit = self.settings.output_megapixels_limit
         if current.width * current.height > limit * 1e6:
             raise ImageTooLargeError(
                 f"the output would be {current.width}x{current.height}, more than this server's "
                 f"{limit:g} MP limit: choose smaller scales or a smaller input"
             )
-        priced = quote(self.settings, pipeline_name(stages), image.width, image.height, quotes)
-        estimate = self.meter.estimate_stages(runs)
-        return Priced(priced, estimate, runs[0][0].info, tuple(stages))
+        return steps
 
-    @staticmethod
-    def _units(
-        engine: Engine,
-        run: UpscaleOptions,
-        image: ImageInfo,
-        pixels: Callable[[], ReadWindow] | None,
-        magnified: int,
-    ) -> tuple[int, dict] | None:
-        """What a stage priced per unit pays for and its options bound to that count, counted in
-        the upload (without it: the most the stage may do); None for a stage priced by size."""
-        survey = engine.survey(pixels() if pixels else None, image, run, magnified)
-        return None if survey is None else (survey.units, dict(survey.options))
+    def _survey(self, index: int, step: _Step, image: ImageInfo, upload: _Upload | None) -> Survey | None:
+        """What a stage priced per thing it finds counts in the upload (without it: the most it
+        may do); None for a stage priced by size. Remembered per upload, stage and options, so a
+        quote asked again (a slider moved back, a token's repeat) does not look again."""
+        if not step.engine.info.counts_in_image:
+            return None
+        if upload is None:
+            return step.engine.survey(None, image, step.run, step.magnified)
+        key = (upload.sha256, index, tuple(sorted(step.chosen.items())), step.scale, step.magnified)
+        with self._lock:
+            seen = self._surveys.get(key)
+            if seen is not None and seen[0] is step.engine:
+                self._surveys.move_to_end(key)
+                return seen[1]
+        survey = step.engine.survey(upload.reader(self.limits()), image, step.run, step.magnified)
+        with self._lock:
+            self._surveys[key] = (step.engine, survey)
+            while len(self._surveys) > SURVEYS_KEPT:
+                self._surveys.popitem(last=False)
+        return survey
 
-    def _resolve(self, data: bytes, image: ImageInfo, options: JobOptions) -> Admission:
+    def _resolve(self, data: bytes, options: JobOptions, admitting: bool) -> Admission:
+        return self._admission(data, options, count=True, admitting=admitting)
+
+    def _admission(self, data: bytes, options: JobOptions, count: bool, admitting: bool = False) -> Admission:
+        """`count`: look in the image for what stages priced per thing they find count (else
+        the most they may do). `admitting`: what could not run in time even if they found
+        nothing is refused before anything is looked for."""
+        upload, image = self._inspect(data)
         output_format = image.format if options.output_format in (None, "") else normalise_format(options.output_format)
-
-        priced = self._price(options, image, self._pixels(data))
-        scale = priced.quote.scale
+        steps = self._plan(options, image)
+        scale = math.prod(step.scale for step in steps)
         spec = OutputSpec(image.width * scale, image.height * scale, image.channels, image.bit_depth)
         check_output(spec, output_format, Path("output"))  # a format that cannot hold the output: before any invoice
-        stages = priced.stages
-        single = stages[0] if len(stages) == 1 else None
+        by_size = [(step.engine, step.image, step.run) for step in steps if not step.engine.info.counts_in_image]
+        if admitting and by_size and len(by_size) < len(steps):
+            name = pipeline_name([step.resolved(step.chosen) for step in steps])
+            self.check_time(self.meter.estimate_stages(by_size), image, name)
+        priced = self._price_steps(steps, image, upload if count else None)
+        single = priced.stages[0] if len(priced.stages) == 1 else None
         request = JobRequest(
-            model=pipeline_name(stages),
+            model=pipeline_name(priced.stages),
             scale=scale,
             output_format=output_format,
             tile=single.tile if single else None,
             precision=single.precision if single else "auto",
             publish=bool(options.publish),
-            stages=stages,
+            stages=priced.stages,
         )
-        input_sha256 = hashlib.sha256(data).hexdigest()
         return Admission(
             data=data,
             image=image,
-            input_sha256=input_sha256,
+            input_sha256=upload.sha256,
             request=request,
-            binding=request_hash(input_sha256, request),
+            binding=request_hash(upload.sha256, replace(request, stages=priced.sent)),
             quote=priced.quote,
             estimate=priced.estimate,
         )

@@ -70,7 +70,7 @@ def stage_quote(
     if width < 1 or height < 1:
         raise ParameterError("width and height must be positive")
     megapixels = width * scale * height * scale / 1e6
-    if info.price_unit != "megapixel":
+    if info.counts_in_image:
         rate = settings.model_prices_msat.get(model, settings.price_per_unit_msat.get(info.price_unit))
         if rate is None:
             raise ParameterError(f"no price per {info.price_unit} is configured for {model}")

@@ -63,3 +63,9 @@ class ParameterError(SatscaleError):
 class Cancelled(SatscaleError):
     """The caller asked the run to stop (its job failed, expired or ran out of time); the run
     ends between two tiles or sampler steps and leaves no output behind."""
+
+
+def error_summary(exc: BaseException, limit: int = 300) -> str:
+    """A library's exception as one line of at most `limit` characters, for a message of ours."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -60,6 +60,11 @@ class ImageInfo:
     def colour_channels(self) -> int:
         return self.channels - int(self.has_alpha)
 
+    @property
+    def peak(self) -> float:
+        """The largest sample value (255 for 8-bit, 65535 for 16-bit)."""
+        return 65535.0 if self.bit_depth == 16 else 255.0
+
 
 def sniff_format(head: bytes) -> str | None:
     """The accepted format these leading bytes belong to, else None."""

@@ -89,7 +89,7 @@ class _BatchRunner:
         self.timings = timings
         self.plan = plan
         self.image = image
-        self.peak = 65535.0 if image.bit_depth == 16 else 255.0
+        self.peak = image.peak
         self.dtype = np.uint16 if image.bit_depth == 16 else np.uint8
 
     def _quantise(self, values: torch.Tensor) -> np.ndarray:

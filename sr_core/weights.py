@@ -10,17 +10,33 @@ import fcntl
 import hashlib
 import json
 import os
+import pickle
 import tempfile
+import zipfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import save_file
 
 WEIGHT_SUFFIXES = (".pth", ".pt", ".safetensors", ".ckpt")
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 BUILTIN_SUBDIR = "builtin"
+#: what reading a checkpoint that is truncated, not a checkpoint, or a pickle of something other
+#: than a dict (spandrel's unwrapping trips with AttributeError/TypeError) raises
+CHECKPOINT_READ_ERRORS: tuple[type[BaseException], ...] = (
+    RuntimeError,
+    EOFError,
+    OSError,
+    ValueError,
+    pickle.UnpicklingError,
+    zipfile.BadZipFile,
+    SafetensorError,
+    AttributeError,
+    TypeError,
+)
 
 
 def weights_dir() -> Path:

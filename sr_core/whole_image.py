@@ -52,7 +52,7 @@ def run_whole_image(
     scale = plan.scale
     if should_stop and should_stop():
         raise Cancelled("the run was stopped")
-    peak = 65535.0 if image.bit_depth == 16 else 255.0
+    peak = image.peak
     dtype = np.uint16 if image.bit_depth == 16 else np.uint8
     pixels = read(0, 0, image.width, image.height)
     colour = to_tensor([pixels[..., : image.colour_channels]], peak)

@@ -311,3 +311,32 @@ def test_cuda_matches_cpu(detector: FaceDetector, astronaut: np.ndarray) -> None
     for a, b in zip(cpu, cuda, strict=True):
         assert abs(a.score - b.score) < 1e-3
         assert np.abs(a.landmarks - b.landmarks).max() < 0.1
+
+
+def test_work_is_bounded_whatever_the_image_shows(
+    detector: FaceDetector, astronaut: np.ndarray, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A crowd (16 astronauts) is found whole under the real bounds; with the bounds lowered, no
+    stage of the cascade gets more boxes than allowed and no more faces come back."""
+    face = astronaut[20:260, 110:330]  # the head and shoulders
+    crowd = np.concatenate([np.concatenate([face] * 4, axis=1)] * 4, axis=0)
+    assert len(detector.detect(crowd)) >= 16
+
+    from sr_core.faces import mtcnn
+
+    seen: dict[int, int] = {}
+    run = FaceDetector._run
+
+    def counting(self: FaceDetector, net, image, boxes, size):
+        seen[size] = max(seen.get(size, 0), len(boxes))
+        return run(self, net, image, boxes, size)
+
+    monkeypatch.setattr(FaceDetector, "_run", counting)
+    monkeypatch.setattr(mtcnn, "_MAX_LEVEL_CANDIDATES", 50)
+    monkeypatch.setattr(mtcnn, "_MAX_PROPOSALS", 40)
+    monkeypatch.setattr(mtcnn, "_MAX_REFINED", 20)
+    monkeypatch.setattr(mtcnn, "MAX_FACES_FOUND", 5)
+    found = detector.detect(crowd)
+    assert seen[24] <= 40 and seen[48] <= 20
+    assert 0 < len(found) <= 5
+    assert [f.score for f in found] == sorted((f.score for f in found), reverse=True)

@@ -121,6 +121,70 @@ def test_an_image_without_faces_pays_nothing_for_faces_and_gets_the_upscale_unch
     )
 
 
+class CountingDetector:
+    def __init__(self, detect) -> None:
+        self.detect, self.calls = detect, 0
+
+    def __call__(self, rgb):
+        self.calls += 1
+        return self.detect(rgb)
+
+
+@pytest.fixture
+def counted(client, monkeypatch) -> CountingDetector:
+    """The face engine's detector, counting the times it looks at an image."""
+    engine = client.app.state.service.engines.get(FACE)
+    counting = CountingDetector(engine.detect)
+    monkeypatch.setattr(engine, "detect", counting)
+    return counting
+
+
+def test_faces_are_counted_once_per_upload_and_a_token_is_bound_to_the_request_as_sent(
+    client, counted, portrait, monkeypatch
+) -> None:
+    import asyncio
+    from dataclasses import replace
+
+    from service.intake import JobOptions
+
+    pipeline = upscale_then_faces(weight=0.25)
+    created = send(client, portrait, pipeline)
+    assert created.status_code == 402 and created.json()["pipeline"][1]["max_faces"] == 1
+    assert counted.calls == 1
+    # the web app's quote of the same upload, asked again and again: no second look
+    front = client.app.state.front
+    for _ in range(3):
+        priced = asyncio.run(front.quote_upload(portrait, JobOptions(pipeline=pipeline)))
+        assert priced.quote.stages[1].units == 1
+    assert counted.calls == 1
+    # the server now counts differently (stricter rules, nothing remembered): the token still
+    # finds its job, since it is bound to what was sent and not to what was counted
+    engine = client.app.state.service.engines.get(FACE)
+    monkeypatch.setattr(engine, "rules", replace(engine.rules, min_score=0.99999))
+    client.app.state.service.intake._surveys.clear()
+    macaroon = l402.parse_challenge(created.headers["WWW-Authenticate"]).macaroon
+    again = send(client, portrait, pipeline, headers={"Authorization": f"L402 {macaroon}"})
+    assert again.status_code != 401 and again.json()["job_id"] == created.json()["job_id"], again.text
+    assert counted.calls == 1
+    # a request changed in what it sends is another request: the token does not fit it
+    other = send(client, portrait, upscale_then_faces(weight=0.3), headers={"Authorization": f"L402 {macaroon}"})
+    assert other.status_code == 401, other.text
+
+
+def test_what_is_refused_without_looking_is_refused_before_faces_are_looked_for(
+    tmp_path, face_registry, portrait
+) -> None:
+    with make_client(tmp_path, face_registry, max_output_megapixels=0.1) as small:
+        engine = small.app.state.service.engines.get(FACE)
+        counting = CountingDetector(engine.detect)
+        engine.detect = counting
+        too_big = send(small, portrait, upscale_then_faces())  # 512 x 512 out: over 0.1 MP
+        assert too_big.status_code == 413 and "0.1 MP limit" in too_big.json()["detail"], too_big.text
+        as_gif = send(small, portrait, json.dumps([{"model": PHOTO, "scale": 1}, {"face": FACE}]), format="gif")
+        assert as_gif.status_code in (415, 422), as_gif.text
+        assert counting.calls == 0 and small.app.state.service.store.count() == 0
+
+
 @pytest.mark.parametrize(
     ("pipeline", "message"),
     [

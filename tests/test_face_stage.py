@@ -122,6 +122,29 @@ def test_the_mask_is_shaped_by_the_landmarks_and_has_no_step_at_its_edge() -> No
     assert float(slope.abs().max()) > 5  # it does fall off, within the band
 
 
+def test_a_wide_face_is_pasted_in_column_chunks_with_the_same_pixels(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The paste works a bounded number of columns at a time (its grids do not grow with the
+    face); the chunks give exactly the pixels of one pass, and pixels outside the mask keep theirs."""
+    from sr_core.faces import paste
+    from sr_core.faces.paste import RestoredFace, paste_band
+
+    landmarks = placed_face(7.0, 3.0, (0.0, 0.0))
+    alignment = align(landmarks + (np.array([900.0, 640.0]) - landmarks.mean(axis=0)))  # 3x the crop
+    footprint = alignment.footprint(1800, 1400)
+    assert footprint is not None and footprint[2] - footprint[0] > 1500
+    crop = torch.rand(3, FACE_SIZE, FACE_SIZE, generator=torch.Generator().manual_seed(3))
+    ellipse = FaceEllipse.around(alignment.landmarks)
+    face = RestoredFace(crop, alignment, ellipse, 0.8, footprint)
+    band = np.random.default_rng(1).integers(0, 65536, (256, 1800, 3), dtype=np.uint16)
+    whole = paste_band(band, 600, [face], 3, 65535.0)
+    monkeypatch.setattr(paste, "PASTE_COLUMNS", 97)
+    chunked = paste_band(band, 600, [face], 3, 65535.0)
+    np.testing.assert_array_equal(whole, chunked)
+    changed = (whole != band).any(axis=2)
+    assert changed.sum() > 100_000 and not changed[:, :300].any()  # the face only, not its square
+    assert band is not whole  # the caller's band is never written to
+
+
 # ------------------------------------------------------------ what is restored
 
 

@@ -17,7 +17,7 @@ from PIL import Image
 
 from app import create_app
 from service.config import Settings
-from service.ui.handlers import options_from_page, page_faces
+from service.ui.handlers import NO_PASS, options_from_page, page_faces
 from service.ui.render import face_note
 from sr_core.faces.align import FFHQ_TEMPLATE, align
 from sr_core.faces.search import FoundFace
@@ -102,11 +102,19 @@ def test_the_page_builds_the_face_stage_and_refuses_odd_shapes() -> None:
             page_faces(*bad)
 
 
-def test_the_page_says_which_upscalers_suit_face_restoration() -> None:
-    assert "Not with this model" in face_note({"faces": "repaints"}, {"licence": None})
-    assert "Suits this model" in face_note({"faces": "keeps"}, None)
-    licence = face_note({"faces": "keeps"}, {"licence": "non-commercial use only"})
+def test_the_page_says_which_upscalers_suit_face_restoration(served) -> None:
+    photo, anime = {"name": PHOTO, "faces": "keeps"}, {"name": "anime", "faces": "repaints"}
+    assert "Not with anime" in face_note([anime], {"licence": None})
+    assert "Suits this model" in face_note([photo], None)
+    assert "Not with anime" in face_note([photo, anime], None)  # any pass before the faces counts
+    licence = face_note([photo], {"licence": "non-commercial use only"})
     assert "Licence" in licence and "non-commercial" in licence
+    # the page's handler reads every pass
+    url, _app = served
+    kind, payload = call(url, "face_note", [PHOTO, FACE, "realesr-animevideov3", 2, NO_PASS, 2])
+    assert kind == "complete" and "Not with realesr-animevideov3" in str(payload), payload
+    kind, payload = call(url, "face_note", [PHOTO, FACE, NO_PASS, 2, NO_PASS, 2])
+    assert kind == "complete" and "Suits this model" in str(payload), payload
 
 
 def test_the_faces_a_stage_reports_are_json() -> None:

@@ -166,7 +166,13 @@ def blocks(web: WebHandlers, front: FrontDoor) -> gr.Blocks:
         )
         model.change(web.scales, [model, scale], scale, **private)
         model.change(web.note, model, note, **private)
-        gr.on([model.change, face_model.change], web.face_note, [model, face_model], face_note, **private)
+        gr.on(
+            [model.change, face_model.change, *(f.change for f in pass_fields)],
+            web.face_note,
+            [model, face_model, *pass_fields],
+            face_note,
+            **private,
+        )
         add_pass.click(web.add_pass, shown_passes, [shown_passes, *pass_rows, add_pass], **private)
         preset.change(
             web.apply_preset,

@@ -239,10 +239,8 @@ class WebHandlers:
             info = await self._image(upload)
             faces = (restore, face_model, face_weight)
             options = options_from_page(model, scale, None, None, None, publish, list(passes), faces)
-            if options.pipeline and any("face" in stage for stage in options.pipeline):
-                priced = await self.front.quote_upload(self.uploads.read(upload), options)
-            else:
-                priced = await self.front.quote(options, info.width, info.height)
+            del info  # validated (and remembered) above: the intake knows these bytes
+            priced = await self.front.quote_upload(self.uploads.read(upload), options)
             return self._price_text(priced, options.publish)
         except gr.Error as exc:
             return render.warning(exc.message)
@@ -319,12 +317,17 @@ class WebHandlers:
         name = model if isinstance(model, str) else ""
         return render.model_note(rows.get(name))
 
-    def face_note(self, model: Any, face_model: Any) -> str:
-        """Whether restoring faces suits the chosen upscaler, and the face model's own notice."""
+    def face_note(self, model: Any, face_model: Any, *passes: Any) -> str:
+        """Whether restoring faces suits the chosen upscalers (every pass: the faces are restored
+        after the last), and the face model's own notice."""
         rows = {row.entry.name: row.to_dict() for row in self.front.models()}
-        upscaler = rows.get(model if isinstance(model, str) else "")
+        try:
+            names = [model, *(name for name, _ in page_passes(list(passes)))]
+        except gr.Error:
+            names = [model]  # the quote says what is wrong with the passes
+        upscalers = [rows[name] for name in names if isinstance(name, str) and name in rows]
         face = rows.get(face_model if isinstance(face_model, str) else "")
-        return render.face_note(upscaler, face)
+        return render.face_note(upscalers, face)
 
     # ------------------------------------------------------------ jobs
 

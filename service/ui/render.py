@@ -65,16 +65,18 @@ def units_text(stages: Any) -> str:
     return " · ".join(parts)
 
 
-def face_note(upscaler: dict[str, Any] | None, face: dict[str, Any] | None) -> str:
-    """Whether restoring faces makes sense after this upscaler (its own description says what it
-    does to faces), and the face model's licence notice if it has one."""
+def face_note(upscalers: list[dict[str, Any]], face: dict[str, Any] | None) -> str:
+    """Whether restoring faces makes sense after these upscalers (each one's description says
+    what it does to faces), and the face model's licence notice if it has one."""
     parts = []
-    faces = (upscaler or {}).get("faces")
-    if faces == "repaints":
-        parts.append("⚠ Not with this model: it paints faces in drawing style, and restoring them would paste "
-                     "photographic faces into a drawing (the server refuses it).")  # fmt: skip
-    elif faces == "keeps":
-        parts.append("Suits this model: it keeps faces as they are, and the faces it finds are then restored.")
+    does = {row.get("faces") for row in upscalers}
+    repaints = [row.get("name", "") for row in upscalers if row.get("faces") == "repaints"]
+    if repaints:
+        parts.append(f"⚠ Not with {', '.join(repaints)}: it paints faces in drawing style, and restoring them would "
+                     "paste photographic faces into a drawing (the server refuses it).")  # fmt: skip
+    elif does == {"keeps"}:
+        which = "this model" if len(upscalers) == 1 else "these models"
+        parts.append(f"Suits {which}: they keep faces as they are, and the faces found are then restored.")
     else:
         parts.append("Faces the detector finds are restored after the upscale; the rest of the image is kept.")
     if face and face.get("licence"):

@@ -112,6 +112,11 @@ class EngineInfo:
     #: a notice users must see before using the model (its weights' licence)
     licence_note: str | None = None
 
+    @property
+    def counts_in_image(self) -> bool:
+        """Priced per thing it finds (its `survey` counts them), not by output size."""
+        return self.price_unit != "megapixel"
+
     def resolve_scale(self, scale: int | None) -> int:
         """The scale a request gets: None means the model's own; anything the model does not offer
         (0 and negatives included) is refused. The one scale rule: pricing, admission, the

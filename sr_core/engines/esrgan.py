@@ -9,8 +9,6 @@ pixel (-> tile size) and the multiply-accumulates per pixel (-> price class).
 from __future__ import annotations
 
 import math
-import pickle
-import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,14 +16,13 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from safetensors import SafetensorError
 from spandrel import ImageModelDescriptor, ModelLoader, UnsupportedModelError
 from torch import nn
 
 from ..device import Precision, available_precisions, pick_device, resolve_precision
-from ..errors import WeightsError
+from ..errors import WeightsError, error_summary
 from ..kinds import CheckReport, Described, EngineKind, ModelEntry, Preset, photo_model
-from ..weights import WEIGHT_SUFFIXES, discover_user_weights
+from ..weights import CHECKPOINT_READ_ERRORS, WEIGHT_SUFFIXES, discover_user_weights
 from . import EngineInfo, Faces, TiledEngine, Tiling, price_class_for
 from .builtin import BUILTIN_SOURCES, builtin_weights
 
@@ -65,19 +62,9 @@ def load_descriptor(path: Path) -> ImageModelDescriptor:
     loader = ModelLoader(device="cpu")
     try:
         state_dict = loader.load_state_dict_from_file(path)
-    except (
-        RuntimeError,
-        EOFError,
-        OSError,
-        ValueError,
-        pickle.UnpicklingError,
-        zipfile.BadZipFile,
-        SafetensorError,
-        AttributeError,  # a pickle of something other than a dict (a list...): spandrel's unwrapping trips
-        TypeError,
-    ) as exc:
+    except CHECKPOINT_READ_ERRORS as exc:
         raise WeightsError(
-            f"{path}: cannot read the file, it is truncated or not a checkpoint ({_short(exc)})"
+            f"{path}: cannot read the file, it is truncated or not a checkpoint ({error_summary(exc)})"
         ) from None
     return descriptor_from_state_dict(state_dict, str(path))
 
@@ -94,7 +81,8 @@ def descriptor_from_state_dict(state_dict: dict, origin: str) -> ImageModelDescr
         ) from None
     except (RuntimeError, KeyError, ValueError, AssertionError, IndexError) as exc:
         # strict load_state_dict: missing, unexpected or mis-shaped tensors
-        raise WeightsError(f"{origin}: the tensors do not fit the detected architecture: {_short(exc)}") from None
+        detail = error_summary(exc)
+        raise WeightsError(f"{origin}: the tensors do not fit the detected architecture: {detail}") from None
     if isinstance(descriptor, ImageModelDescriptor) and descriptor.purpose == "FaceSR":
         raise WeightsError(
             f"{origin}: is a {descriptor.architecture.name} face restoration model: use it as a face stage "
@@ -112,11 +100,6 @@ def descriptor_from_state_dict(state_dict: dict, origin: str) -> ImageModelDescr
             f"{descriptor.input_channels}->{descriptor.output_channels} channels)"
         )
     return descriptor
-
-
-def _short(exc: BaseException, limit: int = 300) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -40,30 +41,26 @@ class FaceRestoreEngine(Engine):
         self.info = info
         self.rules = rules  # the server's; a job's own options override only_center_face and max_faces
 
-    def _chosen(self, options: UpscaleOptions) -> dict[str, Any]:
-        """The job's options over the server's defaults (every option present)."""
-        defaults = {option.name: option.default for option in self.info.job_options}
-        return defaults | self.info.parse_options(options.engine_options)
+    def _chosen(self, given: Mapping[str, Any]) -> dict[str, Any]:
+        """The job's options (parsed) over the server's defaults: every option present."""
+        return {option.name: option.default for option in self.info.job_options} | dict(given)
 
     def _rules(self, chosen: Mapping[str, Any]) -> SearchRules:
-        return SearchRules(
-            min_score=self.rules.min_score,
-            min_eye_distance=self.rules.min_eye_distance,
-            only_center_face=bool(chosen["only_center_face"]),
-            max_faces=int(chosen["max_faces"]),
+        return replace(
+            self.rules, only_center_face=bool(chosen["only_center_face"]), max_faces=int(chosen["max_faces"])
         )
 
     def plan(self, image: ImageInfo, options: UpscaleOptions) -> UpscalePlan:
         scale = self.info.resolve_scale(options.scale)
         self.info.check_output_size(image.width, image.height, scale)
-        chosen = self._chosen(options)
+        chosen = self._chosen(self.info.parse_options(options.engine_options))
         one_tile = plan_tiles(image.width, image.height, max(image.width, image.height, MIN_TILE), 0)
         # work units: one per face it may restore, one for the detection
         return UpscalePlan(scale, one_tile, 1, int(chosen["max_faces"]) + 1)
 
     def survey(self, read: ReadWindow | None, image: ImageInfo, options: UpscaleOptions, magnified: int = 1) -> Survey:
         given = self.info.parse_options(options.engine_options)
-        chosen = self._chosen(options)
+        chosen = self._chosen(given)
         if float(chosen["weight"]) >= 1.0:  # every face kept as it was: nothing to restore or charge
             return Survey(0, given | {"max_faces": 0})
         if read is None:
@@ -83,7 +80,7 @@ class FaceRestoreEngine(Engine):
         timings: TimingCallback | None = None,
     ) -> UpscalePlan:
         plan = self.plan(image, options)
-        chosen = self._chosen(options)
+        chosen = self._chosen(self.info.parse_options(options.engine_options))
 
         def check() -> None:
             if should_stop and should_stop():
@@ -101,11 +98,10 @@ class FaceRestoreEngine(Engine):
         if progress:
             progress(1, total)
         faces = self._restore(read, image, search, chosen, check, progress, timings, total)
-        peak = 65535.0 if image.bit_depth == 16 else 255.0
         for top in range(0, image.height, BAND_ROWS):
             check()
             band = read(0, top, image.width, min(BAND_ROWS, image.height - top))
-            write_rows(paste_band(band, top, faces, image.colour_channels, peak))
+            write_rows(paste_band(band, top, faces, image.colour_channels, image.peak))
         if progress:
             progress(total, total)
         return UpscalePlan(plan.scale, plan.tiles, plan.batch, len(search.restore) + 1, search.describe())
@@ -122,7 +118,6 @@ class FaceRestoreEngine(Engine):
         total: int,
     ) -> list[RestoredFace]:
         strength = 1.0 - float(chosen["weight"])
-        peak = 65535.0 if image.bit_depth == 16 else 255.0
         restored = []
         for done, face in enumerate(search.restore, start=2):
             check()
@@ -130,7 +125,7 @@ class FaceRestoreEngine(Engine):
             if footprint is None or strength <= 0:
                 continue
             started = time.perf_counter()
-            crop = crop_face(read, face.alignment, image.width, image.height, image.colour_channels, peak)
+            crop = crop_face(read, face.alignment, image.width, image.height, image.colour_channels, image.peak)
             out = self.restorer.restore(crop[None], chosen.get("fidelity"))[0].float().cpu()
             if timings:
                 timings(1, time.perf_counter() - started)

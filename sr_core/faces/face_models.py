@@ -32,14 +32,12 @@ from __future__ import annotations
 
 import pickle
 import threading
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
 from spandrel import (
     MAIN_REGISTRY,
     ArchSupport,
@@ -54,8 +52,8 @@ from spandrel import (
 from spandrel.__helpers.unpickler import safe_list as _SPANDREL_SAFE  # what spandrel's own reader allows
 from torch import nn
 
-from ..errors import ParameterError, WeightsError
-from ..weights import WEIGHT_SUFFIXES
+from ..errors import ParameterError, WeightsError, error_summary
+from ..weights import CHECKPOINT_READ_ERRORS, WEIGHT_SUFFIXES
 from .restoreformer_pp import ARCH_ID as RESTOREFORMER_PP_ID
 from .restoreformer_pp import RestoreFormerPlusPlusArch
 
@@ -175,22 +173,6 @@ _TOLERANT_PICKLE = SimpleNamespace(
 )
 
 
-def _short(exc: BaseException, limit: int = 300) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-_READ_ERRORS = (
-    RuntimeError,
-    EOFError,
-    OSError,
-    ValueError,
-    pickle.UnpicklingError,
-    zipfile.BadZipFile,
-    SafetensorError,
-)
-
-
 def _read_file(path: Path) -> StateDict:
     loader = ModelLoader(device="cpu")
     try:
@@ -205,9 +187,9 @@ def _read_file(path: Path) -> StateDict:
             if not isinstance(loaded, dict):
                 raise ValueError("holds no state dict") from None
             return canonicalize_state_dict(loaded)
-    except _READ_ERRORS as exc:
+    except CHECKPOINT_READ_ERRORS as exc:
         raise FaceWeightsError(
-            f"{path}: cannot read the file, it is truncated or not a checkpoint ({_short(exc)})"
+            f"{path}: cannot read the file, it is truncated or not a checkpoint ({error_summary(exc)})"
         ) from None
 
 
@@ -337,7 +319,7 @@ def load_face_model(path: Path, device: torch.device | str, dtype: torch.dtype =
         raise FaceWeightsError(f"{path}: not a face restoration model ({titles})") from None
     except (RuntimeError, KeyError, ValueError, AssertionError, IndexError) as exc:
         # strict load_state_dict: a missing, unexpected or mis-shaped tensor
-        raise FaceWeightsError(f"{path}: the tensors do not fit {arch.title} exactly: {_short(exc)}") from None
+        raise FaceWeightsError(f"{path}: the tensors do not fit {arch.title} exactly: {error_summary(exc)}") from None
     return FaceRestorer(descriptor, device, dtype)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -31,29 +32,30 @@ MAX_FACE_FILE_BYTES = 1 << 30
 #: float32 blend of the pixels a face reaches)
 BYTES_PER_OUTPUT_PIXEL = 32
 
+_RULES = SearchRules()
 SETTINGS = (
     Option("weight", float, 0.5, "how much of each face as it was to keep: 0 the restored face, 1 unchanged",
            minimum=0.0, maximum=1.0, per_job=True),
-    Option("only_center_face", bool, False, "restore only the face nearest the image's centre", per_job=True),
-    Option("max_faces", int, 10, "restore at most this many faces, the largest first (the price counts them)",
+    Option("only_center_face", bool, _RULES.only_center_face, "restore only the face nearest the image's centre",
+           per_job=True),
+    Option("max_faces", int, _RULES.max_faces,
+           "restore at most this many faces, the largest first (the price counts them)",
            minimum=0, maximum=50, per_job=True),
     Option("fidelity", float, 0.5, "CodeFormer's own balance: 0 for quality, 1 for fidelity to the input",
            minimum=0.0, maximum=1.0, per_job=True),
-    Option("min_score", float, 0.95, "the detector's confidence a face needs to be restored", minimum=0.5, maximum=1.0),
-    Option("min_eye_distance", float, 16.0, "the smallest face restored: its eyes' distance in pixels",
-           minimum=4.0, maximum=2000.0),
+    Option("min_score", float, _RULES.min_score, "the detector's confidence a face needs to be restored",
+           minimum=0.5, maximum=1.0),
+    Option("min_eye_distance", float, _RULES.min_eye_distance,
+           "the smallest face restored: its eyes' distance in pixels", minimum=4.0, maximum=2000.0),
 )  # fmt: skip
 
 
 def face_info(
-    arch: FaceArch, parameters: int, digest: str, device: str, precision: Precision, settings: Mapping[str, Any]
+    arch: FaceArch, parameters: int, digest: str, device: str, precision: Precision, job_options: tuple[Option, ...]
 ) -> EngineInfo:
-    """A face model's description (the same whether listed from its tensors or loaded)."""
-    job_options = tuple(
-        option.with_default(settings.get(option.name, option.default))
-        for option in SETTINGS
-        if option.per_job and (option.name != "fidelity" or arch.takes_fidelity)
-    )
+    """A face model's description (the same whether listed from its tensors or loaded);
+    `job_options`: the kind's, of which CodeFormer's fidelity only for a model that takes it."""
+    job_options = tuple(o for o in job_options if o.name != "fidelity" or arch.takes_fidelity)
     return EngineInfo(
         kind=KIND_ID,
         architecture=arch.id,
@@ -121,11 +123,11 @@ class FaceKind(EngineKind):
         return [path for path in discover_user_weights(folder, others) if self.arch_of(path) is not None]
 
     def discover(self, folder: Path, claimed: Sequence[Path]) -> list[ModelEntry]:
-        own = self.folders(folder)
-        others = [path for path in claimed if path not in own]
+        """The face checkpoints `folders` claimed (the registry passes every kind's claims: no
+        second walk of the folder)."""
         entries = []
-        for path in discover_user_weights(folder, others):
-            arch = self.arch_of(path) if path in own else None
+        for path in sorted(p for p in claimed if p.is_file() and p.is_relative_to(folder)):
+            arch = self.arch_of(path)
             if arch is None:
                 continue
             name = path.relative_to(folder).with_suffix("").as_posix()
@@ -141,7 +143,7 @@ class FaceKind(EngineKind):
         if arch is None:
             raise WeightsError(f"{entry.path}: is no longer a face restoration model")
         parameters = sum(t.numel() for t in state_dict.values() if hasattr(t, "numel"))
-        return face_info(arch, parameters, digest, str(pick_device(None)), Precision.FP32, settings)
+        return face_info(arch, parameters, digest, str(pick_device(None)), Precision.FP32, self.job_options(settings))
 
     def load(
         self,
@@ -157,9 +159,12 @@ class FaceKind(EngineKind):
             raise ParameterError(f"{entry.name}: face models run in fp32 (asked for {precision.value})")
         restorer = load_face_model(path, chosen)
         parameters = sum(p.numel() for p in restorer.model.parameters())
-        info = face_info(restorer.arch, parameters, digest, str(chosen), Precision.FP32, settings)
-        rules = SearchRules(min_score=float(settings.get("min_score", 0.95)),
-                            min_eye_distance=float(settings.get("min_eye_distance", 16.0)))  # fmt: skip
+        info = face_info(restorer.arch, parameters, digest, str(chosen), Precision.FP32, self.job_options(settings))
+        rules = replace(
+            _RULES,
+            min_score=float(settings.get("min_score", _RULES.min_score)),
+            min_eye_distance=float(settings.get("min_eye_distance", _RULES.min_eye_distance)),
+        )
         return FaceRestoreEngine(restorer, _detector(chosen).detect, info, rules)
 
     def detect(self, paths: Sequence[Path]) -> bool:

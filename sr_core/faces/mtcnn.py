@@ -32,6 +32,10 @@ _CELL, _STRIDE = 12, 2
 # NMS: per pyramid level, across levels, after R-Net (all IoU), after O-Net (intersection / smaller area)
 _NMS_LEVEL, _NMS_PROPOSALS, _NMS_RNET, _NMS_ONET = 0.5, 0.7, 0.7, 0.7
 _CROP_BATCH = 2048
+# bounds on the work an image can cause, whatever it shows (a texture can fire P-Net in every
+# cell): the best candidates of a pyramid level, proposals passed on to R-Net, boxes passed on
+# to O-Net, faces returned. Real photos stay far below them.
+_MAX_LEVEL_CANDIDATES, _MAX_PROPOSALS, _MAX_REFINED, MAX_FACES_FOUND = 4000, 2000, 500, 200
 
 
 # ---------------------------------------------------------------------------- networks
@@ -276,7 +280,11 @@ class FaceDetector:
             ys, xs = torch.nonzero(prob[0, 1] > self.thresholds[0], as_tuple=True)
             if not len(ys):
                 continue
-            scores = prob[0, 1, ys, xs].double().cpu().numpy()
+            scores = prob[0, 1, ys, xs]
+            if len(ys) > _MAX_LEVEL_CANDIDATES:
+                best = torch.topk(scores, _MAX_LEVEL_CANDIDATES).indices
+                ys, xs, scores = ys[best], xs[best], scores[best]
+            scores = scores.double().cpu().numpy()
             offsets = offsets[0, :, ys, xs].T.double().cpu().numpy()
             # the 12x12 window of cell (y, x) has edges 2x - 0.5 .. 2x + 11.5 in level pixels
             sx, sy = w / width, h / height
@@ -287,7 +295,9 @@ class FaceDetector:
         if not found:
             return np.zeros((0, 4))
         boxes, scores, offsets = (np.concatenate(parts) for parts in zip(*found, strict=True))
-        keep = _nms(boxes, scores, _NMS_PROPOSALS)
+        best = np.argsort(-scores, kind="stable")[: 2 * _MAX_LEVEL_CANDIDATES]
+        boxes, scores, offsets = boxes[best], scores[best], offsets[best]
+        keep = _nms(boxes, scores, _NMS_PROPOSALS)[:_MAX_PROPOSALS]
         return _square(_regress(boxes[keep], offsets[keep]))
 
     def _run(self, net: nn.Module, image: torch.Tensor, boxes: np.ndarray, size: int) -> list[np.ndarray]:
@@ -301,7 +311,7 @@ class FaceDetector:
         offsets, prob = self._run(self.rnet, image, boxes, 24)
         mask = prob[:, 1] > self.thresholds[1]
         boxes, offsets, scores = boxes[mask], offsets[mask], prob[mask, 1]
-        keep = _nms(boxes, scores, _NMS_RNET)
+        keep = _nms(boxes, scores, _NMS_RNET)[:_MAX_REFINED]
         return _square(_regress(boxes[keep], offsets[keep]))
 
     def _finish(self, image: torch.Tensor, boxes: np.ndarray) -> list[DetectedFace]:
@@ -316,7 +326,7 @@ class FaceDetector:
         landmarks = np.stack([xs, ys], axis=-1).astype(np.float32)
         boxes = _regress(boxes, offsets)
         faces = []
-        for i in _nms(boxes, scores, _NMS_ONET, mode="min"):
+        for i in _nms(boxes, scores, _NMS_ONET, mode="min")[:MAX_FACES_FOUND]:
             points_i = landmarks[i].copy()
             points_i.setflags(write=False)
             faces.append(DetectedFace(tuple(float(v) for v in boxes[i]), float(scores[i]), points_i))

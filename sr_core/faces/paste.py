@@ -20,6 +20,9 @@ from .align import FACE_SIZE, Alignment, sample
 LUMA = torch.tensor([0.299, 0.587, 0.114])
 #: where the fall-off starts, as a fraction of the ellipse's radius (1: the ellipse's edge)
 FEATHER_START = 0.75
+#: a face is pasted into a band this many columns at a time, so the float64 coordinate grids
+#: stay a few MB however wide the face is (a face in a 16k image spans thousands of columns)
+PASTE_COLUMNS = 1024
 
 
 @dataclass(frozen=True)
@@ -76,28 +79,45 @@ def paste_band(band: np.ndarray, top: int, faces: list[RestoredFace], colour: in
         r0, r1 = max(y0, top), min(y1, top + rows)
         if r0 >= r1 or face.strength <= 0:
             continue
-        xs = torch.arange(x0, x1, dtype=torch.float64)
-        ys = torch.arange(r0, r1, dtype=torch.float64)
-        yy, xx = torch.meshgrid(ys, xs, indexing="ij")
-        m = face.alignment.matrix
-        u = m[0, 0] * xx + m[0, 1] * yy + m[0, 2]
-        v = m[1, 0] * xx + m[1, 1] * yy + m[1, 2]
-        inside = (u >= 0) & (u <= FACE_SIZE - 1) & (v >= 0) & (v <= FACE_SIZE - 1)  # the crop holds pixels here
-        alpha = (face.ellipse.weights(u, v) * face.strength * inside).float()
-        if not bool((alpha > 0).any()):
-            continue
-        if out is None:
-            out = band.copy()
-        # the restored crop sampled at these pixels: its own matrix maps image (x, y) -> crop (u, v)
-        to_crop = np.array([[1.0, 0.0, x0], [0.0, 1.0, r0]])
-        restored = sample(face.crop, (0, 0), np.vstack([m, [0, 0, 1]])[:2] @ np.vstack([to_crop, [0, 0, 1]]),
-                          x1 - x0, r1 - r0)  # fmt: skip
-        window = out[r0 - top : r1 - top, x0:x1, :colour]
-        before = torch.from_numpy(window.astype(np.float32)) / peak
-        if colour == 1:  # a grey image gets the restored face's luma (BT.601)
-            restored = (restored * LUMA[:, None, None]).sum(0, keepdim=True)
-        after = before * (1 - alpha[..., None]) + restored.permute(1, 2, 0) * alpha[..., None]
-        blended = (after * peak).round().clamp(0, peak).numpy().astype(band.dtype)
-        touched = (alpha > 0).numpy()
-        window[touched] = blended[touched]
+        for c0 in range(x0, x1, PASTE_COLUMNS):
+            c1 = min(x1, c0 + PASTE_COLUMNS)
+            mask = _mask(face, (c0, r0, c1, r1))
+            if mask is None:
+                continue
+            if out is None:
+                out = band.copy()
+            pixels = out[r0 - top : r1 - top, c0:c1, :colour]
+            _blend(pixels, face, (c0, r0), mask, peak)
     return band if out is None else out
+
+
+def _mask(face: RestoredFace, window: tuple[int, int, int, int]) -> torch.Tensor | None:
+    """The face's paste weights at the image pixels `window` (x0, y0, x1, y1), float32 (rows,
+    columns); None where its mask does not reach them."""
+    x0, y0, x1, y1 = window
+    yy, xx = torch.meshgrid(
+        torch.arange(y0, y1, dtype=torch.float64), torch.arange(x0, x1, dtype=torch.float64), indexing="ij"
+    )
+    m = face.alignment.matrix
+    u = m[0, 0] * xx + m[0, 1] * yy + m[0, 2]
+    v = m[1, 0] * xx + m[1, 1] * yy + m[1, 2]
+    inside = (u >= 0) & (u <= FACE_SIZE - 1) & (v >= 0) & (v <= FACE_SIZE - 1)  # the crop holds pixels here
+    alpha = (face.ellipse.weights(u, v) * face.strength * inside).float()
+    return alpha if bool((alpha > 0).any()) else None
+
+
+def _blend(pixels: np.ndarray, face: RestoredFace, origin: tuple[int, int], alpha: torch.Tensor, peak: float) -> None:
+    """Blend the restored crop into `pixels` (a view of the image whose top-left pixel is image
+    pixel `origin`) with weights `alpha`, in place; pixels of weight 0 keep their values exactly."""
+    rows, cols, colour = pixels.shape
+    # the restored crop sampled at these pixels: its own matrix maps image (x, y) -> crop (u, v)
+    to_crop = np.array([[1.0, 0.0, origin[0]], [0.0, 1.0, origin[1]], [0.0, 0.0, 1.0]])
+    matrix = np.vstack([face.alignment.matrix, [0, 0, 1]])[:2] @ to_crop
+    restored = sample(face.crop, (0, 0), matrix, cols, rows)
+    if colour == 1:  # a grey image gets the restored face's luma (BT.601)
+        restored = (restored * LUMA[:, None, None]).sum(0, keepdim=True)
+    before = torch.from_numpy(pixels.astype(np.float32)) / peak
+    after = before * (1 - alpha[..., None]) + restored.permute(1, 2, 0) * alpha[..., None]
+    blended = (after * peak).round().clamp(0, peak).numpy().astype(pixels.dtype)
+    touched = (alpha > 0).numpy()
+    pixels[touched] = blended[touched]

@@ -85,7 +85,7 @@ def detection_copy(read: Read, image: ImageInfo, side: int = DETECTION_SIDE) -> 
     factor = max(1.0, longest / side)
     width, height = max(1, round(image.width / factor)), max(1, round(image.height / factor))
     colour = image.colour_channels
-    peak = 65535.0 if image.bit_depth == 16 else 255.0
+    peak = image.peak
     copy = reduce_image(read, (image.width, image.height), colour, (width, height), image.bit_depth // 8)
     rgb = np.repeat(copy, 3, axis=2) if colour == 1 else copy
     factors = np.array([image.width / width, image.height / height])
