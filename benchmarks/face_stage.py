@@ -42,7 +42,15 @@ stages = [Stage(engine, UpscaleOptions(scale=1, engine_options={"weight": weight
 result = run_pipeline(stages, source, target, limits=ImageLimits(max_pixels=2**31), fidelity=False)
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 faces = len(result.stages[0].outcome["faces_restored"])
-print(json.dumps({"peak": peak, "loaded": loaded, "seconds": time.perf_counter() - started, "faces": faces}))
+seconds = time.perf_counter() - started
+# what the intake would have estimated for this stage (the faces found bound into it), calibrated here
+from service.capacity import ThroughputMeter
+from sr_core.imageio import ImageReader
+info = ImageReader(source, ImageLimits(max_pixels=2**31)).info
+bound = UpscaleOptions(scale=1, engine_options={"weight": weight, "max_faces": faces if weight < 1 else 10})
+estimate = ThroughputMeter().estimate(engine, info, bound).stage_seconds[0]
+print(json.dumps({"peak": peak, "loaded": loaded, "seconds": seconds, "faces": faces,
+                  "stage_seconds": result.stages[0].seconds, "estimate": estimate}))
 """
 
 TIME_ONE = r"""
@@ -111,9 +119,10 @@ def main() -> None:
             )
         model = files[0].relative_to(folder).with_suffix("").as_posix()
         portrait = pyvips.Image.new_from_array(skimage.data.astronaut()).copy(interpretation="srgb")
-        print(f"\nthe face stage ({model}) on the astronaut enlarged; peak RSS of a fresh process per run")
+        print(f"\nthe face stage ({model}) on the astronaut enlarged; peak RSS of a fresh process per run;")
+        print("estimate: the intake's calibrated estimate of the stage / the stage's own time (want >= 1)")
         print(
-            f"{'image':>11} {'MP':>5} | {'restoring (weight 0)':>26} | {'detect + copy (weight 1)':>26} | restore adds"
+            f"{'image':>11} {'MP':>5} | {'restoring (weight 0)':>42} | {'detect + copy (weight 1)':>42} | restore adds"
         )
         peaks = []
         for side in (int(s) for s in args.sides.split(",")):
@@ -125,7 +134,9 @@ def main() -> None:
             def shown(run: dict) -> str:
                 if "peak" not in run:
                     return run["error"]
-                return f"{run['peak'] / 2**30:5.2f} GiB {run['seconds']:6.1f} s ({run['faces']} face)"
+                estimated = run["estimate"] / run["stage_seconds"]
+                return (f"{run['peak'] / 2**30:5.2f} GiB {run['seconds']:6.1f} s ({run['faces']} face), "
+                        f"estimate {estimated:.2f}x")  # fmt: skip
 
             added = "-"
             if "peak" in restoring and "peak" in copying:
@@ -133,7 +144,7 @@ def main() -> None:
                 added = f"{time_ratio:.1f}x time, {restoring['peak'] / copying['peak']:.2f}x memory"
                 peaks.append(restoring["peak"])
             print(
-                f"{side}x{side:<6} {side * side / 1e6:5.0f} | {shown(restoring):>26} | {shown(copying):>26} | {added}"
+                f"{side}x{side:<6} {side * side / 1e6:5.0f} | {shown(restoring):>42} | {shown(copying):>42} | {added}"
             )
             time.sleep(0.5)
         if len(peaks) > 1:

@@ -29,6 +29,7 @@ from sr_core.engines import Engine, EngineInfo
 from sr_core.fidelity import calibrate as calibrate_figure
 from sr_core.fidelity import compared_pixels
 from sr_core.imageio import ImageInfo
+from sr_core.plans import UpscalePlan
 from sr_core.upscale import UpscaleOptions
 
 #: what a consistency figure's measured speed is kept under (beside the engine variants)
@@ -103,6 +104,17 @@ class ThroughputMeter:
         enough) the engine's own calibration, with its margin. Blocking: call from a worker thread."""
         return self._rate(variant_key(engine.info), engine.calibrate)
 
+    def streaming_rate(self, engine: Engine) -> float:
+        """Seconds per pixel an engine streams besides its work (its own calibration, with the
+        margin: the copy is plain memory traffic and does not vary like network calls)."""
+        key = variant_key(engine.info)
+        return self._rate((key[0] + " streaming", key[1], key[2]), engine.calibrate_streaming)
+
+    def stage_seconds(self, engine: Engine, plan: UpscalePlan) -> float:
+        """How long one stage's plan takes here: its work and what it streams."""
+        seconds = self.rate(engine) * plan.work_pixels
+        return seconds + (self.streaming_rate(engine) * plan.streamed_pixels if plan.streamed_pixels else 0.0)
+
     def figure_rate(self) -> float:
         """Seconds per compared pixel of a consistency figure: real figures, else a calibration."""
 
@@ -133,20 +145,21 @@ class ThroughputMeter:
     def estimate_stages(self, runs: Sequence[tuple[Engine, ImageInfo, UpscaleOptions]]) -> Estimate:
         """How long a pipeline takes here: each stage on the image the stage before makes, and
         the consistency figures (one per stage, and one overall when there are several)."""
-        rates, work, compared = [], [], 0
+        seconds_each, work, compared = [], [], 0
         total_scale = 1
         for engine, image, options in runs:
             plan = engine.plan(image, options)
             work.append(plan.work_pixels)
-            rates.append(self.rate(engine))
+            seconds_each.append(self.stage_seconds(engine, plan))
             compared += compared_pixels(image.width, image.height, plan.scale)
             total_scale *= plan.scale
         if len(runs) > 1:
             first = runs[0][1]
             compared += compared_pixels(first.width, first.height, total_scale)
-        seconds = tuple(rate * units for rate, units in zip(rates, work, strict=True))
+        seconds = tuple(seconds_each)
         figures = self.figure_rate() * compared
-        return Estimate(OVERHEAD_SECONDS + sum(seconds) + figures, rates[0] * 1e6, sum(work), seconds, figures)
+        first_rate = self.rate(runs[0][0])
+        return Estimate(OVERHEAD_SECONDS + sum(seconds) + figures, first_rate * 1e6, sum(work), seconds, figures)
 
 
 def nominal_image(width: int, height: int) -> ImageInfo:

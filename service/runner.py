@@ -271,7 +271,7 @@ class JobRunner:
             self.meter.record(engines[stage - 1].info, units, seconds)
 
         def weigh(planned: PlannedStage) -> float:  # progress in proportion to each stage's time
-            return self.meter.rate(planned.stage.engine) * planned.plan.work_pixels
+            return self.meter.stage_seconds(planned.stage.engine, planned.plan)
 
         runs = [
             Stage(engine, UpscaleOptions(scale=stage.scale, tile=stage.tile, engine_options=stage.engine_options))

@@ -39,6 +39,9 @@ class UpscalePlan:
     #: tiled engine the input pixels it processes (every window with its context, twice where an
     #: alpha plane needs its own pass)
     work_pixels: int
+    #: pixels the engine streams outside its network calls (a face stage: the detector's copy
+    #: and the copy through to the writer), costed by `Engine.calibrate_streaming`
+    streamed_pixels: int = 0
     #: what a finished run found, for the job's record (a face stage: the faces it restored and
     #: the ones it left alone, with why); empty before the run and for most engines
     outcome: Mapping[str, Any] = field(default_factory=dict)

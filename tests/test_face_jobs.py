@@ -132,8 +132,10 @@ class CountingDetector:
 
 @pytest.fixture
 def counted(client, monkeypatch) -> CountingDetector:
-    """The face engine's detector, counting the times it looks at an image."""
+    """The face engine's detector, counting the times it looks at an image (after the engine's
+    calibration, which runs the detector on a synthetic image once)."""
     engine = client.app.state.service.engines.get(FACE)
+    client.app.state.service.intake.meter.streaming_rate(engine)
     counting = CountingDetector(engine.detect)
     monkeypatch.setattr(engine, "detect", counting)
     return counting
@@ -176,6 +178,7 @@ def test_what_is_refused_without_looking_is_refused_before_faces_are_looked_for(
 ) -> None:
     with make_client(tmp_path, face_registry, max_output_megapixels=0.1) as small:
         engine = small.app.state.service.engines.get(FACE)
+        small.app.state.service.intake.meter.streaming_rate(engine)
         counting = CountingDetector(engine.detect)
         engine.detect = counting
         too_big = send(small, portrait, upscale_then_faces())  # 512 x 512 out: over 0.1 MP

@@ -245,6 +245,43 @@ def test_weight_one_and_an_image_without_faces_are_returned_unchanged(face_regis
 
 
 @pytest.mark.slow
+def test_the_estimate_counts_faces_and_the_pixels_streamed_and_learns_from_real_restores(
+    face_registry, astronaut, tmp_path
+) -> None:
+    from service.capacity import ThroughputMeter
+    from sr_core.faces.engine import FACE_UNITS
+
+    engine = face_registry.load_engine("gfpgan-v1.4")
+    meter = ThroughputMeter()
+
+    def seconds(side: int, **options) -> float:
+        run = UpscaleOptions(scale=1, engine_options=options)
+        return meter.estimate(engine, image_info(side, side), run).stage_seconds[0]  # the stage's, no figure
+
+    ten, one, none = seconds(1024), seconds(1024, max_faces=1), seconds(1024, max_faces=0)
+    assert ten > one > none > 0
+    # the same faces in an image 16 times bigger: more to read and copy, not more faces
+    big = seconds(4096, max_faces=1)
+    streamed = meter.streaming_rate(engine) * 2 * (4096**2 - 1024**2)
+    assert streamed > 0 and big - one == pytest.approx(streamed, rel=1e-6)
+    # a real run's restores are measured in the unit the estimate uses, big enough to count
+    timed = []
+    engine.process(
+        *reader_for(astronaut), lambda rows: None, UpscaleOptions(scale=1, engine_options={"weight": 0.0}),
+        timings=lambda units, secs: timed.append((units, secs)),
+    )  # fmt: skip
+    assert [units for units, _ in timed] == [FACE_UNITS]
+    assert meter.record(engine.info, *timed[0])
+
+
+def reader_for(path: Path):
+    from sr_core.imageio import ImageReader
+
+    reader = ImageReader(path)
+    return reader.read, reader.info
+
+
+@pytest.mark.slow
 def test_the_stage_reads_bands_and_regions_only_and_keeps_depth_and_alpha(face_registry, astronaut, tmp_path) -> None:
     """A 16-bit RGBA image three times the astronaut's size: every read is a band or a face's
     region in bands (never the whole image), the alpha plane is copied exactly, depth is kept."""

@@ -196,6 +196,11 @@ class Engine(ABC):
     def calibrate(self) -> float:
         """Seconds per work unit here, measured now on synthetic input (before any real run)."""
 
+    def calibrate_streaming(self) -> float:
+        """Seconds per streamed pixel (UpscalePlan.streamed_pixels) here, measured now; asked
+        only of an engine whose plans stream pixels besides their work."""
+        return 0.0
+
     def survey(
         self, read: ReadWindow | None, image: ImageInfo, options: UpscaleOptions, magnified: int = 1
     ) -> Survey | None:
