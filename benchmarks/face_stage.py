@@ -120,7 +120,8 @@ def main() -> None:
         model = files[0].relative_to(folder).with_suffix("").as_posix()
         portrait = pyvips.Image.new_from_array(skimage.data.astronaut()).copy(interpretation="srgb")
         print(f"\nthe face stage ({model}) on the astronaut enlarged; peak RSS of a fresh process per run;")
-        print("estimate: the intake's calibrated estimate of the stage / the stage's own time (want >= 1)")
+        print("estimate: the intake's calibrated estimate of the stage / the stage's own time (want >= 1,")
+        print("          about the 1.5 calibration margin)")
         print(
             f"{'image':>11} {'MP':>5} | {'restoring (weight 0)':>42} | {'detect + copy (weight 1)':>42} | restore adds"
         )
@@ -134,9 +135,8 @@ def main() -> None:
             def shown(run: dict) -> str:
                 if "peak" not in run:
                     return run["error"]
-                estimated = run["estimate"] / run["stage_seconds"]
-                return (f"{run['peak'] / 2**30:5.2f} GiB {run['seconds']:6.1f} s ({run['faces']} face), "
-                        f"estimate {estimated:.2f}x")  # fmt: skip
+                text = f"{run['peak'] / 2**30:5.2f} GiB {run['seconds']:6.1f} s ({run['faces']} face)"
+                return text + (f", estimate {run['estimate'] / run['stage_seconds']:.2f}x" if run["faces"] else "")
 
             added = "-"
             if "peak" in restoring and "peak" in copying:

@@ -72,7 +72,7 @@ def face_info(
         faces=Faces.RESTORES,
         job_options=job_options,
         precision_fixed=True,
-        work_unit="pixels of the 512x512 face crops restored (the detection counts as one crop)",
+        work_unit="pixels of the 512x512 face crops restored",
         price_unit="face",
         licence_note=arch.licence_note,
     )
