@@ -25,7 +25,7 @@ WEIGHT_SUFFIXES = (".pth", ".pt", ".safetensors", ".ckpt")
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 BUILTIN_SUBDIR = "builtin"
 #: what reading a checkpoint that is truncated, not a checkpoint, or a pickle of something other
-#: than a dict (spandrel's unwrapping trips with AttributeError/TypeError) raises
+#: than a dict (the loader's unwrapping then trips with AttributeError/TypeError) raises
 CHECKPOINT_READ_ERRORS: tuple[type[BaseException], ...] = (
     RuntimeError,
     EOFError,
