@@ -243,7 +243,7 @@ def test_restore_faces_is_priced_per_face_explained_per_model_and_paid(
     # an illustration model: the page says why not, and the server refuses it
     page.get_by_role("combobox", name="Model", exact=True).click()
     page.get_by_role("option", name="realesr-animevideov3").click()
-    expect(page.locator("#face-note")).to_contain_text("Not with this model")
+    expect(page.locator("#face-note")).to_contain_text("Not with realesr-animevideov3")
     expect(page.locator("#quote")).to_contain_text("paste photographic faces into a drawing")
     # CodeFormer's licence is on the page before anyone picks it
     page.get_by_role("combobox", name="Face model").click()

@@ -75,8 +75,8 @@ def face_note(upscalers: list[dict[str, Any]], face: dict[str, Any] | None) -> s
         parts.append(f"⚠ Not with {', '.join(repaints)}: it paints faces in drawing style, and restoring them would "
                      "paste photographic faces into a drawing (the server refuses it).")  # fmt: skip
     elif does == {"keeps"}:
-        which = "this model" if len(upscalers) == 1 else "these models"
-        parts.append(f"Suits {which}: they keep faces as they are, and the faces found are then restored.")
+        which = "this model: it keeps" if len(upscalers) == 1 else "these models: they keep"
+        parts.append(f"Suits {which} faces as they are, and the faces found are then restored.")
     else:
         parts.append("Faces the detector finds are restored after the upscale; the rest of the image is kept.")
     if face and face.get("licence"):
