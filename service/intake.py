@@ -2,12 +2,16 @@
 once, and the result is an `Admission` that the job is created from (or a refusal, before
 any invoice exists).
 
-    inspect   decode and validate the bytes (format, size limits, a full streaming decode)
-    resolve   + the options: model, scale, output format, tile, precision, publication;
-              the price, the engine's description, the time estimate, the token binding
-    admit     + refuse what this server cannot finish while a payment can be held (413) or
-              cannot start in time because of the work queued ahead (503, retry later)
-    price     the same checks for an image known only by its size (a quote)
+    inspect   decode and validate the bytes (format, size limits, a full streaming decode),
+              once per content
+    admit     + the options: model, scale, output format, tile, precision, publication;
+              the price (what a stage counts in the image counted once per upload), the
+              engine's description, the time estimate, the token binding; and refuse what
+              this server cannot finish while a payment can be held (413) or cannot start in
+              time because of the work queued ahead (503, retry later)
+    binding   what a repeated request's token must be bound to (nothing counted again)
+    price     the same checks for an image known only by its size (a quote); price_upload
+              for this very upload
 """
 
 from __future__ import annotations
@@ -209,13 +213,10 @@ class Intake:
 
         return await asyncio.to_thread(price)
 
-    async def resolve(self, data: bytes, options: JobOptions) -> Admission:
-        """Validate the upload and the options; price the job. Nothing is refused for time."""
-        return await asyncio.to_thread(self._resolve, data, options, False)
-
     async def admit(self, data: bytes, options: JobOptions) -> Admission:
-        """`resolve`, then refuse a job that cannot finish while its payment can be held."""
-        admission = await asyncio.to_thread(self._resolve, data, options, True)
+        """Validate the upload and the options, price the job, and refuse a job that cannot
+        finish while its payment can be held."""
+        admission = await asyncio.to_thread(self._admission, data, options, True, True)
         self.check_time(admission.estimate, admission.image, admission.request.model)
         return admission
 
@@ -342,9 +343,6 @@ class Intake:
             while len(self._surveys) > SURVEYS_KEPT:
                 self._surveys.popitem(last=False)
         return survey
-
-    def _resolve(self, data: bytes, options: JobOptions, admitting: bool) -> Admission:
-        return self._admission(data, options, count=True, admitting=admitting)
 
     def _admission(self, data: bytes, options: JobOptions, count: bool, admitting: bool = False) -> Admission:
         """`count`: look in the image for what stages priced per thing they find count (else

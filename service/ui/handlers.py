@@ -236,10 +236,9 @@ class WebHandlers:
         if upload in (None, ""):
             return "Upload an image to see the price."
         try:
-            info = await self._image(upload)
             faces = (restore, face_model, face_weight)
             options = options_from_page(model, scale, None, None, None, publish, list(passes), faces)
-            del info  # validated (and remembered) above: the intake knows these bytes
+            # the intake validates the upload (once per content) and counts what a stage counts
             priced = await self.front.quote_upload(self.uploads.read(upload), options)
             return self._price_text(priced, options.publish)
         except gr.Error as exc:

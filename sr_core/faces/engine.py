@@ -58,9 +58,11 @@ class FaceRestoreEngine(Engine):
         )
 
     def plan(self, image: ImageInfo, options: UpscaleOptions) -> UpscalePlan:
+        return self._plan(image, options, self._chosen(self.info.parse_options(options.engine_options)))
+
+    def _plan(self, image: ImageInfo, options: UpscaleOptions, chosen: Mapping[str, Any]) -> UpscalePlan:
         scale = self.info.resolve_scale(options.scale)
         self.info.check_output_size(image.width, image.height, scale)
-        chosen = self._chosen(self.info.parse_options(options.engine_options))
         one_tile = plan_tiles(image.width, image.height, max(image.width, image.height, MIN_TILE), 0)
         # work: a crop's worth per face it may restore; streamed: the image read for the
         # detector's copy (its networks' time is calibrated with it) and on its way to the
@@ -90,8 +92,8 @@ class FaceRestoreEngine(Engine):
         should_stop: StopCheck | None = None,
         timings: TimingCallback | None = None,
     ) -> UpscalePlan:
-        plan = self.plan(image, options)
         chosen = self._chosen(self.info.parse_options(options.engine_options))
+        plan = self._plan(image, options, chosen)
 
         def check() -> None:
             if should_stop and should_stop():
@@ -176,6 +178,7 @@ class FaceRestoreEngine(Engine):
             find_faces(read, image, self.detect, self.rules)
             with StreamingWriter(target, spec, raw) as writer:
                 for top in range(0, side, BAND_ROWS):
-                    writer.write_rows(paste_band(read(0, top, side, min(BAND_ROWS, side - top)), top, [], 3, 255.0))
+                    band = read(0, top, side, min(BAND_ROWS, side - top))
+                    writer.write_rows(paste_band(band, top, [], 3, image.peak))
                 writer.keep_raw()
             return (time.perf_counter() - started) / (2 * side * side)
