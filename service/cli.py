@@ -11,6 +11,7 @@ from pathlib import Path
 
 from sr_core import kinds
 from sr_core.device import Precision
+from sr_core.engines import spell_scales
 from sr_core.errors import ParameterError, SatscaleError
 from sr_core.fidelity import Fidelity, figure_text
 from sr_core.imageio import FORMAT_EXTENSIONS, OUTPUT_EXTENSIONS, ImageLimits, OutputOptions, output_format
@@ -270,7 +271,7 @@ def cmd_models(args: argparse.Namespace) -> int:
             print(json.dumps(offered, indent=2))
             return 0
         for preset in offered:
-            scales = ",".join(f"x{s}" for s in preset["scales"])
+            scales = spell_scales(preset["scales"], ",")
             print(f"{preset['id']:<22} {scales:<10} {preset['description']}")
         if not offered:
             print("no presets: their models are not here (see satscale models)")
@@ -283,7 +284,7 @@ def cmd_models(args: argparse.Namespace) -> int:
         if "error" in row:
             print(f"{row['name']:<28} BROKEN  {row['error']}")
             continue
-        scales = ",".join(f"x{s}" for s in row["scales"])
+        scales = spell_scales(row["scales"], ",")
         print(
             f"{row['name']:<28} {row['architecture']:<8} {scales:<10} {row['parameters'] / 1e6:6.2f}M  "
             f"{row['source']:<7} sha256:{row['weights_sha256'][:12]}  {row['description']}"

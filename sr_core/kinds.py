@@ -29,6 +29,7 @@ DEFAULT_KINDS = (
     "sr_core.engines.supir.kind",
     "sr_core.faces.kind",  # before the feed-forward kind: it claims the face checkpoints among the files
     "sr_core.engines.esrgan",
+    "sr_core.engines.resample",  # claims no files: its one model needs no weights
 )
 
 

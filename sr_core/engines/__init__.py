@@ -31,6 +31,18 @@ ReadWindow = Callable[[int, int, int, int], np.ndarray]
 WriteRows = Callable[[np.ndarray], None]
 
 
+def spell_scales(scales: tuple[int, ...] | list[int], separator: str = ", ") -> str:
+    """Scales as people read them: runs of three or more as a range ("x1-x64"), others listed."""
+    runs: list[list[int]] = []
+    for scale in sorted(scales):
+        if runs and scale == runs[-1][-1] + 1:
+            runs[-1].append(scale)
+        else:
+            runs.append([scale])
+    parts = [f"x{run[0]}-x{run[-1]}" if len(run) > 2 else separator.join(f"x{s}" for s in run) for run in runs]
+    return separator.join(parts)
+
+
 def price_class_for(macs_per_pixel: int) -> str:
     """The price class of a feed-forward network, by its work per input pixel."""
     if macs_per_pixel < LIGHT_MACS_PER_PIXEL:
@@ -47,6 +59,8 @@ class Tiling(StrEnum):
     WHOLE_IMAGE = "whole-image"
     #: the engine reads only the regions it works on (faces) and streams the rest through
     REGIONS = "regions"
+    #: the engine streams bands of rows through (no network: memory is one band)
+    ROWS = "rows"
 
 
 class Faces(StrEnum):
@@ -124,7 +138,7 @@ class EngineInfo:
         if scale is None:
             return self.native_scale
         if isinstance(scale, bool) or not isinstance(scale, int) or scale not in self.scales:
-            offered = ", ".join(f"x{s}" for s in self.scales)
+            offered = spell_scales(self.scales)
             named = f"x{scale}" if isinstance(scale, int) else repr(scale)
             raise ParameterError(f"scale {named} is not offered by this model (it offers {offered})")
         return scale
