@@ -78,3 +78,28 @@ def metadata_document(
 
 def canonical_bytes(document: dict) -> bytes:
     return json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def upgraded_token_document(original: dict, image_uri: str, provenance: dict) -> dict:
+    """A collection token's metadata after its upgrade: every original field and attribute kept
+    as it was (in its order), `image` pointing at the upscaled image, `original_image` at the
+    one it came from (kept as it is when an earlier upgrade already set it: the first image
+    stays the original), and `properties.provenance` with the chain of custody of this
+    upgrade (its input image among it)."""
+    document = dict(original)
+    document.setdefault("original_image", original.get("image") or original.get("image_url"))
+    document["image"] = image_uri
+    properties = document.get("properties")
+    if isinstance(properties, dict):
+        document["properties"] = {**properties, "provenance": provenance}
+    elif properties is None:
+        document["properties"] = {"provenance": provenance}
+    else:  # a collection's own non-object "properties" stays untouched
+        document["satscale_provenance"] = provenance
+    return document
+
+
+def document_bytes(document: dict) -> bytes:
+    """A token's document as published: the collection's key order kept, UTF-8, indented
+    like most collections' files (the same document always gives the same bytes and CID)."""
+    return (json.dumps(document, ensure_ascii=False, indent=2) + "\n").encode()
