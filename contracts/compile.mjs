@@ -1,7 +1,8 @@
 #!/usr/bin/env node
-// Compiles the Satscale contracts with solc-js (standard JSON) and writes one artifact per contract to artifacts/.
+// Compiles the Satscale contracts with solc-js (standard JSON) and writes one artifact per contract to artifacts/,
+// and the test fixtures (third-party-style collections, fixtures/*.sol) to artifacts/fixtures/.
 //
-//   node compile.mjs           rebuild artifacts/*.json
+//   node compile.mjs           rebuild artifacts/*.json and artifacts/fixtures/*.json
 //   node compile.mjs --check   rebuild in memory; exit 1 if a committed artifact differs from the sources
 //
 // Works from any directory: every path is resolved against this file's folder. Needs `npm ci` in contracts/ first.
@@ -15,11 +16,18 @@ const ROOT = path.dirname(fileURLToPath(import.meta.url));
 const NODE_MODULES = path.join(ROOT, "node_modules");
 const ARTIFACTS = path.join(ROOT, "artifacts");
 
-// Contract name -> source unit name (a path relative to contracts/).
+// Contract name -> source unit name (a path relative to contracts/) and the artifact's path under artifacts/.
 const CONTRACTS = {
-  ProvenanceRegistry: "src/ProvenanceRegistry.sol",
-  SatscaleCollection: "src/SatscaleCollection.sol",
+  ProvenanceRegistry: { unit: "src/ProvenanceRegistry.sol", artifact: "ProvenanceRegistry.json" },
+  SatscaleCollection: { unit: "src/SatscaleCollection.sol", artifact: "SatscaleCollection.json" },
+  // Test fixtures: collections written the way third parties write them, for the tests only. Satscale never
+  // deploys them, so their artifacts stay out of artifacts/ itself (provenance.contracts loads them only from
+  // artifacts/fixtures/).
+  BaseURICollection: { unit: "fixtures/BaseURICollection.sol", artifact: "fixtures/BaseURICollection.json" },
+  URIStorageCollection: { unit: "fixtures/URIStorageCollection.sol", artifact: "fixtures/URIStorageCollection.json" },
 };
+// Folders whose files a source may import by relative path (e.g. src/IERC7160.sol from src/SatscaleCollection.sol).
+const LOCAL_FOLDERS = ["src", "fixtures"];
 
 // Everything that changes the bytecode is fixed here and copied into each artifact.
 // evmVersion: prague is the newest fork that both anvil 1.7.1 and py-evm (eth-tester's in-process chain, whose
@@ -43,11 +51,21 @@ const solc = createRequire(import.meta.url)("solc");
 
 const sha256 = (text) => createHash("sha256").update(text).digest("hex");
 
-// Resolves `@openzeppelin/...` imports from contracts/node_modules, and refuses anything else so that a source can
-// never pull in a file from outside the pinned dependencies.
+// Resolves `@openzeppelin/...` imports from contracts/node_modules and relative imports of our own files from
+// LOCAL_FOLDERS (solc hands those over as source unit names such as "src/IERC7160.sol"), and refuses anything else
+// so that a source can never pull in a file from outside this folder and the pinned dependencies.
 function findImports(importPath) {
+  const local = LOCAL_FOLDERS.find((folder) => importPath.startsWith(`${folder}/`));
+  if (local) {
+    const base = path.join(ROOT, local);
+    const file = path.resolve(ROOT, importPath);
+    if (!file.startsWith(base + path.sep)) return { error: `import escapes contracts/${local}: ${importPath}` };
+    if (!existsSync(file)) return { error: `not found: ${file}` };
+    return { contents: readFileSync(file, "utf8") };
+  }
   if (!importPath.startsWith("@openzeppelin/contracts/")) {
-    return { error: `import not allowed: ${importPath} (only @openzeppelin/contracts/...)` };
+    const allowed = ["@openzeppelin/contracts", ...LOCAL_FOLDERS].map((folder) => `${folder}/...`).join(", ");
+    return { error: `import not allowed: ${importPath} (only ${allowed})` };
   }
   const base = path.join(NODE_MODULES, "@openzeppelin", "contracts");
   const file = path.resolve(NODE_MODULES, importPath);
@@ -58,7 +76,7 @@ function findImports(importPath) {
 
 function compile() {
   const sources = {};
-  for (const unit of Object.values(CONTRACTS)) {
+  for (const { unit } of Object.values(CONTRACTS)) {
     sources[unit] = { content: readFileSync(path.join(ROOT, unit), "utf8") };
   }
   const input = {
@@ -77,7 +95,7 @@ function compile() {
 
   const version = solc.version();
   const artifacts = {};
-  for (const [name, unit] of Object.entries(CONTRACTS)) {
+  for (const [name, { unit, artifact: file }] of Object.entries(CONTRACTS)) {
     const contract = output.contracts?.[unit]?.[name];
     if (!contract) fail(`no output for ${name} in ${unit}`);
     const artifact = {
@@ -89,7 +107,7 @@ function compile() {
       sourceName: unit,
       sourceSha256: sha256(sources[unit].content),
     };
-    artifacts[`${name}.json`] = `${JSON.stringify(artifact, null, 2)}\n`;
+    artifacts[file] = `${JSON.stringify(artifact, null, 2)}\n`;
   }
   return artifacts;
 }
@@ -113,8 +131,8 @@ if (args.includes("--check")) {
   }
   console.log(`compile.mjs: ${Object.keys(artifacts).length} artifacts match the sources (solc ${solc.version()})`);
 } else {
-  mkdirSync(ARTIFACTS, { recursive: true });
   for (const [file, text] of Object.entries(artifacts)) {
+    mkdirSync(path.dirname(path.join(ARTIFACTS, file)), { recursive: true });
     writeFileSync(path.join(ARTIFACTS, file), text);
     console.log(`compile.mjs: wrote contracts/artifacts/${file}`);
   }

@@ -15,6 +15,11 @@ ARTIFACTS_DIR = Path(__file__).resolve().parent.parent / "contracts" / "artifact
 
 CONTRACT_NAMES = ("ProvenanceRegistry", "SatscaleCollection")
 
+#: Test fixtures (contracts/fixtures/): collections written the way third parties write them. Satscale never deploys
+#: them; they load only from this folder, never from ARTIFACTS_DIR.
+FIXTURES_DIR = ARTIFACTS_DIR / "fixtures"
+FIXTURE_NAMES = ("BaseURICollection", "URIStorageCollection")
+
 
 @dataclass(frozen=True)
 class Artifact:
@@ -29,12 +34,13 @@ class Artifact:
 
 
 def load_artifact(name: str, artifacts_dir: Path = ARTIFACTS_DIR) -> Artifact:
-    """Load the artifact of contract ``name`` (e.g. ``"ProvenanceRegistry"``).
+    """Load the artifact of contract ``name`` (e.g. ``"ProvenanceRegistry"``; a fixture with ``FIXTURES_DIR``).
 
     Raises ``ValueError`` for an unknown contract name and ``FileNotFoundError`` when the artifact is missing.
     """
-    if name not in CONTRACT_NAMES:
-        raise ValueError(f"unknown contract {name!r}; expected one of {', '.join(CONTRACT_NAMES)}")
+    known = FIXTURE_NAMES if Path(artifacts_dir).resolve() == FIXTURES_DIR else CONTRACT_NAMES
+    if name not in known:
+        raise ValueError(f"unknown contract {name!r}; expected one of {', '.join(known)}")
     path = artifacts_dir / f"{name}.json"
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing: run `npm ci && node compile.mjs` in contracts/")
