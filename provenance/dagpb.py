@@ -3,7 +3,8 @@
 Byte-for-byte what go-merkledag and go-unixfs (boxo, as in Kubo) write:
 - PBNode: every Link (field 2) first, then Data (field 1), as the dag-pb spec requires;
 - PBLink: Hash (1), Name (2, always present, "" for file chunks), Tsize (3);
-- UnixFS Data: Type (1), Data (2, omitted when empty), filesize (3), blocksizes (4, one unpacked varint each).
+- UnixFS Data: Type (1), Data (2, omitted when empty), filesize (3), blocksizes (4, one unpacked varint each),
+  hashType (5) and fanout (6), which only HAMT shards carry.
 """
 
 from __future__ import annotations
@@ -157,6 +158,8 @@ class UnixfsData:
     data: bytes = b""
     filesize: int | None = None
     blocksizes: tuple[int, ...] = ()
+    hash_type: int | None = None  # HAMT shards: the multicodec of the hash of entry names (0x22, murmur3)
+    fanout: int | None = None  # HAMT shards: buckets per shard node
 
 
 def encode_unixfs(node: UnixfsData) -> bytes:
@@ -167,15 +170,21 @@ def encode_unixfs(node: UnixfsData) -> bytes:
         out += _varint_field(3, node.filesize)
     for size in node.blocksizes:
         out += _varint_field(4, size)
+    if node.hash_type is not None:
+        out += _varint_field(5, node.hash_type)
+    if node.fanout is not None:
+        out += _varint_field(6, node.fanout)
     return out
 
 
 def decode_unixfs(buf: bytes) -> UnixfsData:
-    """Decode the UnixFS Data message; mode/mtime/hashType/fanout are accepted and ignored."""
+    """Decode the UnixFS Data message; mode and mtime are accepted and ignored."""
     type_: int | None = None
     data = b""
     filesize: int | None = None
     blocksizes: list[int] = []
+    hash_type: int | None = None
+    fanout: int | None = None
     for field, wire, value in _fields(buf):
         if field == 1 and wire == _VARINT:
             type_ = value  # type: ignore[assignment]
@@ -190,7 +199,11 @@ def decode_unixfs(buf: bytes) -> UnixfsData:
             while pos < len(inner):
                 size, pos = decode_varint(inner, pos)
                 blocksizes.append(size)
-        elif field in (5, 6, 7, 8):
+        elif field == 5 and wire == _VARINT:
+            hash_type = value  # type: ignore[assignment]
+        elif field == 6 and wire == _VARINT:
+            fanout = value  # type: ignore[assignment]
+        elif field in (7, 8):
             continue
         else:
             raise ValueError(f"unexpected field {field} in UnixFS Data")
@@ -200,4 +213,4 @@ def decode_unixfs(buf: bytes) -> UnixfsData:
         kind = UnixfsType(type_)
     except ValueError:
         raise ValueError(f"unknown UnixFS type {type_}") from None
-    return UnixfsData(kind, data, filesize, tuple(blocksizes))
+    return UnixfsData(kind, data, filesize, tuple(blocksizes), hash_type, fanout)

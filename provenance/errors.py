@@ -32,6 +32,29 @@ class NotAFile(IpfsError):
     """The DAG is valid but not a UnixFS file (a directory, a symlink, ...); only files are served."""
 
 
+class NotADirectory(IpfsError):
+    """A path goes through something that is not a UnixFS directory or HAMT shard (a file, a raw block, ...)."""
+
+    def __init__(self, cid: str, path: str) -> None:
+        where = f" (at {path!r})" if path else ""
+        super().__init__(f"{cid}{where} is not a UnixFS directory")
+        self.cid = cid
+        self.path = path
+
+
+class PathNotFound(IpfsError, LookupError):
+    """The directory has no entry of that name."""
+
+    def __init__(self, cid: str, path: str) -> None:
+        super().__init__(f"no {path!r} under {cid}")
+        self.cid = cid
+        self.path = path
+
+
+class InvalidDirectoryEntry(IpfsError, ValueError):
+    """A directory entry Kubo could not hold: empty name, '.', '..', a '/' or NUL in it, or a duplicate."""
+
+
 class UnsupportedCodec(IpfsError):
     """The DAG uses a codec other than dag-pb or raw, so its links cannot be followed."""
 

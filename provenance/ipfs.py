@@ -1,4 +1,4 @@
-"""A local IPFS store: blocks on disk, recursive pins, UnixFS files in and out, CAR export/import.
+"""A local IPFS store: blocks on disk, recursive pins, UnixFS files and directories in and out, CAR export/import.
 
 Content added here gets the same CIDs Kubo's `ipfs add` gives (see `provenance.cid`), so the
 CIDs recorded on chain can later be pinned by any Kubo node or pinning service and still match.
@@ -24,18 +24,39 @@ from typing import BinaryIO
 
 from .car import encode_header, encode_section, read_car
 from .cid import DAG_PB, IDENTITY, RAW, AddResult, Block, Cid, FileDagBuilder, read_chunks
-from .dagpb import PBNode, UnixfsData, UnixfsType, decode_node, decode_unixfs
-from .errors import BlockNotFound, CorruptBlock, InvalidCid, NotAFile, UnsupportedCodec
+from .dagpb import PBLink, PBNode, UnixfsData, UnixfsType, decode_node, decode_unixfs
+from .errors import (
+    BlockNotFound,
+    CorruptBlock,
+    InvalidCid,
+    NotADirectory,
+    NotAFile,
+    PathNotFound,
+    UnsupportedCodec,
+)
+from .unixfs_dir import (
+    KUBO_SHARD_THRESHOLD,
+    DirectoryDag,
+    DirEntry,
+    build_directory,
+    name_hash,
+    shard_layout,
+    shard_slot,
+)
 
 __all__ = [
     "AddResult",
     "BlockNotFound",
     "CarImport",
     "CorruptBlock",
+    "DirEntry",
+    "DirectoryDag",
     "FileStat",
     "InvalidCid",
     "LocalIpfsStore",
+    "NotADirectory",
     "NotAFile",
+    "PathNotFound",
 ]
 
 
@@ -76,10 +97,29 @@ def _decode_pb(cid: Cid, block: bytes) -> tuple[PBNode, UnixfsData | None]:
 
 
 def _child_cids(cid: Cid, node: PBNode) -> list[Cid]:
+    return [_link_cid(cid, link) for link in node.links]
+
+
+def _link_cid(parent: Cid, link: PBLink) -> Cid:
     try:
-        return [Cid.from_bytes(link.hash) for link in node.links]
+        return Cid.from_bytes(link.hash)
     except InvalidCid as exc:
-        raise CorruptBlock(str(cid), f"a link holds an invalid CID ({exc})") from None
+        raise CorruptBlock(str(parent), f"a link holds an invalid CID ({exc})") from None
+
+
+def _split_ref(ref: str | Cid) -> tuple[str | Cid, str]:
+    """("<cid>", "<path>") of a "<cid>/<path>" or "/ipfs/<cid>/<path>"; a bare CID has the empty path."""
+    if isinstance(ref, Cid):
+        return ref, ""
+    text = ref.strip()
+    if text.startswith("/ipfs/"):
+        text = text[len("/ipfs/") :]
+    root, _, path = text.partition("/")
+    return root, path
+
+
+def _segments(path: str) -> list[str]:
+    return [segment for segment in path.split("/") if segment]
 
 
 class LocalIpfsStore:
@@ -162,6 +202,31 @@ class LocalIpfsStore:
             self._update_pins(add=result.cid)
         return result
 
+    def add_directory(
+        self,
+        entries: Iterable[DirEntry],
+        *,
+        pin: bool = True,
+        shard_threshold: int = KUBO_SHARD_THRESHOLD,
+        cid_version: int = 0,
+    ) -> DirectoryDag:
+        """Store the directory `build_directory` makes of `entries` (Kubo's `ipfs add -r` layout) and pin it.
+
+        With pin=True every entry's root block must already be here (BlockNotFound otherwise, before
+        anything is written): add the files first. Their DAGs are not re-walked, to keep large folders cheap.
+        """
+        entries = list(entries)
+        dag = build_directory(entries, shard_threshold=shard_threshold, cid_version=cid_version)
+        if pin:
+            for entry in entries:
+                if not self.has(entry.cid):
+                    raise BlockNotFound(entry.cid.encode())
+        for block in dag.blocks:
+            self._write_block(block.cid, block.data)
+        if pin:
+            self._update_pins(add=dag.root.encode())
+        return dag
+
     # pins
 
     def _read_pins(self) -> set[str]:
@@ -224,8 +289,10 @@ class LocalIpfsStore:
                 raise UnsupportedCodec(f"{cid} uses codec {cid.codec_name}; only dag-pb and raw DAGs are walked")
 
     def stat(self, cid: str | Cid) -> FileStat:
-        """Size of a UnixFS file from its root block alone; raises early, before any content is streamed."""
-        parsed = Cid.parse(cid)
+        """Size of a UnixFS file from its root block alone; raises early, before any content is streamed.
+
+        `cid` may be a "<cid>/<path>" (see `resolve`)."""
+        parsed = self.resolve(cid)
         data = self.get_block(parsed)
         if parsed.codec == RAW:
             return FileStat(parsed.encode(), len(data))
@@ -246,8 +313,8 @@ class LocalIpfsStore:
         return node, unixfs
 
     def cat(self, cid: str | Cid) -> Iterator[bytes]:
-        """The file's bytes, block by block, each block verified as it is read."""
-        parsed = Cid.parse(cid)
+        """The file's bytes, block by block, each block verified as it is read; `cid` may be "<cid>/<path>"."""
+        parsed = self.resolve(cid)
         yield from self._file_bytes(parsed, None)
 
     def _file_bytes(self, cid: Cid, expected: int | None) -> Iterator[bytes]:
@@ -270,6 +337,103 @@ class LocalIpfsStore:
                 raise CorruptBlock(str(cid), f"says {unixfs.filesize} bytes but its DAG holds {produced}")
         if expected is not None and expected != produced:
             raise CorruptBlock(str(cid), f"its parent expects {expected} bytes, it holds {produced}")
+
+    # directories
+
+    def resolve(self, ref: str | Cid) -> Cid:
+        """A CID, or the CID a "<cid>/<path>" (or "/ipfs/<cid>/<path>") leads to through directories."""
+        return self.resolve_path(*_split_ref(ref))
+
+    def resolve_path(self, root: str | Cid, path: str) -> Cid:
+        """Follow `path` ("a/b", slashes at either end ignored) from `root` through basic and HAMT directories.
+
+        Raises PathNotFound for a missing name and NotADirectory when the path goes through a file.
+        A HAMT lookup hashes the name and follows its buckets, reading one block per level.
+        """
+        cid = Cid.parse(root)
+        walked: list[str] = []
+        for name in _segments(path):
+            node, unixfs = self._directory_node(cid, "/".join(walked))
+            walked.append(name)
+            where = "/".join(walked)
+            if unixfs.type is UnixfsType.DIRECTORY:
+                cid = self._basic_lookup(cid, node, name, where)
+            else:
+                cid = self._shard_lookup(cid, node, unixfs, name, where)
+        return cid
+
+    def list_directory(self, root: str | Cid) -> list[DirEntry]:
+        """Every entry of a basic or HAMT-sharded directory, sorted bytewise by name; `root` may be a path."""
+        base, path = _split_ref(root)
+        cid = self.resolve_path(base, path)
+        node, unixfs = self._directory_node(cid, path.strip("/"))
+        if unixfs.type is UnixfsType.DIRECTORY:
+            entries = [DirEntry(link.name or "", _link_cid(cid, link), link.tsize or 0) for link in node.links]
+        else:
+            entries = list(self._shard_entries(cid, node, unixfs))
+        return sorted(entries, key=lambda entry: entry.name.encode())
+
+    def _directory_node(self, cid: Cid, where: str) -> tuple[PBNode, UnixfsData]:
+        data = self.get_block(cid)
+        if cid.codec != DAG_PB:
+            raise NotADirectory(cid.encode(), where)
+        node, unixfs = _decode_pb(cid, data)
+        if unixfs is None or unixfs.type not in (UnixfsType.DIRECTORY, UnixfsType.HAMT_SHARD):
+            raise NotADirectory(cid.encode(), where)
+        return node, unixfs
+
+    def _shard_node(self, cid: Cid) -> tuple[PBNode, UnixfsData]:
+        data = self.get_block(cid)
+        if cid.codec == DAG_PB:
+            node, unixfs = _decode_pb(cid, data)
+            if unixfs is not None and unixfs.type is UnixfsType.HAMT_SHARD:
+                return node, unixfs
+        raise CorruptBlock(cid.encode(), "a HAMT shard links, as a child shard, something that is not one")
+
+    @staticmethod
+    def _basic_lookup(cid: Cid, node: PBNode, name: str, where: str) -> Cid:
+        for link in node.links:
+            if link.name == name:
+                return _link_cid(cid, link)
+        raise PathNotFound(cid.encode(), where)
+
+    def _shard_lookup(self, root: Cid, node: PBNode, unixfs: UnixfsData, name: str, where: str) -> Cid:
+        try:
+            hashed = name_hash(name)
+        except UnicodeEncodeError:  # no entry can have a name that is not valid UTF-8
+            raise PathNotFound(root.encode(), where) from None
+        cid, depth = root, 0
+        while True:
+            try:
+                width = shard_layout(unixfs)[1]
+                link = shard_slot(node, unixfs, hashed, depth)
+            except ValueError as exc:
+                raise CorruptBlock(cid.encode(), str(exc)) from None
+            if link is None:
+                raise PathNotFound(root.encode(), where)
+            label = (link.name or "")[width:]
+            if label:  # an entry: the bucket holds exactly one name
+                if label != name:
+                    raise PathNotFound(root.encode(), where)
+                return _link_cid(cid, link)
+            cid = _link_cid(cid, link)  # a child shard: go one level down
+            node, unixfs = self._shard_node(cid)
+            depth += 1
+
+    def _shard_entries(self, root: Cid, node: PBNode, unixfs: UnixfsData) -> Iterator[DirEntry]:
+        stack = [(root, node, unixfs)]
+        while stack:
+            cid, node, unixfs = stack.pop()
+            try:
+                width = shard_layout(unixfs)[1]
+            except ValueError as exc:
+                raise CorruptBlock(cid.encode(), str(exc)) from None
+            for link in node.links:
+                child, label = _link_cid(cid, link), (link.name or "")[width:]
+                if label:
+                    yield DirEntry(label, child, link.tsize or 0)
+                else:
+                    stack.append((child, *self._shard_node(child)))
 
     # CAR
 

