@@ -26,6 +26,9 @@ from service import problems, ui
 from service.access import Gatekeeper
 from service.api import build_router, dev_router, provenance_router
 from service.chain_sender import ChainSender
+from service.collections.api import collections_router
+from service.collections.desk import CollectionDesk
+from service.collections.sources import reader_factory
 from service.config import Settings
 from service.frontdoor import FrontDoor
 from service.gateway import gateway_router
@@ -120,6 +123,7 @@ def create_app(
         on_record=recorded,
     )
     front = FrontDoor(service, Gatekeeper(store), provenance, lambda: sender.chain, sender.describe)
+    collections = CollectionDesk(settings, service.intake, ipfs, reader_factory(settings, lambda: sender.chain))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -152,9 +156,11 @@ def create_app(
     app.state.front = front
     app.state.ipfs = ipfs
     app.state.chain_sender = sender
+    app.state.collections = collections
     problems.install(app)
     app.include_router(build_router(front))
     app.include_router(provenance_router(front))
+    app.include_router(collections_router(collections))
     app.include_router(gateway_router(ipfs))
     if isinstance(backend, DevNode):
         app.include_router(dev_router(front))

@@ -145,6 +145,11 @@ class ProvenanceChain:
         return self.registry.address
 
     @property
+    def lock(self) -> threading.RLock:
+        """Held around every call on this connection (eth-tester is not thread-safe)."""
+        return self._lock
+
+    @property
     def chain_id(self) -> int:
         return self._call(lambda: self.w3.eth.chain_id)
 

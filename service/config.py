@@ -88,6 +88,19 @@ class Settings(BaseSettings):
     chain_private_key: str | None = None  # signs the records; needs the registry's recorder role
     chain_registry_address: str | None = None  # none: deploy one (its address is remembered)
 
+    #: collection upgrades read token URIs written by anyone: fetches to loopback, private and
+    #: link-local addresses are refused unless the host (or host:port) is listed here
+    fetch_allow_private_hosts: list[str] = Field(default_factory=list)
+    #: a PEM file of extra CAs those fetches trust (besides the public ones)
+    fetch_ca_bundle: Path | None = None
+    #: an IPFS HTTP gateway (e.g. https://ipfs.io) for token content neither the local store nor
+    #: the Kubo node holds; none: only those two are asked
+    ipfs_gateway_url: str | None = None
+    #: where ar:// token URIs are read
+    arweave_gateway_url: str = "https://arweave.net"
+    #: collection upgrades: token reads and fetches in flight at once
+    collection_concurrency: int = Field(default=8, ge=1, le=64)
+
     #: whether a job is published when the request does not say: True pins input, output and
     #: metadata on the public IPFS gateway (anyone holding the input finds the upscale); False
     #: records only the hashes on chain and serves the files only with the job's credential

@@ -41,6 +41,7 @@ DESCRIPTIONS = {
     413: "Too large: beyond the upload limits, or more work than a payment can be held for",
     415: "Not a supported image (PNG, JPEG, WebP, TIFF)",
     422: "Invalid parameters (names the parameter and the rule)",
+    502: "The collection's chain RPC does not answer",
     503: "Lightning node or chain unreachable, or the server is busy; nothing was charged (see Retry-After)",
 }
 METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT", "QUERY")

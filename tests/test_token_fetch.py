@@ -7,7 +7,6 @@ fetched (no request reached a server, no TCP connection was even attempted).
 from __future__ import annotations
 
 import base64
-import datetime
 import gzip
 import ipaddress
 import json
@@ -24,10 +23,6 @@ from urllib.parse import parse_qs, quote, urlsplit
 
 import httpcore
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from provenance.collection import addresses
 from provenance.collection.addresses import PrivateAccess, refusal
@@ -37,6 +32,8 @@ from provenance.collection.ipfs_readers import GatewayIpfsReader, LocalStoreRead
 from provenance.collection.uris import classify_uri
 from provenance.ipfs import DirEntry, LocalIpfsStore
 
+from .tls import Pki, make_pki
+
 METADATA = {"name": "Token #1", "image": "ipfs://QmImage/1.png"}
 METADATA_BYTES = json.dumps(METADATA).encode()
 PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4
@@ -44,54 +41,9 @@ TXID = "bNbA3TEQVL60xlgCcqdz4ZPHFZ711cZ3hmkpGttDt_U"
 MiB = 1 << 20
 
 
-# --- a CA and a server certificate for 127.0.0.1 and localhost -------------------------------
-
-
-@dataclass(frozen=True)
-class Pki:
-    ca_pem: Path
-    cert_pem: Path
-    key_pem: Path
-
-
-def _certificate(subject: str, key, issuer_name, issuer_key, *, ca: bool, sans=None) -> x509.Certificate:
-    now = datetime.datetime.now(datetime.UTC)
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
-        .issuer_name(issuer_name or x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key.public_key()), critical=False)
-    )
-    if ca:
-        usage = x509.KeyUsage(False, False, False, False, False, True, True, False, False)
-        builder = builder.add_extension(usage, critical=True)
-    else:
-        builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
-        builder = builder.add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-    return builder.sign(issuer_key, hashes.SHA256())
-
-
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    folder = tmp_path_factory.mktemp("pki")
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca = _certificate("Satscale test CA", ca_key, None, ca_key, ca=True)
-    key = ec.generate_private_key(ec.SECP256R1())
-    sans = [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-    cert = _certificate("localhost", key, ca.subject, ca_key, ca=False, sans=sans)
-    pki = Pki(folder / "ca.pem", folder / "cert.pem", folder / "key.pem")
-    pki.ca_pem.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    pki.cert_pem.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    pki.key_pem.write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
-    return pki
+    return make_pki(tmp_path_factory.mktemp("pki"))
 
 
 # --- a scriptable HTTP(S) server on 127.0.0.1 -------------------------------------------------

@@ -9,6 +9,7 @@ reverts (burnt, never minted) is reported, not fatal.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -25,6 +26,9 @@ ERC721_METADATA = bytes.fromhex("5b5e139f")
 ERC721_ENUMERABLE = bytes.fromhex("780e9d63")
 ERC4906 = bytes.fromhex("49064906")
 ERC7160 = bytes.fromhex("06e1bc5b")
+
+#: a contract's revert may ask web3 to fetch URLs of its choosing (EIP-3668 CCIP-read): never
+_NO_CCIP = {"ccip_read_enabled": False}
 
 #: the most tokens one upgrade reads (a larger collection is upgraded in ranges)
 MAX_TOKENS = 20_000
@@ -80,47 +84,54 @@ class TokenUri:
 class CollectionReader:
     """Read-only calls to one ERC-721 contract (a `Web3` connected to any JSON-RPC endpoint)."""
 
-    def __init__(self, w3: Web3, address: str) -> None:
+    def __init__(self, w3: Web3, address: str, lock: AbstractContextManager[Any] | None = None) -> None:
+        """`lock`: held around every call when the connection is shared with another thread
+        that needs it (the embedded chain is not thread-safe)."""
         if not Web3.is_address(address):
             raise CollectionError(f"{address!r} is not a contract address (0x followed by 40 hex digits)")
         self.w3 = w3
         self.address = Web3.to_checksum_address(address)
         self.contract = w3.eth.contract(address=self.address, abi=_ABI)
+        self._lock = lock or nullcontext()
+
+    def _call(self, call: Callable[[], T]) -> T:
+        with self._lock:
+            return _guard(call)
 
     def _optional(self, call: Callable[[], T]) -> T | None:
         """A call the contract may not have: None when it reverts or returns nothing."""
         try:
-            return _guard(call)
+            return self._call(call)
         except (ChainRejected, Web3Exception):  # reverted, or nothing decodable came back
             return None
 
     def supports(self, interface: bytes) -> bool:
-        return bool(self._optional(lambda: self.contract.functions.supportsInterface(interface).call()))
+        return bool(self._optional(lambda: self.contract.functions.supportsInterface(interface).call(**_NO_CCIP)))
 
     def facts(self) -> CollectionFacts:
         """What the collection supports; refuses an address that is not an ERC-721."""
-        code = _guard(lambda: self.w3.eth.get_code(self.address))
-        chain_id = _guard(lambda: self.w3.eth.chain_id)
+        code = self._call(lambda: self.w3.eth.get_code(self.address))
+        chain_id = self._call(lambda: self.w3.eth.chain_id)
         if not code:
             raise NotAnErc721(f"there is no contract at {self.address} on chain {chain_id}")
         if not (self.supports(ERC165) and self.supports(ERC721)):
             raise NotAnErc721(f"{self.address} does not declare ERC-721 (ERC-165 interface 0x80ac58cd)")
         fn = self.contract.functions
-        registry = self._optional(lambda: fn.provenanceRegistry().call())
+        registry = self._optional(lambda: fn.provenanceRegistry().call(**_NO_CCIP))
         return CollectionFacts(
             address=self.address,
             chain_id=chain_id,
-            name=self._optional(lambda: fn.name().call()),
-            symbol=self._optional(lambda: fn.symbol().call()),
+            name=self._optional(lambda: fn.name().call(**_NO_CCIP)),
+            symbol=self._optional(lambda: fn.symbol().call(**_NO_CCIP)),
             enumerable=self.supports(ERC721_ENUMERABLE),
-            total_supply=self._optional(lambda: fn.totalSupply().call()),
+            total_supply=self._optional(lambda: fn.totalSupply().call(**_NO_CCIP)),
             erc4906=self.supports(ERC4906),
             erc7160=self.supports(ERC7160),
             provenance_registry=Web3.to_checksum_address(registry) if registry and int(registry, 16) else None,
         )
 
     def exists(self, token_id: int) -> bool:
-        return self._optional(lambda: self.contract.functions.ownerOf(token_id).call()) is not None
+        return self._optional(lambda: self.contract.functions.ownerOf(token_id).call(**_NO_CCIP)) is not None
 
     def token_ids(self, facts: CollectionFacts, chosen: Iterable[int] | None = None) -> list[int]:
         """The tokens to read: those chosen, else every token the contract lists (enumeration),
@@ -130,7 +141,7 @@ class CollectionReader:
         elif facts.enumerable and facts.total_supply is not None:
             self._check_count(facts.total_supply)
             by_index = self.contract.functions.tokenByIndex
-            ids = sorted(_guard(lambda i=i: by_index(i).call()) for i in range(facts.total_supply))
+            ids = sorted(self._call(lambda i=i: by_index(i).call(**_NO_CCIP)) for i in range(facts.total_supply))
         elif facts.total_supply is not None:
             self._check_count(facts.total_supply)
             first = 0 if self.exists(0) else 1
@@ -149,7 +160,7 @@ class CollectionReader:
 
     def token_uri(self, token_id: int) -> TokenUri:
         try:
-            uri = _guard(lambda: self.contract.functions.tokenURI(token_id).call())
+            uri = self._call(lambda: self.contract.functions.tokenURI(token_id).call(**_NO_CCIP))
         except (ChainRejected, Web3Exception):
             return TokenUri(token_id, None, f"tokenURI({token_id}) reverted: no such token")
         if not uri:

@@ -1,0 +1,74 @@
+"""The one place collection requests are checked and planned, whichever door they come in by
+(the API now; the web app's Collection tab calls the same methods)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+from provenance.chain import ChainError, ChainUnavailable
+from provenance.collection.erc721 import CollectionError, parse_token_selection
+from provenance.collection.fetch import TokenFetcher
+from provenance.collection.fetch_errors import FetchError
+from provenance.ipfs import LocalIpfsStore
+from sr_core.errors import SatscaleError
+
+from ..config import Settings
+from ..intake import Intake
+from .planner import CollectionPlan, CollectionPlanner, CollectionRequest
+from .sources import ReaderFactory, fetch_policy, ipfs_reader
+
+#: a plan is free: it reads at most this many tokens (a larger collection is planned in ranges)
+PLAN_MAX_TOKENS = 2_000
+
+
+class CollectionRefused(Exception):
+    """The request cannot be planned as sent (422); the message says what to change."""
+
+
+class ChainUnreachable(Exception):
+    """The collection's chain does not answer (502)."""
+
+
+class PlannerBusy(Exception):
+    """Another plan is running (503): plans read the chain and fetch every token."""
+
+
+class CollectionDesk:
+    def __init__(self, settings: Settings, intake: Intake, ipfs: LocalIpfsStore, readers: ReaderFactory) -> None:
+        self.settings = settings
+        reader = ipfs_reader(settings, ipfs)
+        policy = fetch_policy(settings)
+        fetcher: Callable[[], TokenFetcher] = lambda: TokenFetcher(reader, policy)  # noqa: E731
+        self.planner = CollectionPlanner(
+            intake,
+            fetcher,
+            (FetchError,),
+            readers,
+            concurrency=settings.collection_concurrency,
+            max_tokens=PLAN_MAX_TOKENS,
+        )
+        self._planning = asyncio.Lock()
+
+    @staticmethod
+    def tokens(text: str | None) -> tuple[int, ...] | None:
+        if text is None or not text.strip():
+            return None
+        try:
+            return parse_token_selection(text)
+        except CollectionError as exc:
+            raise CollectionRefused(str(exc)) from None
+
+    async def plan(self, request: CollectionRequest) -> CollectionPlan:
+        """What an upgrade would do and cost; changes nothing anywhere."""
+        if self._planning.locked():
+            raise PlannerBusy("another collection is being planned; try again in a few seconds")
+        async with self._planning:
+            try:
+                return await self.planner.plan(request)
+            except (CollectionError, FetchError, SatscaleError) as exc:
+                raise CollectionRefused(str(exc)) from None
+            except ChainUnavailable as exc:
+                raise ChainUnreachable(str(exc)) from None
+            except ChainError as exc:
+                raise CollectionRefused(f"the collection cannot be read: {exc}") from None
