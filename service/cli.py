@@ -20,6 +20,7 @@ from sr_core.registry import ModelRegistry
 from sr_core.upscale import UpscaleOptions
 from sr_core.weights import weights_dir
 
+from .collections.cli import add_collection_commands
 from .engines import DEFAULT_MODEL
 from .stages import StageOptions, check_stage_model, face_stage, parse_pipeline, parse_then
 
@@ -465,6 +466,8 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("b", metavar="IMAGE_B", help="same size, or the larger one is downscaled to the other's")
     compare.add_argument("--json", action="store_true", help="machine-readable output")
     compare.set_defaults(func=cmd_compare)
+
+    add_collection_commands(commands)
 
     serve = commands.add_parser("serve", help="run the web app and API")
     serve.add_argument("--host", help="default: SATSCALE_HOST or 127.0.0.1")

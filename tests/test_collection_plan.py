@@ -3,13 +3,18 @@ gets, what is skipped and why, the price, and that a plan changes nothing anywhe
 
 from __future__ import annotations
 
+import csv
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from app import create_app
+from service.cli import main
 from service.config import Settings
 
 from .anvil import running_anvil
@@ -23,15 +28,22 @@ from .collection_world import (
     build_world,
     https_files,
 )
-from .servers import free_port
+from .servers import free_port, serving
 from .tls import make_pki
 
 pytestmark = pytest.mark.chain
+SKIPPED_FIRST = min(SKIPPED)
 MODEL = "realesr-animevideov3"  # the light model: prices are what the test checks, not speed
 
 
+class Client(httpx.Client):
+    """A client of the live server that also holds the app (to look at its stores)."""
+
+    app: FastAPI
+
+
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory: pytest.TempPathFactory, registry) -> Iterator[tuple[TestClient, World, str, object]]:
+def setup(tmp_path_factory: pytest.TempPathFactory, registry) -> Iterator[tuple[Client, World, str, object]]:
     pki = make_pki(tmp_path_factory.mktemp("pki"))
     files: dict[str, tuple[bytes, str]] = {}
     with running_anvil() as (w3, port), https_files(pki, files) as web:
@@ -41,12 +53,14 @@ def setup(tmp_path_factory: pytest.TempPathFactory, registry) -> Iterator[tuple[
             fetch_allow_private_hosts=[f"127.0.0.1:{port}", f"127.0.0.1:{web.port}"],
             fetch_ca_bundle=pki.ca_pem,
         )
-        with TestClient(create_app(settings, registry), raise_server_exceptions=False) as client:
-            world = build_world(w3, client.app.state.ipfs, web.origin, files)
+        app = create_app(settings, registry)
+        with serving(app) as url, Client(base_url=url, timeout=120) as client:
+            client.app = app
+            world = build_world(w3, app.state.ipfs, web.origin, files)
             yield client, world, rpc, (w3, web)
 
 
-def _plan(client: TestClient, rpc: str, contract: str, **body):
+def _plan(client: Client, rpc: str, contract: str, **body):
     return client.post("/v1/collections/plan", json={"rpc_url": rpc, "contract": contract, "model": MODEL, **body})
 
 
@@ -146,3 +160,24 @@ def test_the_embedded_chain_needs_no_rpc_url(tmp_path: Path, registry) -> None:
         plan = client.post("/v1/collections/plan", json={"contract": address, "tokens": "1"}).json()
     assert plan["name"] == "Satscale Upgrades" and plan["supports"]["erc7160"] is True
     assert plan["token_plans"][0]["status"] == "skipped"  # nothing minted on a fresh chain
+
+
+def test_the_cli_dry_run_prints_the_plan_and_writes_the_report(setup, tmp_path: Path, capsys) -> None:
+    client, world, rpc, _ = setup
+    report = tmp_path / "plan.json"
+    args = ["collection", "upgrade", "--server", str(client.base_url), "--rpc", rpc]
+    args += ["--contract", world.third_party.address, "--tokens", "1-9", "--model", MODEL]
+    assert main([*args, "--dry-run", "--report", str(report)]) == 0
+    out = capsys.readouterr().out
+    assert "Pixel Pals (PALS)" in out and ".json" in out
+    assert f"#{PIXEL_ART}" in out and "nearest x42  (pixel art: 24x24" in out
+    assert "5 of 9 tokens to upgrade (1 as pixel art), 4 skipped" in out
+    rows = json.loads(report.read_text())
+    assert [r["token_id"] for r in rows] == list(range(1, 10))
+    assert {r["status"] for r in rows} == {"planned", "skipped"} and all(r["new_uri"] is None for r in rows)
+    with report.with_suffix(".csv").open() as beside:
+        table = list(csv.DictReader(beside))
+    assert table[0]["token_id"] == "1" and table[SKIPPED_FIRST - 1]["status"] == "skipped"
+
+    assert main([*args]) == 2  # a paid run is refused in this release, plainly
+    assert "--dry-run" in capsys.readouterr().err
