@@ -14,7 +14,16 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response, StreamingResponse
 
 from provenance.cid import IDENTITY, Cid
-from provenance.errors import BlockNotFound, CorruptBlock, InvalidCid, IpfsError, NotAFile
+from provenance.errors import (
+    BlockNotFound,
+    CorruptBlock,
+    InvalidCid,
+    InvalidDirectoryEntry,
+    IpfsError,
+    NotADirectory,
+    NotAFile,
+    PathNotFound,
+)
 from provenance.ipfs import LocalIpfsStore
 
 from .openapi import errors
@@ -54,6 +63,8 @@ def _problem(exc: IpfsError, cid: str) -> Problem:
         return Problem(400, "invalid-cid", "Invalid CID", f"{cid!r} is not a CID: {exc}")
     if isinstance(exc, BlockNotFound):
         return Problem(404, "not-found", "Not held here", f"{cid} is not pinned on this node")
+    if isinstance(exc, PathNotFound | NotADirectory | InvalidDirectoryEntry):
+        return Problem(404, "not-found", "No such path", str(exc))
     if isinstance(exc, NotAFile):
         return Problem(422, "not-a-file", "Not a file", str(exc))
     if isinstance(exc, CorruptBlock):
@@ -84,18 +95,29 @@ def gateway_router(store: LocalIpfsStore) -> APIRouter:
     )
     def get_ipfs(request: Request, cid: str, format: str | None = Query(None, pattern="^(raw|car)$")) -> Response:
         """Content by CID: the file, `?format=raw` for one block, `?format=car` for the DAG."""
+        return serve(request, cid, "", format)
+
+    def get_ipfs_path(
+        request: Request, cid: str, path: str, format: str | None = Query(None, pattern="^(raw|car)$")
+    ) -> Response:
+        """Content at a path inside a UnixFS directory (e.g. a collection's `<folder>/1.json`),
+        basic and HAMT-sharded directories alike."""
+        return serve(request, cid, path, format)
+
+    def serve(request: Request, cid: str, path: str, format: str | None) -> Response:
         kind = _requested_format(request, format)
         try:
-            parsed = Cid.parse(cid)
-            if parsed.hash_code == IDENTITY:
+            root = Cid.parse(cid)
+            if root.hash_code == IDENTITY:
                 # an identity CID carries its bytes in itself: serving it would let anyone have this
                 # origin serve content of their choosing; the gateway serves only what it holds
-                raise BlockNotFound(str(parsed))
+                raise BlockNotFound(str(root))
+            parsed = store.resolve_path(root, path.strip("/")) if path.strip("/") else root
             etag = f'"{parsed}.{kind}"' if kind != "file" else f'"{parsed}"'
             headers = {
                 "Cache-Control": IMMUTABLE,
                 "ETag": etag,
-                "X-Ipfs-Path": f"/ipfs/{parsed}",
+                "X-Ipfs-Path": f"/ipfs/{root}" + (f"/{path.strip('/')}" if path.strip("/") else ""),
                 "X-Content-Type-Options": "nosniff",
             }
             if request.headers.get("if-none-match") == etag:
@@ -118,4 +140,8 @@ def gateway_router(store: LocalIpfsStore) -> APIRouter:
         return StreamingResponse(_prepend(first, chunks), media_type=content_type(first), headers=headers)
 
     router.add_api_route("/ipfs/{cid}", get_ipfs, methods=["HEAD"], include_in_schema=False)
+    router.add_api_route(
+        "/ipfs/{cid}/{path:path}", get_ipfs_path, response_class=Response, responses=errors(400, 404, 422)
+    )
+    router.add_api_route("/ipfs/{cid}/{path:path}", get_ipfs_path, methods=["HEAD"], include_in_schema=False)
     return router
