@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from importlib.metadata import version
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
@@ -149,7 +150,7 @@ def create_app(
     app = FastAPI(
         title="Satscale",
         description="Self-hosted AI image upscaling, paid per image over Lightning (L402).",
-        version="0.6.0",
+        version=version("satscale"),
         lifespan=lifespan,
     )
     app.state.service = service
