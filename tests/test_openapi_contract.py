@@ -144,7 +144,9 @@ def test_the_document_names_the_real_constraints(live) -> None:
     url, _ = live
     document = httpx.get(f"{url}/openapi.json", timeout=60).json()
     quote = {p["name"]: p["schema"] for p in document["paths"]["/v1/quote"]["get"]["parameters"]}
-    assert "realesrgan-x4plus" in quote["model"]["enum"] and quote["scale"]["enum"] == [2, 3, 4]
+    offered = sorted({scale for row in httpx.get(f"{url}/v1/models", timeout=60).json() for scale in row["scales"]})
+    assert "realesrgan-x4plus" in quote["model"]["enum"] and "nearest" in quote["model"]["enum"]
+    assert quote["scale"]["enum"] == offered == list(range(1, 65))  # every scale some model offers
     assert quote["width"]["maximum"] == 20000 and quote["tile"]["minimum"] == 32
     assert "anyOf" not in quote["scale"] and "anyOf" not in quote["tile"]  # optional, not nullable
     post = document["paths"]["/v1/upscales"]["post"]
@@ -155,6 +157,8 @@ def test_the_document_names_the_real_constraints(live) -> None:
     assert wrong.status_code == 405 and wrong.headers["allow"] == "GET"
     assert wrong.headers["content-type"] == "application/problem+json"
     assert httpx.head(f"{url}/v1/models", timeout=30).status_code == 405
-    for path in ("/v1/nothing/here", "/v1", "/ipfs", "/ipfs/a/b"):
+    for path in ("/v1/nothing/here", "/v1", "/ipfs"):
         missing = httpx.get(f"{url}{path}", timeout=30)
         assert missing.status_code == 404 and missing.headers["content-type"] == "application/problem+json", path
+    not_a_cid = httpx.get(f"{url}/ipfs/a/b", timeout=30)  # a path inside a folder, whose CID is not one
+    assert not_a_cid.status_code == 400 and not_a_cid.headers["content-type"] == "application/problem+json"
