@@ -236,7 +236,8 @@ class VettedTransport(httpx.AsyncHTTPTransport):
         self._pool = httpcore.AsyncConnectionPool(
             ssl_context=context,
             max_connections=100,
-            max_keepalive_connections=20,
-            keepalive_expiry=5.0,
+            # one request per connection: hostile hosts gain nothing from reuse, and a connection the
+            # server already closed can never be picked up again (a stale keep-alive fails mid-request)
+            max_keepalive_connections=0,
             network_backend=VettedBackend(access),
         )
