@@ -73,12 +73,18 @@ class CarImport:
 
 
 def _atomic_write(path: Path, data: bytes, fsync: bool) -> None:
-    """Write to a temporary file beside `path`, then rename: readers see the old file or the whole new one."""
+    atomic_write_chunks(path, (data,), fsync)
+
+
+def atomic_write_chunks(path: Path, chunks: Iterable[bytes], fsync: bool = True) -> None:
+    """Write to a temporary file beside `path`, then rename: readers see the old file or the whole
+    new one, and a failure midway (a chunk that raises) leaves neither the file nor the temporary."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
     try:
         with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
+            for chunk in chunks:
+                handle.write(chunk)
             if fsync:
                 handle.flush()
                 os.fsync(handle.fileno())

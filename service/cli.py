@@ -20,6 +20,7 @@ from sr_core.registry import ModelRegistry
 from sr_core.upscale import UpscaleOptions
 from sr_core.weights import weights_dir
 
+from .client import server_call
 from .collections.cli import add_collection_commands
 from .engines import DEFAULT_MODEL
 from .stages import StageOptions, check_stage_model, face_stage, parse_pipeline, parse_then
@@ -345,22 +346,13 @@ def cmd_verify(args: argparse.Namespace) -> int:
     """Ask a Satscale server for an image's chain of custody; a local file is hashed here."""
     import hashlib
 
-    import httpx
-
     target = Path(args.image)
     if target.is_file():
         query = hashlib.sha256(target.read_bytes()).hexdigest()
         print(f"{target}: sha256 {query}")
     else:
         query = args.image
-    url = f"{args.server.rstrip('/')}/v1/provenance/{query}"
-    try:
-        response = httpx.get(url, timeout=120)
-    except httpx.HTTPError as exc:
-        raise SatscaleError(f"cannot reach {url}: {exc}") from None
-    body = response.json()
-    if response.status_code != 200:
-        raise SatscaleError(body.get("detail", response.text))
+    body = server_call("GET", f"{args.server.rstrip('/')}/v1/provenance/{query}", timeout=120)
     if args.json:
         print(json.dumps(body, indent=2))
         return 0 if body["verified"] else 1

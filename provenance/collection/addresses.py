@@ -13,6 +13,7 @@ import socket
 import ssl
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import anyio
 import httpcore
@@ -157,6 +158,18 @@ def refused_message(host: str, port: int, address: IPAddress, why: str) -> str:
     )
 
 
+def addresses_of(host: str, infos: Iterable[tuple[Any, ...]]) -> list[IPAddress]:
+    """The distinct addresses getaddrinfo gave for `host`, in its order (none: a ConnectError)."""
+    addresses: list[IPAddress] = []
+    for *_, sockaddr in infos:
+        address = ipaddress.ip_address(sockaddr[0])
+        if address not in addresses:
+            addresses.append(address)
+    if not addresses:
+        raise httpcore.ConnectError(f"{host} resolves to no address")
+    return addresses
+
+
 class VettedBackend(httpcore.AsyncNetworkBackend):
     """An httpcore network backend that resolves once, checks every address, then connects to the IP.
 
@@ -200,14 +213,7 @@ class VettedBackend(httpcore.AsyncNetworkBackend):
             raise httpcore.ConnectTimeout(f"resolving {host} took longer than {timeout} s") from None
         except OSError as exc:
             raise httpcore.ConnectError(f"cannot resolve {host}: {exc}") from None
-        addresses: list[IPAddress] = []
-        for _family, _type, _proto, _name, sockaddr in infos:
-            address = ipaddress.ip_address(sockaddr[0])
-            if address not in addresses:
-                addresses.append(address)
-        if not addresses:
-            raise httpcore.ConnectError(f"{host} resolves to no address")
-        return addresses
+        return addresses_of(host, infos)
 
     async def connect_unix_socket(
         self,

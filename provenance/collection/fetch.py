@@ -33,7 +33,7 @@ from .addresses import (
 )
 from .data_uri import decode_data_uri
 from .fetch_errors import FetchError, FetchTimeout, RefusedAddress, RefusedScheme, TooLarge, TooManyRedirects
-from .httpio import Body, HttpGetter, Redirect, ssl_context
+from .httpio import ONE_REQUEST_PER_CONNECTION, Body, HttpGetter, Redirect, ssl_context
 from .ipfs_readers import IpfsReader
 from .media import sniff_media_type
 from .uris import ParsedUri, classify_uri, has_scheme
@@ -93,7 +93,7 @@ class TokenFetcher:
         timeout = httpx.Timeout(self.policy.deadline, connect=self.policy.connect_timeout)
         agent = self.policy.user_agent
         self._hostile = HttpGetter(VettedTransport(self._access, context), timeout=timeout, user_agent=agent)
-        trusted = httpx.AsyncHTTPTransport(verify=context, trust_env=False)
+        trusted = httpx.AsyncHTTPTransport(verify=context, trust_env=False, limits=ONE_REQUEST_PER_CONNECTION)
         self._trusted = HttpGetter(trusted, timeout=timeout, user_agent=agent)
 
     async def __aenter__(self) -> TokenFetcher:

@@ -28,6 +28,9 @@ from .fetch_errors import (
 )
 
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+#: no keep-alive: a connection a server closed without saying so is never picked up again (it
+#: would fail mid-request); a collection's fetches gain little from reuse
+ONE_REQUEST_PER_CONNECTION = httpx.Limits(max_keepalive_connections=0)
 
 
 @dataclass(frozen=True)

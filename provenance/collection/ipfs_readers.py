@@ -24,7 +24,7 @@ from ..errors import (
 )
 from ..ipfs import LocalIpfsStore
 from .fetch_errors import BadContent, NotFound, RefusedAddress, TooLarge, TooManyRedirects
-from .httpio import HttpGetter, Redirect, ssl_context
+from .httpio import ONE_REQUEST_PER_CONNECTION, HttpGetter, Redirect, ssl_context
 
 
 class IpfsReader(Protocol):
@@ -91,7 +91,10 @@ class GatewayIpfsReader:
         self._base = httpx.URL(base_url.rstrip("/") + "/")
         self._max_redirects = max_redirects
         self._http = HttpGetter(
-            transport or httpx.AsyncHTTPTransport(verify=ssl_context(ca_bundle), trust_env=False),
+            transport
+            or httpx.AsyncHTTPTransport(
+                verify=ssl_context(ca_bundle), trust_env=False, limits=ONE_REQUEST_PER_CONNECTION
+            ),
             timeout=httpx.Timeout(timeout),
             user_agent=user_agent,
         )

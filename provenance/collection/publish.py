@@ -8,13 +8,11 @@ pinning service given the CAR, or a Kubo node given the files, ends up with the 
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..ipfs import LocalIpfsStore
+from ..ipfs import LocalIpfsStore, atomic_write_chunks
 from ..unixfs_dir import KUBO_SHARD_THRESHOLD, DirEntry
 
 #: Kubo's default (`ipfs add -r` without --cid-version): what most collections' folders are
@@ -57,16 +55,5 @@ def publish_document(store: LocalIpfsStore, document: bytes, *, cid_version: int
 def write_car(store: LocalIpfsStore, root: str, path: Path) -> Path:
     """The folder's whole DAG as a CARv1 at `path`, written atomically: a failure midway leaves
     no file and no temporary behind."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as out:
-            for piece in store.export_car(root):
-                out.write(piece)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    atomic_write_chunks(path, store.export_car(root))
     return path

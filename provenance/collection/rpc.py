@@ -10,7 +10,6 @@ makes web3 fetch URLs the contract chose) is off for every call the collection r
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import socket
 import ssl
@@ -23,7 +22,15 @@ from web3 import Web3
 from web3.providers import JSONBaseProvider
 from web3.types import RPCEndpoint, RPCResponse
 
-from .addresses import IPAddress, PrivateAccess, odd_ipv4_spelling, parse_address, refusal, refused_message
+from .addresses import (
+    IPAddress,
+    PrivateAccess,
+    addresses_of,
+    odd_ipv4_spelling,
+    parse_address,
+    refusal,
+    refused_message,
+)
 from .fetch_errors import FetchError, RefusedAddress, RefusedScheme
 from .httpio import ssl_context
 
@@ -65,12 +72,7 @@ class VettedSyncBackend(httpcore.NetworkBackend):
             infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
         except OSError as exc:
             raise httpcore.ConnectError(f"cannot resolve {host}: {exc}") from None
-        found: list[IPAddress] = []
-        for *_, sockaddr in infos:
-            address = ipaddress.ip_address(sockaddr[0])
-            if address not in found:
-                found.append(address)
-        return found
+        return addresses_of(host, infos)
 
     def connect_unix_socket(self, path: str, timeout: float | None = None, socket_options: Any = None) -> Any:
         raise httpcore.ConnectError("RPC calls never use Unix sockets")

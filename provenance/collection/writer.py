@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 from eth_account.signers.local import LocalAccount
 from web3 import Web3
 
-from ..chain import ChainRejected, _guard
+from ..chain import ChainRejected, _b32, _guard
 from ..contracts import load_artifact
 
 T = TypeVar("T")
@@ -73,13 +73,6 @@ class Setter:
         ]
 
 
-def _hex32(value: str) -> bytes:
-    raw = bytes.fromhex(value.removeprefix("0x"))
-    if len(raw) != 32:
-        raise ValueError(f"a record key is 32 bytes, not {len(raw)}")
-    return raw
-
-
 class CollectionWriter:
     """Writes to one collection with one signer; `lock` guards a connection shared with threads."""
 
@@ -111,7 +104,7 @@ class CollectionWriter:
     def send_upgrades(self, upgrades: Sequence[TokenUpgrade], nonce: int) -> str:
         """Submit one upgradeBatch (simulated first: a refusal costs nothing); the tx hash."""
         call = self.satscale.functions.upgradeBatch(
-            [u.token_id for u in upgrades], [u.uri for u in upgrades], [_hex32(u.record_key) for u in upgrades]
+            [u.token_id for u in upgrades], [u.uri for u in upgrades], [_b32(u.record_key) for u in upgrades]
         )
         return self._submit(call, nonce, "upgradeBatch")
 

@@ -11,6 +11,8 @@ from typing import Any
 
 from sr_core.errors import SatscaleError
 
+from ..client import server_call
+
 #: the report's columns, one row per token (the JSON report has the same keys)
 REPORT_FIELDS = ("token_id", "old_uri", "new_uri", "status", "error", "input_cid", "output_cid", "metadata_cid", "tx")
 DEFAULT_SERVER = "http://127.0.0.1:7860"
@@ -94,21 +96,12 @@ def print_plan(plan: dict[str, Any]) -> None:
 
 
 def cmd_collection_upgrade(args: argparse.Namespace) -> int:
-    import httpx
-
     if not args.dry_run:
         raise SatscaleError(
             "this server release plans collection upgrades only: run with --dry-run to see what an upgrade "
             "would do and cost (paid runs come with the collection runner)"
         )
-    url = f"{args.server.rstrip('/')}/v1/collections/plan"
-    try:
-        response = httpx.post(url, json=plan_request(args), timeout=600)
-    except httpx.HTTPError as exc:
-        raise SatscaleError(f"cannot reach {url}: {exc}") from None
-    body = response.json()
-    if response.status_code != 200:
-        raise SatscaleError(body.get("detail", response.text))
+    body = server_call("POST", f"{args.server.rstrip('/')}/v1/collections/plan", json=plan_request(args), timeout=600)
     if args.json:
         print(json.dumps(body, indent=2))
     else:
