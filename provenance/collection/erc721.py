@@ -84,15 +84,24 @@ class TokenUri:
 class CollectionReader:
     """Read-only calls to one ERC-721 contract (a `Web3` connected to any JSON-RPC endpoint)."""
 
-    def __init__(self, w3: Web3, address: str, lock: AbstractContextManager[Any] | None = None) -> None:
+    def __init__(
+        self, w3: Web3, address: str, lock: AbstractContextManager[Any] | None = None, *, owns_connection: bool = False
+    ) -> None:
         """`lock`: held around every call when the connection is shared with another thread
-        that needs it (the embedded chain is not thread-safe)."""
+        that needs it (the embedded chain is not thread-safe); `owns_connection`: `close()`
+        closes the provider (one made for this reader, not the server's own chain)."""
         if not Web3.is_address(address):
             raise CollectionError(f"{address!r} is not a contract address (0x followed by 40 hex digits)")
         self.w3 = w3
         self.address = Web3.to_checksum_address(address)
         self.contract = w3.eth.contract(address=self.address, abi=_ABI)
         self._lock = lock or nullcontext()
+        self._owns_connection = owns_connection
+
+    def close(self) -> None:
+        close = getattr(self.w3.provider, "close", None)
+        if self._owns_connection and callable(close):
+            close()
 
     def _call(self, call: Callable[[], T]) -> T:
         with self._lock:

@@ -190,6 +190,12 @@ class CollectionPlanner:
         # the options are checked once, before anything is read: a wrong model is the request's fault
         await self.intake.price(request.options, 64, 64)
         reader = await asyncio.to_thread(self.reader_for, request.rpc_url, request.contract)
+        try:
+            return await self._plan_with(reader, request)
+        finally:
+            await asyncio.to_thread(reader.close)
+
+    async def _plan_with(self, reader: CollectionReader, request: CollectionRequest) -> CollectionPlan:
         facts = await asyncio.to_thread(reader.facts)
         ids = await asyncio.to_thread(reader.token_ids, facts, request.tokens)
         if self.max_tokens is not None and len(ids) > self.max_tokens:
@@ -205,7 +211,6 @@ class CollectionPlanner:
         uris = await asyncio.gather(*(uri_of(i) for i in ids))
         layout = detect_layout(uris)
         pricing = asyncio.Semaphore(1)  # decoding and pricing use the CPU: one token at a time
-
         fetcher = self.new_fetcher()
 
         async def plan_token(token: TokenUri) -> TokenPlan:

@@ -65,7 +65,7 @@ def reader_factory(settings: Settings, own_chain: Callable[[], ProvenanceChain])
     def reader(rpc_url: str | None, address: str) -> CollectionReader:
         if rpc_url:
             ca_bundle = str(settings.fetch_ca_bundle) if settings.fetch_ca_bundle else None
-            return CollectionReader(vetted_web3(rpc_url, access, ca_bundle=ca_bundle), address)
+            return CollectionReader(vetted_web3(rpc_url, access, ca_bundle=ca_bundle), address, owns_connection=True)
         chain = own_chain()
         return CollectionReader(chain.w3, address, chain.lock)
 
