@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from importlib.metadata import version
@@ -41,6 +42,12 @@ from service.worker import JobService
 from sr_core.registry import ModelRegistry
 
 log = logging.getLogger("satscale")
+
+#: py_ecc (imported with eth_account) raises Python's recursion limit to 100000; at that depth
+#: CPython's JSON parser overflows the C stack on a deeply nested body (a crash, not an error).
+#: This keeps what py-evm needs and lets the parser raise RecursionError instead.
+SAFE_RECURSION_LIMIT = 12_288
+sys.setrecursionlimit(min(sys.getrecursionlimit(), SAFE_RECURSION_LIMIT))
 
 
 def make_backend(settings: Settings) -> LightningBackend:

@@ -18,8 +18,9 @@ from .imageio import ImageLimits, ImageReader
 TINY_SIDE = 64
 #: at most this many distinct colours (alpha included) reads as a hand-placed palette
 PALETTE_COLOURS = 32
-#: larger images are not counted (a palette that small over 16 MP is a flat graphic, not a sprite)
-MAX_COUNTED_PIXELS = 1 << 24
+#: larger images are not counted (decoding them for free costs seconds; a sprite stored enlarged
+#: up to 1448x1448 is still counted)
+MAX_COUNTED_PIXELS = 1 << 21
 #: the side nearest-neighbour aims for when no scale is asked: a 24 px sprite becomes 1008 px
 TARGET_SIDE = 1024
 

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import csv
 import json
+import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
@@ -73,7 +76,12 @@ def test_plan_of_a_third_party_base_uri_collection(setup) -> None:
     response = _plan(client, rpc, world.third_party.address)
     assert response.status_code == 200, response.text
     plan = response.json()
-    assert plan["layout"] == {"kind": "base-uri", "base_uri": f"ipfs://{world.folder_cid}/", "suffix": ".json"}
+    assert plan["layout"] == {
+        "kind": "base-uri",
+        "base_uri": f"ipfs://{world.folder_cid}/",
+        "suffix": ".json",
+        "whole_collection": True,
+    }
     assert plan["supports"] == {"enumerable": True, "erc4906": True, "erc7160": False}
     skipped = [t for t in plan["token_plans"] if t["status"] == "skipped"]
     assert (plan["name"], plan["tokens"], len(skipped)) == ("Pixel Pals", TOKENS, len(SKIPPED)), skipped
@@ -109,7 +117,9 @@ def test_plan_of_a_per_token_collection_needs_a_range(setup) -> None:
     assert refused.headers["content-type"].startswith("application/problem+json")
 
     plan = _plan(client, rpc, world.per_token.address, tokens="1-4").json()
-    assert plan["layout"] == {"kind": "per-token"} and plan["supports"]["enumerable"] is False
+    assert (
+        plan["layout"] == {"kind": "per-token", "whole_collection": False} and plan["supports"]["enumerable"] is False
+    )
     tokens = {t["token_id"]: t for t in plan["token_plans"]}
     assert [tokens[i]["status"] for i in (1, 2, 3)] == ["ready"] * 3  # IPFS, base64 and percent-encoded JSON
     assert tokens[4]["status"] == "skipped" and "no such token" in tokens[4]["error"]
@@ -181,3 +191,51 @@ def test_the_cli_dry_run_prints_the_plan_and_writes_the_report(setup, tmp_path: 
 
     assert main([*args]) == 2  # a paid run is refused in this release, plainly
     assert "--dry-run" in capsys.readouterr().err
+
+
+def test_a_deeply_nested_body_is_refused_not_a_crash(setup) -> None:
+    client = setup[0]
+    nested = b"[" * 100_000
+    response = client.post("/v1/collections/plan", content=nested, headers={"content-type": "application/json"})
+    assert response.status_code in (400, 422), response.text
+    assert response.headers["content-type"].startswith("application/problem+json")
+    assert client.get("/v1/models").status_code == 200  # the server is still there
+
+
+@contextmanager
+def lying_rpc(answers: dict[str, object]) -> Iterator[int]:
+    """A JSON-RPC endpoint on 127.0.0.1 that answers each method with what `answers` says."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            return
+
+        def do_POST(self) -> None:
+            request = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            body = json.dumps({"jsonrpc": "2.0", "id": request["id"], "result": answers.get(request["method"])})
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body.encode())
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        yield server.server_address[1]
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+@pytest.mark.parametrize("chain_id", ["hello", None, [1]])
+def test_an_rpc_that_lies_is_a_502(tmp_path: Path, registry, chain_id) -> None:
+    with lying_rpc({"eth_chainId": chain_id, "eth_getCode": "0x6001"}) as port:
+        settings = Settings(data_dir=tmp_path / "data", fetch_allow_private_hosts=[f"127.0.0.1:{port}"])
+        with TestClient(create_app(settings, registry), raise_server_exceptions=False) as client:
+            body = {"rpc_url": f"http://127.0.0.1:{port}", "contract": "0x" + "22" * 20, "tokens": "1"}
+            response = client.post("/v1/collections/plan", json=body)
+    assert response.status_code in (422, 502), response.text
+    assert response.headers["content-type"].startswith("application/problem+json")

@@ -150,9 +150,11 @@ def _split_entry(entry: str) -> tuple[str, int | None]:
 
 def refused_message(host: str, port: int, address: IPAddress, why: str) -> str:
     where = f"{host}:{port}" if ":" not in host else f"[{host}]:{port}"
-    resolved = "" if parse_address(host) == address else f" (it resolves to {address})"
+    # what a name resolves to is not said: the answer would let anyone map the server's network
+    if parse_address(host) != address:
+        why = "it resolves to an address that is not public"
     return (
-        f"refused {where}{resolved}: {why}. Token URIs come from a public chain and may not reach "
+        f"refused {where}: {why}. Token URIs come from a public chain and may not reach "
         f"private networks. If this host is yours and trusted, add {where!r} (or just the host) to "
         f"the fetch policy's allow_private_hosts, or set allow_private"
     )

@@ -30,6 +30,9 @@ ERC7160 = bytes.fromhex("06e1bc5b")
 #: a contract's revert may ask web3 to fetch URLs of its choosing (EIP-3668 CCIP-read): never
 _NO_CCIP = {"ccip_read_enabled": False}
 
+#: the longest token URI read (an on-chain data: document with its image inlined fits)
+MAX_URI_CHARS = 2 << 20
+
 #: the most tokens one upgrade reads (a larger collection is upgraded in ranges)
 MAX_TOKENS = 20_000
 
@@ -121,6 +124,8 @@ class CollectionReader:
         """What the collection supports; refuses an address that is not an ERC-721."""
         code = self._call(lambda: self.w3.eth.get_code(self.address))
         chain_id = self._call(lambda: self.w3.eth.chain_id)
+        if not isinstance(chain_id, int) or isinstance(chain_id, bool):
+            raise CollectionError("the RPC's chain id is not a number: it is not an EVM chain's JSON-RPC")
         if not code:
             raise NotAnErc721(f"there is no contract at {self.address} on chain {chain_id}")
         if not (self.supports(ERC165) and self.supports(ERC721)):
@@ -142,17 +147,21 @@ class CollectionReader:
     def exists(self, token_id: int) -> bool:
         return self._optional(lambda: self.contract.functions.ownerOf(token_id).call(**_NO_CCIP)) is not None
 
-    def token_ids(self, facts: CollectionFacts, chosen: Iterable[int] | None = None) -> list[int]:
+    def token_ids(
+        self, facts: CollectionFacts, chosen: Iterable[int] | None = None, limit: int = MAX_TOKENS
+    ) -> list[int]:
         """The tokens to read: those chosen, else every token the contract lists (enumeration),
-        else 1..totalSupply (or 0..totalSupply-1 when token 0 exists)."""
+        else 1..totalSupply (or 0..totalSupply-1 when token 0 exists); more than `limit` is
+        refused before a single id is asked for."""
         if chosen is not None:
             ids = sorted(set(chosen))
         elif facts.enumerable and facts.total_supply is not None:
-            self._check_count(facts.total_supply)
+            self._check_count(facts.total_supply, limit)
             by_index = self.contract.functions.tokenByIndex
-            ids = sorted(self._call(lambda i=i: by_index(i).call(**_NO_CCIP)) for i in range(facts.total_supply))
+            # a contract may list an id twice: each token is read (and priced) once
+            ids = sorted({self._call(lambda i=i: by_index(i).call(**_NO_CCIP)) for i in range(facts.total_supply)})
         elif facts.total_supply is not None:
-            self._check_count(facts.total_supply)
+            self._check_count(facts.total_supply, limit)
             first = 0 if self.exists(0) else 1
             ids = list(range(first, first + facts.total_supply))
         else:
@@ -160,20 +169,24 @@ class CollectionReader:
                 f"{self.address} does not list its tokens (no ERC-721 Enumerable, no totalSupply): "
                 "give the token ids, e.g. --tokens 1-500"
             )
-        self._check_count(len(ids))
+        self._check_count(len(ids), limit)
         return ids
 
-    def _check_count(self, count: int) -> None:
-        if count > MAX_TOKENS:
-            raise CollectionError(f"{count} tokens is more than {MAX_TOKENS} in one upgrade: give a range of tokens")
+    def _check_count(self, count: int, limit: int) -> None:
+        if count > limit:
+            raise CollectionError(f"{count} tokens is more than {limit} at once: give a range of tokens (--tokens)")
 
     def token_uri(self, token_id: int) -> TokenUri:
         try:
             uri = self._call(lambda: self.contract.functions.tokenURI(token_id).call(**_NO_CCIP))
         except (ChainRejected, Web3Exception):
             return TokenUri(token_id, None, f"tokenURI({token_id}) reverted: no such token")
-        if not uri:
+        except (ValueError, TypeError):  # not a string (invalid UTF-8, another type): the contract's answer is bad
+            return TokenUri(token_id, None, f"tokenURI({token_id}) did not return a text URI")
+        if not isinstance(uri, str) or not uri:
             return TokenUri(token_id, None, f"token {token_id} has an empty URI")
+        if len(uri) > MAX_URI_CHARS:
+            return TokenUri(token_id, None, f"token {token_id}'s URI is longer than {MAX_URI_CHARS} characters")
         return TokenUri(token_id, uri)
 
 

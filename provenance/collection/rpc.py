@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import socket
 import ssl
+import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -109,6 +110,7 @@ class VettedRpcProvider(JSONBaseProvider):
         body = self.encode_rpc_request(method, params)
         timeout = {"connect": 5.0, "read": DEADLINE, "write": DEADLINE, "pool": DEADLINE}
         headers = [(b"Content-Type", b"application/json"), (b"Host", self.url.netloc)]
+        deadline = time.monotonic() + DEADLINE
         try:
             with self._pool.stream(
                 "POST", str(self.url), headers=headers, content=body, extensions={"timeout": timeout}
@@ -116,6 +118,8 @@ class VettedRpcProvider(JSONBaseProvider):
                 data = bytearray()
                 for chunk in response.iter_stream():
                     data += chunk
+                    if time.monotonic() > deadline:  # a server trickling bytes never resets the clock
+                        raise ConnectionError(f"the RPC did not answer within {DEADLINE:g} s")
                     if len(data) > MAX_RESPONSE_BYTES:
                         raise ConnectionError(f"the RPC answer exceeds {MAX_RESPONSE_BYTES} bytes")
                 if response.status >= 400:
@@ -124,8 +128,8 @@ class VettedRpcProvider(JSONBaseProvider):
             raise
         except httpcore.TimeoutException as exc:
             raise ConnectionError(f"the RPC did not answer in time: {exc}") from None
-        except httpcore.NetworkError as exc:
-            raise ConnectionError(f"the RPC cannot be reached: {exc}") from None
+        except httpcore.HTTPCoreError as exc:  # refused, reset, closed mid-answer, not HTTP
+            raise ConnectionError(f"the RPC cannot be reached: {type(exc).__name__}") from None
         try:
             return self.decode_rpc_response(bytes(data))
         except (ValueError, json.JSONDecodeError) as exc:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
+from web3.exceptions import Web3Exception
+
 from provenance.chain import ChainError, ChainUnavailable
 from provenance.collection.erc721 import CollectionError, parse_token_selection
 from provenance.collection.fetch import TokenFetcher
@@ -70,5 +72,7 @@ class CollectionDesk:
                 raise CollectionRefused(str(exc)) from None
             except ChainUnavailable as exc:
                 raise ChainUnreachable(str(exc)) from None
+            except (Web3Exception, ValueError, TypeError) as exc:  # answers no JSON-RPC chain gives
+                raise ChainUnreachable(f"the chain's RPC answered something malformed ({type(exc).__name__})") from None
             except ChainError as exc:
                 raise CollectionRefused(f"the collection cannot be read: {exc}") from None

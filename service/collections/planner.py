@@ -12,11 +12,12 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
-from provenance.collection.erc721 import CollectionError, CollectionFacts, CollectionReader, TokenUri
+from provenance.collection.erc721 import MAX_TOKENS, CollectionError, CollectionFacts, CollectionReader, TokenUri
 from provenance.collection.layout import BaseUriLayout, Layout, detect_layout
 from sr_core.errors import SatscaleError
 from sr_core.pixel_art import PixelArtVerdict, judge_pixel_art, pixel_art_scale
@@ -27,6 +28,11 @@ from ..intake import ADMISSION_SHARE, Intake, JobOptions
 PIXEL_ART_MODEL = "nearest"
 METADATA_MAX_BYTES = 1 << 20
 PIXEL_ART_MODES = ("auto", "on", "off")
+#: the longest a plan may take, reads, fetches and pricing together
+PLAN_DEADLINE = 300.0
+#: how much of a token's old URI a plan shows (an on-chain data: URI can be megabytes)
+SHOWN_URI_CHARS = 300
+T = TypeVar("T")
 
 
 class Fetched(Protocol):
@@ -61,7 +67,6 @@ class TokenPlan:
     status: str  # "ready" or "skipped"
     error: str | None = None
     name: str | None = None  # its document's name in the collection's folder (base-URI layout)
-    metadata: dict[str, Any] | None = None
     image_uri: str | None = None
     image_sha256: str | None = None
     width: int | None = None
@@ -76,7 +81,8 @@ class TokenPlan:
         return self.status == "ready"
 
     def to_dict(self) -> dict[str, Any]:
-        row: dict[str, Any] = {"token_id": self.token_id, "old_uri": self.uri, "status": self.status}
+        shown = self.uri if self.uri is None or len(self.uri) <= SHOWN_URI_CHARS else self.uri[:SHOWN_URI_CHARS] + "…"
+        row: dict[str, Any] = {"token_id": self.token_id, "old_uri": shown, "status": self.status}
         if self.error:
             row["error"] = self.error
         if self.name is not None:
@@ -98,6 +104,9 @@ class CollectionPlan:
     tokens: tuple[TokenPlan, ...]
     #: token ids per hold invoice, each batch's work inside the hold budget
     batches: tuple[tuple[int, ...], ...]
+    #: every token the collection lists was read (not a range): only then does a base-URI verdict
+    #: hold for the whole collection (a new base URI moves every token, read or not)
+    whole_collection: bool = False
 
     @property
     def ready(self) -> tuple[TokenPlan, ...]:
@@ -115,6 +124,7 @@ class CollectionPlan:
         layout: dict[str, Any] = {"kind": self.layout.kind}
         if isinstance(self.layout, BaseUriLayout):
             layout |= {"base_uri": self.layout.base, "suffix": self.layout.suffix}
+        layout["whole_collection"] = self.whole_collection
         facts = self.facts
         return {
             "contract": facts.address,
@@ -132,6 +142,14 @@ class CollectionPlan:
             "batches": [list(batch) for batch in self.batches],
             "token_plans": [t.to_dict() for t in self.tokens],
         }
+
+
+async def _all(awaitables: Iterable[Awaitable[T]]) -> list[T]:
+    """Every result in order; when one fails (or the plan is cancelled) the others are cancelled
+    too, instead of reading on in the background."""
+    async with asyncio.TaskGroup() as group:
+        tasks = [group.create_task(awaitable) for awaitable in awaitables]  # type: ignore[arg-type]
+    return [task.result() for task in tasks]
 
 
 def plan_batches(tokens: Sequence[TokenPlan], budget_seconds: float) -> tuple[tuple[int, ...], ...]:
@@ -175,7 +193,8 @@ class CollectionPlanner:
         reader_for: Callable[[str | None, str], CollectionReader],
         *,
         concurrency: int = 8,
-        max_tokens: int | None = None,
+        max_tokens: int = MAX_TOKENS,
+        deadline: float = PLAN_DEADLINE,
     ) -> None:
         self.intake = intake
         self.new_fetcher = fetcher
@@ -183,32 +202,40 @@ class CollectionPlanner:
         self.reader_for = reader_for
         self.concurrency = concurrency
         self.max_tokens = max_tokens
+        self.deadline = deadline
+        self._threads = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="satscale-plan")
 
     async def plan(self, request: CollectionRequest) -> CollectionPlan:
         if request.pixel_art not in PIXEL_ART_MODES:
             raise SatscaleError(f"pixel_art must be one of {', '.join(PIXEL_ART_MODES)}, not {request.pixel_art!r}")
         # the options are checked once, before anything is read: a wrong model is the request's fault
         await self.intake.price(request.options, 64, 64)
-        reader = await asyncio.to_thread(self.reader_for, request.rpc_url, request.contract)
+        reader = await self._blocking(self.reader_for, request.rpc_url, request.contract)
         try:
-            return await self._plan_with(reader, request)
+            async with asyncio.timeout(self.deadline):
+                return await self._plan_with(reader, request)
+        except TimeoutError:
+            raise CollectionError(
+                f"the plan took longer than {self.deadline:g} s (a slow chain or slow token hosts): plan fewer tokens"
+            ) from None
         finally:
-            await asyncio.to_thread(reader.close)
+            await self._blocking(reader.close)
+
+    async def _blocking(self, fn: Callable[..., T], *args: Any) -> T:
+        """Chain reads and decoding run on the planner's own threads: a chain that answers slowly
+        ties up those, never the threads paid jobs and quotes run on."""
+        return await asyncio.get_running_loop().run_in_executor(self._threads, fn, *args)
 
     async def _plan_with(self, reader: CollectionReader, request: CollectionRequest) -> CollectionPlan:
-        facts = await asyncio.to_thread(reader.facts)
-        ids = await asyncio.to_thread(reader.token_ids, facts, request.tokens)
-        if self.max_tokens is not None and len(ids) > self.max_tokens:
-            raise CollectionError(
-                f"{len(ids)} tokens: one plan reads at most {self.max_tokens}, plan the collection in ranges (tokens)"
-            )
+        facts = await self._blocking(reader.facts)
+        ids = await self._blocking(reader.token_ids, facts, request.tokens, self.max_tokens)
         limit = asyncio.Semaphore(self.concurrency)
 
         async def uri_of(token_id: int) -> TokenUri:
             async with limit:
-                return await asyncio.to_thread(reader.token_uri, token_id)
+                return await self._blocking(reader.token_uri, token_id)
 
-        uris = await asyncio.gather(*(uri_of(i) for i in ids))
+        uris = await _all(uri_of(i) for i in ids)
         layout = detect_layout(uris)
         pricing = asyncio.Semaphore(1)  # decoding and pricing use the CPU: one token at a time
         fetcher = self.new_fetcher()
@@ -218,11 +245,11 @@ class CollectionPlanner:
                 return await self._plan_token(fetcher, token, layout, request, pricing)
 
         try:
-            tokens = tuple(await asyncio.gather(*(plan_token(t) for t in uris)))
+            tokens = tuple(await _all(plan_token(t) for t in uris))
         finally:
             await fetcher.aclose()
         budget = self.intake.settings.hold_budget_seconds * ADMISSION_SHARE
-        return CollectionPlan(facts, layout, tokens, plan_batches(tokens, budget))
+        return CollectionPlan(facts, layout, tokens, plan_batches(tokens, budget), request.tokens is None)
 
     async def _plan_token(
         self,
@@ -242,9 +269,10 @@ class CollectionPlanner:
             return replace(plan, error=f"metadata: {exc}")
         except (ValueError, UnicodeDecodeError) as exc:
             return replace(plan, error=f"metadata is not JSON: {exc}")
+        except RecursionError:
+            return replace(plan, error="metadata is not JSON this server reads: nested too deeply")
         if not isinstance(metadata, dict):
             return replace(plan, error="metadata is not a JSON object")
-        plan = replace(plan, metadata=metadata)
         image_uri = _image_field(metadata)
         if image_uri is None:
             why = "an inline SVG (image_data): vector art needs no upscale" if "image_data" in metadata else ""
@@ -262,7 +290,7 @@ class CollectionPlanner:
         async with pricing:
             try:
                 image = await self.intake.inspect(data)
-                verdict = await asyncio.to_thread(self._verdict, data, request.pixel_art)
+                verdict = await self._blocking(self._verdict, data, request.pixel_art)
                 options = self._options(request, verdict, image.width, image.height)
                 priced = await self.intake.price_upload(data, options)
             except SatscaleError as exc:
@@ -291,7 +319,7 @@ class CollectionPlanner:
         if not verdict.pixel_art:
             return request.options
         largest = self.intake.engines.get(PIXEL_ART_MODEL).info.scales[-1]
-        scale = pixel_art_scale(width, height, request.pixel_scale or request.options.scale, largest)
+        scale = pixel_art_scale(width, height, request.pixel_scale, largest)
         sent = request.options
         stages = [{"model": PIXEL_ART_MODEL, "scale": scale}]
         return JobOptions(output_format=sent.output_format, publish=sent.publish, pipeline=stages)
