@@ -106,18 +106,19 @@ def gateway_router(store: LocalIpfsStore) -> APIRouter:
 
     def serve(request: Request, cid: str, path: str, format: str | None) -> Response:
         kind = _requested_format(request, format)
+        inner = path.strip("/")
         try:
             root = Cid.parse(cid)
             if root.hash_code == IDENTITY:
                 # an identity CID carries its bytes in itself: serving it would let anyone have this
                 # origin serve content of their choosing; the gateway serves only what it holds
                 raise BlockNotFound(str(root))
-            parsed = store.resolve_path(root, path.strip("/")) if path.strip("/") else root
+            parsed = store.resolve_path(root, inner)  # "" is the root itself
             etag = f'"{parsed}.{kind}"' if kind != "file" else f'"{parsed}"'
             headers = {
                 "Cache-Control": IMMUTABLE,
                 "ETag": etag,
-                "X-Ipfs-Path": f"/ipfs/{root}" + (f"/{path.strip('/')}" if path.strip("/") else ""),
+                "X-Ipfs-Path": f"/ipfs/{root}" + (f"/{inner}" if inner else ""),
                 "X-Content-Type-Options": "nosniff",
             }
             if request.headers.get("if-none-match") == etag:

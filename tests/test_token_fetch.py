@@ -7,6 +7,7 @@ fetched (no request reached a server, no TCP connection was even attempted).
 from __future__ import annotations
 
 import base64
+import contextlib
 import gzip
 import ipaddress
 import json
@@ -256,13 +257,11 @@ def listener() -> Iterator[tuple[int, list[socket.socket]]]:
     v4.listen(8)
     port = v4.getsockname()[1]
     sockets = [v4]
-    try:
+    with contextlib.suppress(OSError):  # a machine without IPv6 loopback has only the IPv4 socket
         v6 = socket.socket(socket.AF_INET6)
         v6.bind(("::1", port))
         v6.listen(8)
         sockets.append(v6)
-    except OSError:
-        pass
     yield port, sockets
     for sock in sockets:
         sock.close()

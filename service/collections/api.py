@@ -12,7 +12,6 @@ from ..engines import DEFAULT_MODEL
 from ..intake import JobOptions
 from ..openapi import errors
 from ..problems import Problem
-from ..stages import MAX_PIPELINE_CHARS
 from .desk import ChainUnreachable, CollectionDesk, CollectionRefused, PlannerBusy
 from .planner import PIXEL_ART_MODES, CollectionRequest
 
@@ -48,8 +47,6 @@ def collections_router(desk: CollectionDesk) -> APIRouter:
         """Read the collection and every chosen token's metadata and image; say what each token
         would get (its pipeline, or nearest-neighbour for pixel art, and why), what is skipped
         and why, the price and the payment batches. Changes nothing anywhere (a dry run)."""
-        if isinstance(body.pipeline, str) and len(body.pipeline) > MAX_PIPELINE_CHARS:
-            raise Problem(422, "invalid-request", "Invalid request", "the pipeline is too long")
         options = JobOptions(body.model, body.scale, pipeline=body.pipeline)
         try:
             request = CollectionRequest(

@@ -45,7 +45,6 @@ class CollectionDesk:
         self.planner = CollectionPlanner(
             intake,
             fetcher,
-            (FetchError,),
             readers,
             concurrency=settings.collection_concurrency,
             max_tokens=PLAN_MAX_TOKENS,

@@ -15,9 +15,11 @@ import json
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 from provenance.collection.erc721 import MAX_TOKENS, CollectionError, CollectionFacts, CollectionReader, TokenUri
+from provenance.collection.fetch import TokenFetcher
+from provenance.collection.fetch_errors import FetchError
 from provenance.collection.layout import BaseUriLayout, Layout, detect_layout
 from sr_core.errors import SatscaleError
 from sr_core.pixel_art import PixelArtVerdict, judge_pixel_art, pixel_art_scale
@@ -33,20 +35,6 @@ PLAN_DEADLINE = 300.0
 #: how much of a token's old URI a plan shows (an on-chain data: URI can be megabytes)
 SHOWN_URI_CHARS = 300
 T = TypeVar("T")
-
-
-class Fetched(Protocol):
-    data: bytes
-    media_type: str | None
-
-
-class TokenFetcher(Protocol):
-    async def fetch(self, uri: str, *, max_bytes: int) -> Fetched: ...
-    async def aclose(self) -> None: ...
-
-
-class FetchFailure(Protocol):
-    reason: str
 
 
 @dataclass(frozen=True)
@@ -189,7 +177,6 @@ class CollectionPlanner:
         self,
         intake: Intake,
         fetcher: Callable[[], TokenFetcher],
-        fetch_errors: tuple[type[Exception], ...],
         reader_for: Callable[[str | None, str], CollectionReader],
         *,
         concurrency: int = 8,
@@ -198,7 +185,6 @@ class CollectionPlanner:
     ) -> None:
         self.intake = intake
         self.new_fetcher = fetcher
-        self.fetch_errors = fetch_errors
         self.reader_for = reader_for
         self.concurrency = concurrency
         self.max_tokens = max_tokens
@@ -265,7 +251,7 @@ class CollectionPlanner:
             return plan
         try:
             metadata = json.loads((await fetcher.fetch(token.uri, max_bytes=METADATA_MAX_BYTES)).data)
-        except self.fetch_errors as exc:
+        except FetchError as exc:
             return replace(plan, error=f"metadata: {exc}")
         except (ValueError, UnicodeDecodeError) as exc:
             return replace(plan, error=f"metadata is not JSON: {exc}")
@@ -281,7 +267,7 @@ class CollectionPlanner:
         limits = self.intake.limits()
         try:
             fetched = await fetcher.fetch(image_uri, max_bytes=limits.max_bytes)
-        except self.fetch_errors as exc:
+        except FetchError as exc:
             return replace(plan, error=f"image: {exc}")
         if _is_svg(fetched.data, fetched.media_type):
             return replace(plan, error="the image is an SVG: vector art needs no upscale")
