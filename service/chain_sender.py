@@ -15,7 +15,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from provenance.chain import ChainRejected, ChainUnavailable, ProvenanceChain, RecordFields
 
@@ -42,6 +42,8 @@ class ChainSender:
         self._chain: ProvenanceChain | None = None
         self._connect_lock = threading.Lock()
         self._nonce: int | None = None
+        #: held while a record is submitted, and by another writer from the same account
+        self._submit_lock = threading.Lock()
         self._wake = asyncio.Event()
 
     @property
@@ -125,14 +127,19 @@ class ChainSender:
         if self._adopt_existing(payment_hash):
             return
         fields = RecordFields.from_payload(entry.payload)
-        try:
-            tx_hash = self.chain.send_record(fields, self._next_nonce())
-        except ChainRejected as exc:
-            self._nonce = None  # the chain may have refused the nonce: ask again next time
+        with self._submit_lock:
+            try:
+                tx_hash = self.chain.send_record(fields, self._next_nonce())
+            except ChainRejected as exc:
+                self._nonce = None  # the chain may have refused the nonce: ask again next time
+                rejected: ChainRejected | None = exc
+            else:
+                rejected = None
+                self._nonce = (self._nonce or 0) + 1
+        if rejected is not None:
             if not self._adopt_existing(payment_hash):
-                self._fail(payment_hash, entry, exc)
+                self._fail(payment_hash, entry, rejected)
             return
-        self._nonce = (self._nonce or 0) + 1
         self.store.outbox_update(payment_hash, status="sent", tx_hash=tx_hash, attempts=entry.attempts + 1)
         mined = self.chain.wait_receipt(tx_hash, RECEIPT_TIMEOUT)
         if mined is None:
@@ -142,6 +149,16 @@ class ChainSender:
             self._confirm(payment_hash, tx_hash, mined.block)
         elif not self._adopt_existing(payment_hash):
             self._fail(payment_hash, entry, ChainRejected(f"transaction {tx_hash} reverted"))
+
+    @contextlib.contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """For another writer sending from this account (a collection's update): no record is
+        submitted meanwhile, and the nonce is read from the chain again afterwards."""
+        with self._submit_lock:
+            try:
+                yield
+            finally:
+                self._nonce = None
 
     def _next_nonce(self) -> int:
         if self._nonce is None:

@@ -75,8 +75,8 @@ class Inputs:
 
     async def release(self, job: Job) -> None:
         """Remove a finished job's input if no job made from it can still run or has a result."""
-        if job.state not in DONE_WITHOUT_RESULT:
-            return
+        if job.state not in DONE_WITHOUT_RESULT or Path(job.input_path).parent != self.folder:
+            return  # another folder's file (a collection run keeps its tokens' images itself)
         async with self._lock:
             others = await asyncio.to_thread(self.store.by_input, job.input_sha256)
             if all(other.state in DONE_WITHOUT_RESULT for other in others):

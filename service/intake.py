@@ -220,6 +220,11 @@ class Intake:
         self.check_time(admission.estimate, admission.image, admission.request.model)
         return admission
 
+    async def admit_token(self, data: bytes, options: JobOptions) -> Admission:
+        """A collection token whose batch is paid: validated and priced as any upload, without
+        the queue's time check (its batch was sized to the hold budget when it was planned)."""
+        return await asyncio.to_thread(self._admission, data, options, True)
+
     async def binding(self, data: bytes, options: JobOptions) -> str:
         """What a token for this request is bound to: the upload validated and the options
         checked, nothing counted in the image (a token's repeat needs no second detection)."""

@@ -39,6 +39,9 @@ class InvoiceStatus(StrEnum):
     ACCEPTED = "accepted"
     SETTLED = "settled"
     CANCELED = "canceled"
+    #: the job is one token of a collection run: its money is the run's batch invoice
+    #: (service.collections), settled or cancelled for the whole batch, never for the job alone
+    BATCH = "batch"
 
 
 class ChainStatus(StrEnum):
@@ -147,6 +150,8 @@ class Job:
     fidelity: str | None = None
     #: the intermediate images of a multi-stage job as JSON: [{"stage", "path", "sha256", ...}]
     intermediates: str | None = None
+    #: the collection run this job is a token of (its payment is that run's batch invoice)
+    collection_run: str | None = None
 
     @property
     def stages(self) -> tuple[StageRequest, ...]:

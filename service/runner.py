@@ -19,7 +19,7 @@ import json
 import logging
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from sr_core.errors import Cancelled, SatscaleError
@@ -31,7 +31,7 @@ from sr_core.weights import sha256_file
 from .capacity import ThroughputMeter
 from .engines import Engines
 from .inputs import Inputs
-from .jobs import ChainStatus, Job, JobState
+from .jobs import ChainStatus, InvoiceStatus, Job, JobState
 from .provenance import Provenance
 from .settlement import Settlement
 from .store import JobStore
@@ -80,7 +80,8 @@ class JobRunner:
         provenance: Provenance | None = None,
         on_record: Callable[[], None] | None = None,
     ) -> None:
-        """`on_record` is told when a chain record was queued (the chain sender wakes up)."""
+        """`on_record` is told when a chain record was queued (the chain sender wakes up);
+        `on_final` (set by whoever composes the service) of every job that ended, as it ended."""
         self.store = store
         self.engines = engines
         self.meter = meter
@@ -91,6 +92,7 @@ class JobRunner:
         self.clock = clock
         self.provenance = provenance
         self.on_record = on_record
+        self.on_final: Callable[[Job], None] | None = None
         self._queue: asyncio.Queue[str] = asyncio.Queue()
         self._queued: set[str] = set()
         self._progress: dict[str, float] = {}
@@ -155,7 +157,12 @@ class JobRunner:
         ended = self.store.get(job_id)
         if ended is not None:
             await self.inputs.release(ended)
+            self._ended(ended)
         return ended
+
+    def _ended(self, job: Job) -> None:
+        if self.on_final is not None:
+            self.on_final(job)
 
     # ------------------------------------------------------------ processing
 
@@ -220,11 +227,14 @@ class JobRunner:
                 await self.fail(job.id, f"storing the result failed: {exc}")
                 return
             outbox = pinned.outbox_entry()
+            batch = job.invoice_status is InvoiceStatus.BATCH
+            if batch:  # a collection token's record waits for its batch's payment (service.collections)
+                outbox = replace(outbox, status="held")
             provenance = dict(
                 input_cid=pinned.facts.input_cid,
                 output_cid=pinned.facts.output_cid,
                 metadata_cid=pinned.metadata_cid,
-                chain_status=ChainStatus.PENDING,
+                chain_status=ChainStatus.NONE if batch else ChainStatus.PENDING,
                 ipfs_remote_status="pending" if self.provenance.remote and job.publish else "none",
             )
         # success and its chain record are one transaction: the record cannot be lost
@@ -247,10 +257,11 @@ class JobRunner:
         if done is None:  # failed meanwhile (hold budget ran out): the payer keeps the money
             run.remove()
             return
-        if outbox is not None and self.on_record:
+        if outbox is not None and outbox.status == "pending" and self.on_record:
             self.on_record()
         if done.hold:
             await self.settlement.settle(done)
+        self._ended(done)
 
     def output_path(self, job: Job) -> Path:
         return self.outputs_dir / f"{job.id}{FORMAT_EXTENSIONS[job.output_format]}"

@@ -34,8 +34,8 @@ class Settlement:
         self._reconnecting: asyncio.Task | None = None
 
     async def settle(self, job: Job) -> None:
-        if job.invoice_status is InvoiceStatus.SETTLED:
-            return
+        if job.invoice_status in (InvoiceStatus.SETTLED, InvoiceStatus.BATCH):
+            return  # BATCH: the collection run settles the batch's invoice as a whole
         try:
             await self.backend.settle(bytes.fromhex(job.preimage or ""))
         except BackendUnavailable as exc:
@@ -44,7 +44,12 @@ class Settlement:
         self.store.update(job.id, invoice_status=InvoiceStatus.SETTLED)
 
     async def cancel(self, job: Job) -> None:
-        if job.invoice_status in (InvoiceStatus.CANCELED, InvoiceStatus.SETTLED, InvoiceStatus.NONE):
+        if job.invoice_status in (
+            InvoiceStatus.CANCELED,
+            InvoiceStatus.SETTLED,
+            InvoiceStatus.NONE,
+            InvoiceStatus.BATCH,
+        ):
             return
         try:
             await self.backend.cancel(bytes.fromhex(job.payment_hash))

@@ -74,10 +74,12 @@ CREATE TABLE IF NOT EXISTS jobs (
     estimated_seconds REAL,
     pipeline TEXT,
     fidelity TEXT,
-    intermediates TEXT
+    intermediates TEXT,
+    collection_run TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state);
 CREATE INDEX IF NOT EXISTS jobs_input ON jobs(input_sha256);
+CREATE INDEX IF NOT EXISTS jobs_collection ON jobs(collection_run);
 CREATE TABLE IF NOT EXISTS job_events (
     job_id TEXT NOT NULL REFERENCES jobs(id),
     at REAL NOT NULL,
@@ -118,7 +120,11 @@ _ADDED_COLUMNS = (
     ("pipeline", "TEXT"),
     ("fidelity", "TEXT"),
     ("intermediates", "TEXT"),
+    ("collection_run", "TEXT"),
 )
+#: an outbox entry's status as the job shows it (held: a collection token's record, waiting for
+#: its batch to be paid before it may go on chain)
+_CHAIN_STATUS = {"held": "none", "pending": "pending", "sent": "pending", "confirmed": "confirmed", "failed": "failed"}
 
 
 @dataclass(frozen=True)
@@ -128,7 +134,7 @@ class OutboxEntry:
     payment_hash: str
     job_id: str
     payload: dict[str, Any]
-    status: str = "pending"  # pending | sent | confirmed | failed
+    status: str = "pending"  # held | pending | sent | confirmed | failed
     attempts: int = 0
     next_attempt_at: float = 0.0
     tx_hash: str | None = None
@@ -175,6 +181,7 @@ class JobStore(Protocol):
     def outbox_entry(self, payment_hash: str) -> OutboxEntry | None: ...
     def outbox_update(self, payment_hash: str, **changes: Any) -> None: ...
     def outbox_replay(self) -> int: ...
+    def outbox_release(self, payment_hashes: Iterable[str]) -> int: ...
     def get_meta(self, key: str) -> str | None: ...
     def remote_pins_due(self, now: float, limit: int = 20) -> list[Job]: ...
     def set_meta(self, key: str, value: str) -> None: ...
@@ -225,6 +232,17 @@ class SqliteJobStore:
             self._db.close()
 
     @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction (BEGIN IMMEDIATE); the collection journal writes in it too."""
+        with self._transaction() as db:
+            yield db
+
+    def read(self, query: str, *args: Any) -> list[sqlite3.Row]:
+        """Rows of a read-only query (the collection journal's tables live in this database)."""
+        with self._lock:
+            return self._db.execute(query, args).fetchall()
+
+    @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
@@ -240,12 +258,16 @@ class SqliteJobStore:
 
     def insert(self, job: Job) -> None:
         with self._transaction() as db:
-            placeholders = ", ".join("?" for _ in _COLUMNS)
-            db.execute(
-                f"INSERT INTO jobs ({', '.join(_COLUMNS)}) VALUES ({placeholders})",
-                [_to_sql(getattr(job, name)) for name in _COLUMNS],
-            )
-            self._event(db, job.id, "created", job.state.value)
+            self.insert_in(db, job)
+
+    def insert_in(self, db: sqlite3.Connection, job: Job) -> None:
+        """Insert a job inside a transaction the caller holds (a batch's tokens, all or none)."""
+        placeholders = ", ".join("?" for _ in _COLUMNS)
+        db.execute(
+            f"INSERT INTO jobs ({', '.join(_COLUMNS)}) VALUES ({placeholders})",
+            [_to_sql(getattr(job, name)) for name in _COLUMNS],
+        )
+        self._event(db, job.id, "created", job.state.value)
 
     def _one(self, query: str, *args: Any) -> Job | None:
         with self._lock:
@@ -292,8 +314,15 @@ class SqliteJobStore:
                 return None
             if outbox is not None:
                 db.execute(
-                    "INSERT INTO provenance_outbox (payment_hash, job_id, payload, created_at) VALUES (?, ?, ?, ?)",
-                    (outbox.payment_hash, outbox.job_id, json.dumps(outbox.payload, sort_keys=True), time.time()),
+                    "INSERT INTO provenance_outbox (payment_hash, job_id, payload, status, created_at) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    (
+                        outbox.payment_hash,
+                        outbox.job_id,
+                        json.dumps(outbox.payload, sort_keys=True),
+                        outbox.status,
+                        time.time(),
+                    ),
                 )
             self._event(db, job_id, target.value, changes.get("error"))
             row = db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
@@ -371,11 +400,17 @@ class SqliteJobStore:
             sets = ", ".join(f"{name} = ?" for name in changes)
             db.execute(f"UPDATE provenance_outbox SET {sets} WHERE payment_hash = ?", [*changes.values(), payment_hash])
             row = db.execute("SELECT * FROM provenance_outbox WHERE payment_hash = ?", (payment_hash,)).fetchone()
-            status = {"pending": "pending", "sent": "pending", "confirmed": "confirmed", "failed": "failed"}
             db.execute(
                 "UPDATE jobs SET chain_status = ?, chain_tx = ?, chain_block = ?, chain_error = ?, updated_at = ? "
                 "WHERE id = ?",
-                (status[row["status"]], row["tx_hash"], row["block"], row["last_error"], time.time(), row["job_id"]),
+                (
+                    _CHAIN_STATUS[row["status"]],
+                    row["tx_hash"],
+                    row["block"],
+                    row["last_error"],
+                    time.time(),
+                    row["job_id"],
+                ),
             )
             if "status" in changes:
                 self._event(db, row["job_id"], f"chain_{row['status']}", row["tx_hash"])
@@ -392,6 +427,24 @@ class SqliteJobStore:
                 "WHERE id IN (SELECT job_id FROM provenance_outbox WHERE status = 'pending')"
             )
             return cursor.rowcount
+
+    def outbox_release(self, payment_hashes: Iterable[str]) -> int:
+        """Held records (collection tokens whose batch is now paid) may go on chain: pending."""
+        hashes = list(payment_hashes)
+        released = 0
+        with self._transaction() as db:
+            for payment_hash in hashes:
+                cursor = db.execute(
+                    "UPDATE provenance_outbox SET status = 'pending' WHERE payment_hash = ? AND status = 'held'",
+                    (payment_hash,),
+                )
+                if cursor.rowcount:
+                    released += 1
+                    db.execute(
+                        "UPDATE jobs SET chain_status = 'pending', updated_at = ? WHERE payment_hash = ?",
+                        (time.time(), payment_hash),
+                    )
+        return released
 
     def remote_pins_due(self, now: float, limit: int = 20) -> list[Job]:
         with self._lock:

@@ -168,6 +168,8 @@ class PaymentWatcher:
     async def reconcile(self) -> None:
         """Compare every unfinished job with the node and finish what was interrupted."""
         for job in self.store.unfinished():
+            if job.invoice_status is InvoiceStatus.BATCH:
+                continue  # a collection token: its run reconciles its batch's invoice
             try:
                 invoice = await self.backend.lookup(bytes.fromhex(job.payment_hash))
             except InvoiceNotFound:

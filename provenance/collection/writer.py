@@ -21,11 +21,14 @@ from typing import Any, TypeVar
 
 from eth_account.signers.local import LocalAccount
 from web3 import Web3
+from web3.exceptions import TransactionNotFound
 
 from ..chain import ChainRejected, _b32, _guard
 from ..contracts import load_artifact
 
 T = TypeVar("T")
+#: told a transaction's hash once it is signed, before it is sent
+Signed = Callable[[str], None] | None
 
 #: tokens per upgradeBatch call: about 150k gas each, so a call stays far below a block's gas limit
 MAX_TOKENS_PER_CALL = 100
@@ -101,12 +104,12 @@ class CollectionWriter:
         ordered = sorted(upgrades, key=lambda u: u.token_id)
         return [ordered[i : i + MAX_TOKENS_PER_CALL] for i in range(0, len(ordered), MAX_TOKENS_PER_CALL)]
 
-    def send_upgrades(self, upgrades: Sequence[TokenUpgrade], nonce: int) -> str:
+    def send_upgrades(self, upgrades: Sequence[TokenUpgrade], nonce: int, on_signed: Signed = None) -> str:
         """Submit one upgradeBatch (simulated first: a refusal costs nothing); the tx hash."""
         call = self.satscale.functions.upgradeBatch(
             [u.token_id for u in upgrades], [u.uri for u in upgrades], [_b32(u.record_key) for u in upgrades]
         )
-        return self._submit(call, nonce, "upgradeBatch")
+        return self._submit(call, nonce, "upgradeBatch", on_signed)
 
     # --- any collection: the setter the user named ---------------------------------------------
 
@@ -120,11 +123,23 @@ class CollectionWriter:
             self._call(lambda i=i: reader.functions.tokenURI(i).call(**_NO_CCIP)) == uri for i, uri in expected.items()
         )
 
-    def send_setter(self, setter: Setter, args: Sequence[Any], nonce: int) -> str:
+    def send_setter(self, setter: Setter, args: Sequence[Any], nonce: int, on_signed: Signed = None) -> str:
         call = getattr(self.setter_contract(setter).functions, setter.name)(*args)
-        return self._submit(call, nonce, setter.name)
+        return self._submit(call, nonce, setter.name, on_signed)
 
-    def _submit(self, call: Any, nonce: int, what: str) -> str:
+    def next_nonce(self) -> int:
+        """The signer's next nonce, counting its transactions still in the pool."""
+        return self._call(lambda: self.w3.eth.get_transaction_count(self.account.address, "pending"))
+
+    def receipt(self, tx_hash: str) -> bool | None:
+        """Whether a transaction succeeded; None while it is not mined (or unknown)."""
+        try:
+            found = self._call(lambda: self.w3.eth.get_transaction_receipt(tx_hash))
+        except TransactionNotFound:
+            return None
+        return found["status"] == 1
+
+    def _submit(self, call: Any, nonce: int, what: str, on_signed: Signed = None) -> str:
         sender = {"from": self.account.address}
         try:
             self._call(lambda: call.call(sender, **_NO_CCIP))
@@ -134,6 +149,8 @@ class CollectionWriter:
         def submit() -> str:
             transaction = call.build_transaction({**sender, "nonce": nonce, "chainId": self.w3.eth.chain_id})
             signed = self.account.sign_transaction(transaction)
+            if on_signed is not None:  # journaled before it is sent: a crash after sending is no mystery
+                on_signed("0x" + signed.hash.hex().removeprefix("0x"))
             return "0x" + self.w3.eth.send_raw_transaction(signed.raw_transaction).hex().removeprefix("0x")
 
         return self._call(submit)
