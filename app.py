@@ -29,8 +29,7 @@ from service.access import Gatekeeper
 from service.api import build_router, dev_router, provenance_router
 from service.chain_sender import ChainSender
 from service.collections.api import collections_router
-from service.collections.desk import CollectionDesk
-from service.collections.sources import reader_factory
+from service.collections.compose import compose as compose_collections
 from service.config import Settings
 from service.frontdoor import FrontDoor
 from service.gateway import gateway_router
@@ -131,7 +130,7 @@ def create_app(
         on_record=recorded,
     )
     front = FrontDoor(service, Gatekeeper(store), provenance, lambda: sender.chain, sender.describe)
-    collections = CollectionDesk(settings, service.intake, ipfs, reader_factory(settings, lambda: sender.chain))
+    collections = compose_collections(settings, store, backend, service, provenance, ipfs, sender)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -140,6 +139,7 @@ def create_app(
             # job reads "confirmed" while its record is not on this chain yet
             await asyncio.to_thread(lambda: sender.chain)
         await service.start()
+        await collections.runs.start()
         tasks = [asyncio.create_task(sender.run(), name="satscale-chain-sender")]
         if pinner.enabled:
             tasks.append(asyncio.create_task(pinner.run(), name="satscale-remote-pins"))
@@ -151,6 +151,7 @@ def create_app(
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
             await pinner.close()
+            await collections.runs.stop()
             await service.stop()
             store.close()
 
@@ -189,7 +190,7 @@ def create_app(
 
     install_contract(app, listed_models)
     # last: the UI takes "/" and everything no route above claimed
-    return ui.mount(app, front)
+    return ui.mount(app, front, collections)
 
 
 def main(**overrides: object) -> None:

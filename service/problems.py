@@ -29,11 +29,13 @@ from sr_core.errors import (
 
 from .access import AccessDenied, UnknownJob
 from .checkout import IdempotencyConflict
+from .collections.errors import ChainUnreachable, CollectionRefused, PlannerBusy, RunBusy
 from .frontdoor import DevWalletMissing, NotReady, UnknownIntermediate
 from .intake import ServerBusy
 from .jobs import TransitionError
 from .verify import NothingToVerify
 
+PLAN_RETRY_AFTER = "5"
 log = logging.getLogger("satscale.api")
 MEDIA_TYPE = "application/problem+json"
 #: sent with every 401: the scheme a client should answer with
@@ -98,6 +100,16 @@ def to_problem(exc: Exception) -> Problem:
         if exc.in_flight:
             return Problem(409, "idempotency-in-flight", "Request still in flight", str(exc))
         return Problem(422, "idempotency-mismatch", "Idempotency-Key reused", str(exc))
+    if isinstance(exc, CollectionRefused):
+        return Problem(422, "collection-refused", "Collection cannot be upgraded as asked", str(exc))
+    if isinstance(exc, ChainUnreachable):
+        return Problem(502, "chain-unreachable", "Chain unreachable", str(exc))
+    if isinstance(exc, PlannerBusy):
+        return Problem(503, "planner-busy", "Planner busy", str(exc), {"Retry-After": PLAN_RETRY_AFTER})
+    if isinstance(exc, RunBusy):
+        if exc.conflict:
+            return Problem(422, "idempotency-mismatch", "Idempotency-Key reused", str(exc))
+        return Problem(409, "idempotency-in-flight", "Request still in flight", str(exc))
     if isinstance(exc, BackendUnavailable):
         return Problem(
             503,

@@ -180,3 +180,36 @@ def build_world(w3: Web3, store: LocalIpfsStore, https_origin: str, files: dict[
     for token_id, uri in uris.items():
         send(per_token.functions.mint(w3.eth.accounts[1], token_id, uri), w3)
     return World(third_party, per_token, folder, documents)
+
+
+def build_satscale_collection(
+    w3: Web3, store: LocalIpfsStore, registry: str, https_origin: str, files: dict[str, tuple[bytes, str]]
+) -> tuple[Contract, dict[int, dict]]:
+    """Satscale's own collection (ERC-7160, linked to `registry`), 20 tokens with a URI each, as
+    odd as the third-party one: a sprite, a `data:` image, an HTTPS image, a private address, a
+    broken document."""
+    artifact = load_artifact("SatscaleCollection")
+    owner = w3.eth.accounts[0]
+    factory = w3.eth.contract(abi=artifact.abi, bytecode=artifact.bytecode)
+    tx = factory.constructor("Satscale Pals", "SPAL", registry, owner).transact({"from": owner})
+    collection = w3.eth.contract(address=w3.eth.wait_for_transaction_receipt(tx)["contractAddress"], abi=artifact.abi)
+    for role in ("MINTER_ROLE", "UPGRADER_ROLE"):
+        send(collection.functions.grantRole(Web3.keccak(text=role), owner), w3)
+    documents: dict[int, dict] = {}
+    for token_id in range(1, TOKENS + 1):
+        image = f"ipfs://{_pin(store, photo(200 + token_id))}"
+        if token_id == PIXEL_ART:
+            image = f"ipfs://{_pin(store, png(sprite()))}"
+        elif token_id == DATA_IMAGE:
+            image = "data:image/png;base64," + base64.b64encode(photo(300)).decode()
+        elif token_id == HTTPS_IMAGE:
+            files["/ours/5.png"] = (photo(301), "image/png")
+            image = f"{https_origin}/ours/5.png"
+        elif token_id == PRIVATE:
+            image = "http://192.168.77.1/6.png"
+        documents[token_id] = {"name": f"Satscale Pal #{token_id}", "image": image, "attributes": [{"value": token_id}]}
+        uri = f"ipfs://{_pin(store, json.dumps(documents[token_id]).encode())}"
+        if token_id == NOT_JSON:
+            uri = f"ipfs://{_pin(store, b'not json at all')}"
+        send(collection.functions.mint(w3.eth.accounts[1], uri), w3)
+    return collection, documents

@@ -189,8 +189,10 @@ def test_the_cli_dry_run_prints_the_plan_and_writes_the_report(setup, tmp_path: 
         table = list(csv.DictReader(beside))
     assert table[0]["token_id"] == "1" and table[SKIPPED_FIRST - 1]["status"] == "skipped"
 
-    assert main([*args]) == 2  # a paid run is refused in this release, plainly
-    assert "--dry-run" in capsys.readouterr().err
+    # a paid run asks first; with no one to ask it starts nothing
+    assert main([*args]) == 2
+    assert "--yes" in capsys.readouterr().err
+    assert client.app.state.collections.runs.journal.active() == []
 
 
 def test_a_deeply_nested_body_is_refused_not_a_crash(setup) -> None:

@@ -1,11 +1,21 @@
 """`satscale collection ...`: collection upgrades from the command line, as a client of a
-Satscale server (which reads the chain, fetches, prices and, for a paid run, upscales)."""
+Satscale server (which reads the chain, fetches, prices and, for a paid run, upscales).
+
+    upgrade --dry-run   the plan: layout, tokens, pixel-art decisions, price; changes nothing
+    upgrade             a paid run: shows each batch's invoice for the payer's wallet (or pays it
+                        from a dev server's simulated wallet with --pay-dev), a progress bar, and
+                        the report when the run is done
+    status ID           where a run stands (--wait: until it is done)
+"""
 
 from __future__ import annotations
 
 import argparse
 import csv
 import json
+import secrets
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +24,9 @@ from sr_core.errors import SatscaleError
 from ..client import server_call
 
 #: the report's columns, one row per token (the JSON report has the same keys)
-REPORT_FIELDS = ("token_id", "old_uri", "new_uri", "status", "error", "input_cid", "output_cid", "metadata_cid", "tx")
+REPORT_FIELDS = ("token_id", "old_uri", "new_uri", "status", "error", "input_cid", "output_cid", "document_cid",
+                 "record_key", "record_tx", "update_tx")  # fmt: skip
+POLL_SECONDS = 1.0
 DEFAULT_SERVER = "http://127.0.0.1:7860"
 
 
@@ -96,26 +108,103 @@ def print_plan(plan: dict[str, Any]) -> None:
 
 
 def cmd_collection_upgrade(args: argparse.Namespace) -> int:
-    if not args.dry_run:
-        raise SatscaleError(
-            "this server release plans collection upgrades only: run with --dry-run to see what an upgrade "
-            "would do and cost (paid runs come with the collection runner)"
-        )
-    body = server_call("POST", f"{args.server.rstrip('/')}/v1/collections/plan", json=plan_request(args), timeout=600)
-    if args.json:
-        print(json.dumps(body, indent=2))
-    else:
-        print_plan(body)
-    if args.report:
-        beside = write_report(Path(args.report), report_rows(body))
-        print(f"report: {args.report} and {beside}")
+    server = args.server.rstrip("/")
+    if args.dry_run:
+        body = server_call("POST", f"{server}/v1/collections/plan", json=plan_request(args), timeout=600)
+        if args.json:
+            print(json.dumps(body, indent=2))
+        else:
+            print_plan(body)
+        if args.report:
+            beside = write_report(Path(args.report), report_rows(body))
+            print(f"report: {args.report} and {beside}")
+        return 0
+    request = plan_request(args) | ({"setter": args.setter} if args.setter else {})
+    if not args.yes:
+        plan = server_call("POST", f"{server}/v1/collections/plan", json=plan_request(args), timeout=600)
+        print_plan(plan)
+        if not _confirm(f"Upgrade {plan['ready']} tokens for {plan['amount_sat']} sat?"):
+            print("nothing was started or charged")
+            return 1
+    key = "cli-" + secrets.token_hex(16)  # a retried request after a dropped connection is the same run
+    run = server_call("POST", f"{server}/v1/collections", json=request, headers={"Idempotency-Key": key},
+                      timeout=600, accept=(200, 202, 402))  # fmt: skip
+    print(f"run {run['id']}: {run['progress']['tokens']} tokens, {run['amount_sat']} sat "
+          f"(`satscale collection status {run['id']}` shows it from anywhere)")  # fmt: skip
+    return _follow(server, run, args)
+
+
+def cmd_collection_status(args: argparse.Namespace) -> int:
+    server = args.server.rstrip("/")
+    run = _status(server, args.run_id)
+    if args.wait:
+        return _follow(server, run, args)
+    _summary(run, args)
     return 0
+
+
+def _status(server: str, run_id: str) -> dict[str, Any]:
+    return server_call("GET", f"{server}/v1/collections/{run_id}", timeout=60, accept=(200, 202, 402))
+
+
+def _confirm(question: str) -> bool:
+    if not sys.stdin.isatty():
+        raise SatscaleError("not a terminal: pass --yes to start the run without asking")
+    return input(f"{question} [y/N] ").strip().lower() in ("y", "yes")
+
+
+def _follow(server: str, run: dict[str, Any], args: argparse.Namespace) -> int:
+    """Show each invoice as it comes (or pay it from the dev wallet), and progress, until done."""
+    from tqdm import tqdm
+
+    shown: set[str] = set()
+    bar = tqdm(total=run["progress"]["tokens"], unit="token", disable=args.json or not sys.stderr.isatty())
+    while run["state"] != "done":
+        invoice = run.get("invoice")
+        if invoice and invoice["payment_request"] not in shown:
+            shown.add(invoice["payment_request"])
+            what = "the results of" if invoice["kind"] == "release" else "the work of"
+            tqdm.write(f"invoice for {what} batch {invoice['batch']}: {invoice['amount_sat']} sat")
+            if getattr(args, "pay_dev", False):
+                server_call("POST", f"{server}/v1/dev/pay", json={"payment_request": invoice["payment_request"]})
+                tqdm.write("  paid from the server's simulated wallet (not real money)")
+            else:
+                tqdm.write(f"  {invoice['payment_request']}")
+        bar.n = run["progress"]["finished"]
+        bar.refresh()
+        time.sleep(POLL_SECONDS)
+        run = _status(server, run["id"])
+    bar.n = run["progress"]["finished"]
+    bar.close()
+    _summary(run, args)
+    return 0 if all(t["status"] != "failed" for t in run["tokens"]) else 3
+
+
+def _summary(run: dict[str, Any], args: argparse.Namespace) -> None:
+    if args.json:
+        print(json.dumps(run, indent=2))
+    else:
+        counts: dict[str, int] = {}
+        for token in run["tokens"]:
+            counts[token["status"]] = counts.get(token["status"], 0) + 1
+        print(f"run {run['id']}: {run['state']}; " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
+        for token in run["tokens"]:
+            if token.get("error"):
+                print(f"  #{token['token_id']:<6} {token['status']}: {token['error']}")
+        chain = (run.get("result") or {}).get("chain")
+        if chain:
+            print(f"chain: {chain['status']}" + (f" ({chain['reason']})" if chain.get("reason") else ""))
+        if run.get("error"):
+            print(f"note: {run['error']}")
+    if getattr(args, "report", None):
+        beside = write_report(Path(args.report), run["tokens"])
+        print(f"report: {args.report} and {beside}")
 
 
 def add_collection_commands(commands: argparse._SubParsersAction) -> None:
     collection = commands.add_parser("collection", help="upgrade a whole NFT collection (ERC-721)")
     sub = collection.add_subparsers(dest="collection_command", required=True)
-    upgrade = sub.add_parser("upgrade", help="plan (--dry-run) the upgrade of every token's image")
+    upgrade = sub.add_parser("upgrade", help="upgrade every token's image (or plan it: --dry-run)")
     upgrade.add_argument("--contract", required=True, help="the collection's ERC-721 contract address")
     upgrade.add_argument("--rpc", metavar="URL", help="the chain's JSON-RPC URL (default: the server's chain)")
     upgrade.add_argument("--tokens", metavar="RANGE", help="token ids, e.g. 1-500 or 1,5,9-12 (default: every)")
@@ -132,5 +221,18 @@ def add_collection_commands(commands: argparse._SubParsersAction) -> None:
     upgrade.add_argument("--dry-run", action="store_true", help="read and plan only: changes nothing anywhere")
     upgrade.add_argument("--report", metavar="FILE.json", help="write a per-token report (and FILE.csv beside it)")
     upgrade.add_argument("--json", action="store_true", help="print the plan as JSON")
+    upgrade.add_argument(
+        "--setter", help="another collection's setter to send the new URIs with: setBaseURI(string) or similar"
+    )
+    upgrade.add_argument("--yes", action="store_true", help="start the paid run without asking")
+    upgrade.add_argument("--pay-dev", action="store_true", help="pay from a dev server's simulated wallet")
     upgrade.add_argument("--server", default=DEFAULT_SERVER, help=f"the Satscale server (default {DEFAULT_SERVER})")
     upgrade.set_defaults(func=cmd_collection_upgrade)
+    status = sub.add_parser("status", help="where a collection run stands")
+    status.add_argument("run_id", metavar="ID")
+    status.add_argument("--wait", action="store_true", help="follow the run until it is done")
+    status.add_argument("--pay-dev", action="store_true", help="with --wait: pay from the simulated wallet")
+    status.add_argument("--report", metavar="FILE.json", help="write the per-token report (and FILE.csv)")
+    status.add_argument("--json", action="store_true", help="print the run as JSON")
+    status.add_argument("--server", default=DEFAULT_SERVER, help=f"the Satscale server (default {DEFAULT_SERVER})")
+    status.set_defaults(func=cmd_collection_status)

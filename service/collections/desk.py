@@ -17,23 +17,12 @@ from sr_core.errors import SatscaleError
 
 from ..config import Settings
 from ..intake import Intake
-from .planner import CollectionPlan, CollectionPlanner, CollectionRequest
+from .errors import ChainUnreachable, CollectionRefused, PlannerBusy
+from .planner import CollectionPlan, CollectionPlanner, CollectionRequest, PlanKeeper
 from .sources import ReaderFactory, fetch_policy, ipfs_reader
 
 #: a plan is free: it reads at most this many tokens (a larger collection is planned in ranges)
 PLAN_MAX_TOKENS = 2_000
-
-
-class CollectionRefused(Exception):
-    """The request cannot be planned as sent (422); the message says what to change."""
-
-
-class ChainUnreachable(Exception):
-    """The collection's chain does not answer (502)."""
-
-
-class PlannerBusy(Exception):
-    """Another plan is running (503): plans read the chain and fetch every token."""
 
 
 class CollectionDesk:
@@ -60,13 +49,14 @@ class CollectionDesk:
         except CollectionError as exc:
             raise CollectionRefused(str(exc)) from None
 
-    async def plan(self, request: CollectionRequest) -> CollectionPlan:
-        """What an upgrade would do and cost; changes nothing anywhere."""
+    async def plan(self, request: CollectionRequest, keeper: PlanKeeper | None = None) -> CollectionPlan:
+        """What an upgrade would do and cost; changes nothing anywhere (`keeper`: a paid run
+        keeps what the plan read, in its own folder)."""
         if self._planning.locked():
             raise PlannerBusy("another collection is being planned; try again in a few seconds")
         async with self._planning:
             try:
-                return await self.planner.plan(request)
+                return await self.planner.plan(request, keeper)
             except (CollectionError, FetchError, SatscaleError) as exc:
                 raise CollectionRefused(str(exc)) from None
             except ChainUnavailable as exc:

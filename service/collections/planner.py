@@ -15,7 +15,7 @@ import json
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from provenance.collection.erc721 import MAX_TOKENS, CollectionError, CollectionFacts, CollectionReader, TokenUri
 from provenance.collection.fetch import TokenFetcher
@@ -35,6 +35,13 @@ PLAN_DEADLINE = 300.0
 #: how much of a token's old URI a plan shows (an on-chain data: URI can be megabytes)
 SHOWN_URI_CHARS = 300
 T = TypeVar("T")
+
+
+class PlanKeeper(Protocol):
+    """Keeps what a paid run needs of what its plan read (a plan alone keeps nothing)."""
+
+    def metadata(self, token_id: int, data: bytes) -> None: ...
+    def image(self, sha256: str, image_format: str, data: bytes) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -57,6 +64,7 @@ class TokenPlan:
     name: str | None = None  # its document's name in the collection's folder (base-URI layout)
     image_uri: str | None = None
     image_sha256: str | None = None
+    image_format: str | None = None
     width: int | None = None
     height: int | None = None
     pixel_art: PixelArtVerdict | None = None
@@ -191,7 +199,7 @@ class CollectionPlanner:
         self.deadline = deadline
         self._threads = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="satscale-plan")
 
-    async def plan(self, request: CollectionRequest) -> CollectionPlan:
+    async def plan(self, request: CollectionRequest, keeper: PlanKeeper | None = None) -> CollectionPlan:
         if request.pixel_art not in PIXEL_ART_MODES:
             raise SatscaleError(f"pixel_art must be one of {', '.join(PIXEL_ART_MODES)}, not {request.pixel_art!r}")
         # the options are checked once, before anything is read: a wrong model is the request's fault
@@ -199,7 +207,7 @@ class CollectionPlanner:
         reader = await self._blocking(self.reader_for, request.rpc_url, request.contract)
         try:
             async with asyncio.timeout(self.deadline):
-                return await self._plan_with(reader, request)
+                return await self._plan_with(reader, request, keeper)
         except TimeoutError:
             raise CollectionError(
                 f"the plan took longer than {self.deadline:g} s (a slow chain or slow token hosts): plan fewer tokens"
@@ -212,7 +220,9 @@ class CollectionPlanner:
         ties up those, never the threads paid jobs and quotes run on."""
         return await asyncio.get_running_loop().run_in_executor(self._threads, fn, *args)
 
-    async def _plan_with(self, reader: CollectionReader, request: CollectionRequest) -> CollectionPlan:
+    async def _plan_with(
+        self, reader: CollectionReader, request: CollectionRequest, keeper: PlanKeeper | None
+    ) -> CollectionPlan:
         facts = await self._blocking(reader.facts)
         ids = await self._blocking(reader.token_ids, facts, request.tokens, self.max_tokens)
         limit = asyncio.Semaphore(self.concurrency)
@@ -228,7 +238,7 @@ class CollectionPlanner:
 
         async def plan_token(token: TokenUri) -> TokenPlan:
             async with limit:
-                return await self._plan_token(fetcher, token, layout, request, pricing)
+                return await self._plan_token(fetcher, token, layout, request, pricing, keeper)
 
         try:
             tokens = tuple(await _all(plan_token(t) for t in uris))
@@ -244,15 +254,20 @@ class CollectionPlanner:
         layout: Layout,
         request: CollectionRequest,
         pricing: asyncio.Semaphore,
+        keeper: PlanKeeper | None = None,
     ) -> TokenPlan:
         name = layout.name(token.token_id) if isinstance(layout, BaseUriLayout) else None
         plan = TokenPlan(token.token_id, token.uri, "skipped", token.error, name)
         if token.uri is None:
             return plan
         try:
-            metadata = json.loads((await fetcher.fetch(token.uri, max_bytes=METADATA_MAX_BYTES)).data)
+            document = (await fetcher.fetch(token.uri, max_bytes=METADATA_MAX_BYTES)).data
         except FetchError as exc:
             return replace(plan, error=f"metadata: {exc}")
+        if keeper is not None:  # every document read, even one we skip: a new folder holds them all
+            await self._blocking(keeper.metadata, token.token_id, document)
+        try:
+            metadata = json.loads(document)
         except (ValueError, UnicodeDecodeError) as exc:
             return replace(plan, error=f"metadata is not JSON: {exc}")
         except RecursionError:
@@ -281,11 +296,14 @@ class CollectionPlanner:
                 priced = await self.intake.price_upload(data, options)
             except SatscaleError as exc:
                 return replace(plan, error=f"image: {exc}")
+        if keeper is not None:
+            await self._blocking(keeper.image, plan.image_sha256, image.format, data)
         stages = tuple(stage.to_dict() for stage in priced.stages)
         return replace(
             plan,
             status="ready",
             error=None,
+            image_format=image.format,
             width=image.width,
             height=image.height,
             pixel_art=verdict,

@@ -1,0 +1,214 @@
+"""Paid collection runs end to end, against real collections on anvil and the server's own
+registry there: the batch's hold invoice, every token through the job queue, a token that fails
+never paid for, the new metadata published (a folder for a base-URI collection, a document per
+token for Satscale's own), the collection updated on chain once, and the report."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from web3 import Web3
+
+from app import create_app
+from payments import l402
+from provenance.car import read_car
+from service.collections.batches import record_key
+from service.config import Settings
+
+from .anvil import ANVIL_KEY_0, running_anvil
+from .collection_world import (
+    DATA_IMAGE,
+    HTTPS_IMAGE,
+    NOT_JSON,
+    PIXEL_ART,
+    PRIVATE,
+    SKIPPED,
+    TOKENS,
+    World,
+    build_satscale_collection,
+    build_world,
+    https_files,
+)
+from .servers import serving
+from .tls import make_pki
+
+pytestmark = pytest.mark.chain
+MODEL = "realesr-animevideov3"  # the light model: the flow is under test, not the pixels
+SATSCALE_SKIPPED = {PRIVATE, NOT_JSON}
+
+
+class Client(httpx.Client):
+    app: FastAPI
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory, registry) -> Iterator[tuple[Client, World, str, Web3, dict]]:
+    pki = make_pki(tmp_path_factory.mktemp("pki"))
+    files: dict[str, tuple[bytes, str]] = {}
+    with running_anvil() as (w3, port), https_files(pki, files) as web:
+        rpc = f"http://127.0.0.1:{port}"
+        settings = Settings(
+            data_dir=tmp_path_factory.mktemp("data"),
+            chain_rpc_url=rpc,
+            chain_private_key=ANVIL_KEY_0,
+            fetch_allow_private_hosts=[f"127.0.0.1:{port}", f"127.0.0.1:{web.port}"],
+            fetch_ca_bundle=pki.ca_pem,
+        )
+        app = create_app(settings, registry)
+        with serving(app) as url, Client(base_url=url, timeout=120) as client:
+            client.app = app
+            world = build_world(w3, app.state.ipfs, web.origin, files)
+            yield client, world, rpc, w3, files
+
+
+def drive(client: httpx.Client, run_id: str, timeout: float = 300) -> dict:
+    """Pay each invoice the run shows, as a payer would, until the run is done."""
+    paid: set[str] = set()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        body = client.get(f"/v1/collections/{run_id}").json()
+        if body["state"] == "done":
+            return body
+        invoice = body["invoice"]
+        if invoice and invoice["payment_request"] not in paid:
+            paid.add(invoice["payment_request"])
+            assert client.post("/v1/dev/pay", json={"payment_request": invoice["payment_request"]}).status_code == 200
+        time.sleep(0.2)
+    raise AssertionError(f"run {run_id} did not finish: {body}")
+
+
+def settled_payments(client: httpx.Client) -> list[dict]:
+    return client.get("/v1/dev/payments").json()
+
+
+def ipfs_document(client: Client, uri: str) -> dict:
+    cid, _, path = uri.removeprefix("ipfs://").partition("/")
+    store = client.app.state.ipfs
+    target = store.resolve_path(cid, path) if path else cid
+    return json.loads(b"".join(store.cat(target)))
+
+
+def test_a_third_party_base_uri_collection_upgraded_and_its_base_uri_set(setup) -> None:
+    client, world, rpc, _, _ = setup
+    collection = world.third_party
+    response = client.post(
+        "/v1/collections",
+        json={"rpc_url": rpc, "contract": collection.address, "model": MODEL, "setter": "setBaseURI(string)"},
+    )
+    assert response.status_code == 402, response.text
+    run = response.json()
+    challenge = l402.parse_challenge(response.headers["WWW-Authenticate"])
+    assert challenge.invoice == run["invoice"]["payment_request"]
+    ready = TOKENS - len(SKIPPED)
+    assert run["invoice"]["amount_sat"] == run["amount_sat"] > 0
+    assert run["progress"] == {"tokens": ready, "finished": 0, "fraction": 0.0}
+    assert collection.functions.tokenURI(1).call() == f"ipfs://{world.folder_cid}/1.json"  # nothing sent yet
+
+    done = drive(client, run["id"])
+    result = done["result"]
+    assert result["chain"]["status"] == "sent" and result["chain"]["method"] == "setBaseURI"
+    base_uri = result["base_uri"]
+    assert base_uri == f"ipfs://{result['folder_cid']}/" and result["missing_documents"] == []
+    assert result["documents"] == TOKENS  # every token keeps a document under its own name
+    rows = {row["token_id"]: row for row in done["tokens"]}
+    store = client.app.state.ipfs
+    chain = client.app.state.chain_sender.chain
+    for token_id, original in world.documents.items():
+        assert collection.functions.tokenURI(token_id).call() == f"{base_uri}{token_id}.json"
+        row = rows[token_id]
+        if token_id in SKIPPED:
+            assert row["status"] == "skipped" and SKIPPED[token_id] in row["error"]
+            assert row["new_uri"] is None and row["record_key"] is None
+            continue
+        assert row["status"] == "upgraded", row
+        assert row["new_uri"] == f"{base_uri}{token_id}.json" and row["update_tx"]
+        document = ipfs_document(client, row["new_uri"])
+        for key in ("name", "description", "attributes"):  # the collection's own fields, untouched
+            assert document[key] == original[key]
+        assert document["original_image"] == original["image"]
+        assert document["image"] == f"ipfs://{row['output_cid']}"
+        provenance = document["properties"]["provenance"]
+        record = chain.record_of(provenance["record_key"])
+        assert record is not None and record.fields.output_cid == row["output_cid"]
+        assert provenance["transaction"] == row["record_tx"] and provenance["registry"] == chain.address
+        assert provenance["payment_hash"] == done["batches"][0]["payment_hash"]
+        assert b"".join(store.cat(row["output_cid"]))  # the new image is in the public store
+    assert rows[PIXEL_ART]["pixel_art"]["chosen"] is True
+    assert ipfs_document(client, rows[PIXEL_ART]["new_uri"])["properties"]["provenance"]["model"] == "nearest"
+    assert rows[DATA_IMAGE]["status"] == rows[HTTPS_IMAGE]["status"] == "upgraded"
+    # a document the run did not upgrade is in the new folder byte for byte as it was
+    old = b"".join(store.cat(store.resolve_path(world.folder_cid, f"{NOT_JSON}.json")))
+    assert b"".join(store.cat(store.resolve_path(result["folder_cid"], f"{NOT_JSON}.json"))) == old
+
+    # paid once, for what succeeded
+    payments = [p for p in settled_payments(client) if p["payment_hash"] == done["batches"][0]["payment_hash"]]
+    assert [p["state"] for p in payments] == ["settled"]
+    assert done["paid_sat"] == done["amount_sat"]
+
+    # the report, the CAR and the manifest
+    report = list(csv.DictReader(io.StringIO(client.get(f"/v1/collections/{run['id']}/report.csv").text)))
+    assert len(report) == TOKENS and {r["status"] for r in report} == {"upgraded", "skipped"}
+    car = client.get(f"/v1/collections/{run['id']}/folder.car")
+    assert car.status_code == 200
+    header, blocks = read_car(io.BytesIO(car.content))
+    assert [root.encode() for root in header.roots] == [result["folder_cid"]] and len(list(blocks)) > TOKENS
+    manifest = client.get(f"/v1/collections/{run['id']}/manifest.json").json()
+    assert manifest["base_uri"] == base_uri and len(manifest["tokens"]) == ready
+
+
+def test_a_satscale_collection_a_failed_token_is_never_paid_for(setup, tmp_path: Path) -> None:
+    client, _, rpc, w3, files = setup
+    chain = client.app.state.chain_sender.chain
+    collection, documents = build_satscale_collection(
+        w3, client.app.state.ipfs, chain.address, _https_origin(client), files
+    )
+    body = {"rpc_url": rpc, "contract": collection.address, "model": MODEL, "tokens": f"1-{TOKENS}"}
+    response = client.post("/v1/collections", json=body)
+    assert response.status_code == 402, response.text
+    run = response.json()
+    rows = {row["token_id"]: row for row in run["tokens"]}
+    assert {i for i, row in rows.items() if row["status"] == "skipped"} == SATSCALE_SKIPPED
+    # the disk loses one token's kept image before the batch runs: that token fails
+    lost = 2
+    kept = client.app.state.collections.runs.journal.tokens(run["id"])
+    Path(next(t.image_path for t in kept if t.token_id == lost)).unlink()
+    first = run["batches"][0]
+
+    done = drive(client, run["id"])
+    rows = {row["token_id"]: row for row in done["tokens"]}
+    assert rows[lost]["status"] == "failed" and rows[lost]["record_key"] is None
+    assert [b["kind"] for b in done["batches"]] == ["work", "release"]
+    assert [b["status"] for b in done["batches"]] == ["canceled", "settled"]
+    states = {p["payment_hash"]: p["state"] for p in settled_payments(client)}
+    assert states[first["payment_hash"]] == "canceled"  # the whole batch's payment went back
+    release = done["batches"][1]
+    assert states[release["payment_hash"]] == "settled"
+    assert release["amount_sat"] == first["amount_sat"] - rows[lost]["amount_sat"]
+    assert done["paid_sat"] == release["amount_sat"]
+    assert done["result"]["chain"]["method"] == "upgradeBatch"
+    upgraded = [i for i, row in rows.items() if row["status"] == "upgraded"]
+    assert len(upgraded) == TOKENS - len(SATSCALE_SKIPPED) - 1
+    for token_id in upgraded:
+        index, uris, pinned = collection.functions.tokenURIs(token_id).call()
+        assert len(uris) == 2 and index == 1 and not pinned  # revision 0 is the original, kept on chain
+        assert uris[1] == rows[token_id]["new_uri"] == collection.functions.tokenURI(token_id).call()
+        assert collection.functions.provenanceOf(token_id).call().hex() == rows[token_id]["record_key"]
+        document = ipfs_document(client, uris[1])
+        assert document["name"] == documents[token_id]["name"]
+        assert document["attributes"] == documents[token_id]["attributes"]
+    index, uris, _ = collection.functions.tokenURIs(lost).call()
+    assert len(uris) == 1  # the failed token is untouched
+    assert not chain.exists(record_key(run["id"], done["chain_id"], collection.address, lost))  # nor recorded
+
+
+def _https_origin(client: Client) -> str:
+    hosts = client.app.state.collections.desk.settings.fetch_allow_private_hosts
+    return f"https://{hosts[1]}"
