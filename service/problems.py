@@ -184,5 +184,9 @@ def install(app: FastAPI) -> None:
         IdempotencyConflict,
         PaymentError,
         ChainUnavailable,
+        CollectionRefused,
+        ChainUnreachable,
+        PlannerBusy,
+        RunBusy,
     ):
         app.add_exception_handler(exc_type, handle_known)

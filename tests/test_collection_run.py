@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +21,7 @@ from web3 import Web3
 from app import create_app
 from payments import l402
 from provenance.car import read_car
+from service.cli import main
 from service.collections.batches import record_key
 from service.config import Settings
 
@@ -212,3 +214,63 @@ def test_a_satscale_collection_a_failed_token_is_never_paid_for(setup, tmp_path:
 def _https_origin(client: Client) -> str:
     hosts = client.app.state.collections.desk.settings.fetch_allow_private_hosts
     return f"https://{hosts[1]}"
+
+
+def test_the_cli_runs_a_paid_upgrade_and_reports_it(setup, tmp_path: Path, capsys) -> None:
+    client, world, rpc, _, _ = setup
+    report = tmp_path / "run.json"
+    args = ["collection", "upgrade", "--server", str(client.base_url), "--rpc", rpc, "--model", MODEL]
+    args += ["--contract", world.per_token.address, "--tokens", "1-3", "--yes", "--pay-dev", "--report", str(report)]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    run_id = re.search(r"run (col_[A-Za-z0-9_-]{16})", out).group(1)
+    assert "invoice for the work of batch 1" in out and "paid from the server's simulated wallet" in out
+    # not a Satscale collection and no setter: nothing sent, the report says what to send
+    assert "chain: manual" in out
+    rows = json.loads(report.read_text())
+    assert [r["status"] for r in rows] == ["published"] * 3
+    for row in rows:  # one document per token, its original fields kept
+        assert row["new_uri"].startswith("ipfs://") and ipfs_document(client, row["new_uri"])["image"].startswith(
+            "ipfs://"
+        )
+        assert world.per_token.functions.tokenURI(row["token_id"]).call() == row["old_uri"]  # untouched on chain
+    assert report.with_suffix(".csv").read_text().count("published") == 3
+
+    assert main(["collection", "status", run_id, "--server", str(client.base_url), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["state"] == "done"
+
+
+def test_the_same_idempotency_key_is_the_same_run(setup) -> None:
+    client, world, rpc, _, _ = setup
+    body = {"rpc_url": rpc, "contract": world.per_token.address, "tokens": "2", "model": MODEL}
+    headers = {"Idempotency-Key": "collection-key-1"}
+    first = client.post("/v1/collections", json=body, headers=headers)
+    again = client.post("/v1/collections", json=body, headers=headers)
+    assert first.status_code == again.status_code == 402
+    assert first.json()["id"] == again.json()["id"]
+    assert first.headers["WWW-Authenticate"] == again.headers["WWW-Authenticate"]
+    other = client.post("/v1/collections", json=body | {"tokens": "3"}, headers=headers)
+    assert other.status_code == 422 and other.json()["type"].endswith("idempotency-mismatch")
+
+
+def test_runs_refuse_what_they_cannot_finish(setup) -> None:
+    client, world, rpc, _, _ = setup
+    base = {"rpc_url": rpc, "model": MODEL}
+    # a base-URI setter for a per-token collection, and a selection with nothing to upgrade
+    refusals = [
+        ({"contract": world.per_token.address, "tokens": "1-3", "setter": "setBaseURI(string)"}, "sets a base URI"),
+        ({"contract": world.third_party.address, "tokens": "6-9"}, "no token of this selection can be upgraded"),
+        ({"contract": world.third_party.address, "setter": "transferOwnership(address)"}, "not a setter"),
+    ]
+    for change, text in refusals:
+        response = client.post("/v1/collections", json=base | change)
+        assert response.status_code == 422 and text in response.json()["detail"], response.text
+    for bad in ("col_x", "col_" + "A" * 16, "../etc"):
+        assert client.get(f"/v1/collections/{bad}").status_code in (404, 422)
+    run = client.post("/v1/collections", json=base | {"contract": world.per_token.address, "tokens": "1"}).json()
+    for name in ("folder.car", "%2E%2E", "report.json", "manifest.json"):  # nothing before it is done
+        assert client.get(f"/v1/collections/{run['id']}/{name}").status_code in (404, 422)
+    # nothing a refused request read was kept
+    folders = {p.name for p in (client.app.state.collections.runs.folder).iterdir()}
+    journal = client.app.state.collections.runs.journal
+    assert all(journal.run(name) is not None for name in folders)

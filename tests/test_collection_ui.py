@@ -76,7 +76,7 @@ def test_the_tab_applies_the_apis_rules_with_the_apis_texts(setup) -> None:
 
 
 def test_a_run_shows_its_new_images_only_once_paid(setup) -> None:
-    url, app, world, rpc = setup
+    url, _, world, rpc = setup
     contract = world.third_party.address
     kind, payload = call(url, "collection_start", [*fields(rpc, contract), None], timeout=300)
     assert kind == "complete", payload
@@ -108,7 +108,7 @@ def test_a_run_shows_its_new_images_only_once_paid(setup) -> None:
 
 @pytest.mark.browser
 def test_a_collection_upgraded_from_the_browser(setup) -> None:
-    url, app, world, rpc = setup
+    url, _, world, rpc = setup
     if not Path(CHROMIUM).exists():
         pytest.fail(f"{CHROMIUM} is missing: apt-get install -y chromium (scripts/install.sh does it)")
     with sync_playwright() as playwright:

@@ -95,7 +95,7 @@ expected-statuses = ["2xx", "401", "402", "404", "409", "413", "503"]
 # addresses hold a collection: a generated one is refused (400 / 422) however valid its shape.
 # Every other check still runs on these.
 [[operations]]
-include-path-regex = "^/(ipfs/|v1/dev/pay$|v1/collections/plan$)"
+include-path-regex = "^/(ipfs/|v1/dev/pay$|v1/collections(/plan)?$)"
 checks.positive_data_acceptance.enabled = false
 """
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager, nullcontext, suppress
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -27,8 +27,8 @@ from ..chain import ChainRejected, _b32, _guard
 from ..contracts import load_artifact
 
 T = TypeVar("T")
-#: told a transaction's hash once it is signed, before it is sent
-Signed = Callable[[str], None] | None
+#: told a transaction's hash, nonce and raw bytes (hex) once it is signed, before it is sent
+Signed = Callable[[str, int, str], None] | None
 
 #: tokens per upgradeBatch call: about 150k gas each, so a call stays far below a block's gas limit
 MAX_TOKENS_PER_CALL = 100
@@ -131,13 +131,28 @@ class CollectionWriter:
         """The signer's next nonce, counting its transactions still in the pool."""
         return self._call(lambda: self.w3.eth.get_transaction_count(self.account.address, "pending"))
 
+    def mined_nonce(self) -> int:
+        """How many of the signer's transactions are mined: a nonce below it is used for good."""
+        return self._call(lambda: self.w3.eth.get_transaction_count(self.account.address, "latest"))
+
+    def rebroadcast(self, raw_hex: str) -> None:
+        """Send a signed transaction again (a pool that dropped it, a node restarted); a node that
+        has it already says so, which is fine."""
+        # known already, or its nonce is used: the receipt (or its absence) tells which
+        with suppress(ChainRejected):
+            self._call(lambda: self.w3.eth.send_raw_transaction(bytes.fromhex(raw_hex.removeprefix("0x"))))
+
     def receipt(self, tx_hash: str) -> bool | None:
         """Whether a transaction succeeded; None while it is not mined (or unknown)."""
-        try:
-            found = self._call(lambda: self.w3.eth.get_transaction_receipt(tx_hash))
-        except TransactionNotFound:
-            return None
-        return found["status"] == 1
+
+        def read() -> Any:
+            try:
+                return self.w3.eth.get_transaction_receipt(tx_hash)
+            except TransactionNotFound:  # inside the guard, which would make it a refusal
+                return None
+
+        found = self._call(read)
+        return None if found is None else found["status"] == 1
 
     def _submit(self, call: Any, nonce: int, what: str, on_signed: Signed = None) -> str:
         sender = {"from": self.account.address}
@@ -150,7 +165,7 @@ class CollectionWriter:
             transaction = call.build_transaction({**sender, "nonce": nonce, "chainId": self.w3.eth.chain_id})
             signed = self.account.sign_transaction(transaction)
             if on_signed is not None:  # journaled before it is sent: a crash after sending is no mystery
-                on_signed("0x" + signed.hash.hex().removeprefix("0x"))
+                on_signed("0x" + signed.hash.hex().removeprefix("0x"), nonce, signed.raw_transaction.hex())
             return "0x" + self.w3.eth.send_raw_transaction(signed.raw_transaction).hex().removeprefix("0x")
 
         return self._call(submit)

@@ -29,7 +29,7 @@ from payments import l402
 from payments.backend import InvoiceNotFound, InvoiceState, LightningBackend
 
 from ..config import Settings
-from ..intake import Intake, JobOptions
+from ..intake import ADMISSION_SHARE, Intake, JobOptions
 from ..jobs import InvoiceStatus, Job, JobState
 from ..provenance import Provenance
 from ..runner import JobRunner
@@ -103,7 +103,8 @@ class BatchPayments:
         if current is None:
             return True
         if current.status == "waiting":
-            await self.invoice(run, current)
+            if current.kind == "release" or self._room_for(run, current):
+                await self.invoice(run, current)
         elif current.status == "open":
             await self._open(run, current)
         elif current.status == "held":
@@ -134,6 +135,13 @@ class BatchPayments:
         )
         return next(b for b in self.journal.batches(run.id) if b.payment_hash == batch.payment_hash)
 
+    def _room_for(self, run: RunRow, batch: BatchRow) -> bool:
+        """Whether the batch's work, after the paid work queued ahead of it, ends inside the hold
+        budget (a batch is sized to the budget alone; the queue it joins is not empty)."""
+        ids = set(batch.token_ids)
+        work = sum(t.seconds for t in self.journal.tokens(run.id) if t.token_id in ids)
+        return self.runner.backlog() + work <= self.settings.hold_budget_seconds * ADMISSION_SHARE
+
     async def _open(self, run: RunRow, batch: BatchRow) -> None:
         try:
             invoice = await self.backend.lookup(bytes.fromhex(batch.payment_hash))
@@ -143,6 +151,8 @@ class BatchPayments:
         if invoice.state is InvoiceState.ACCEPTED:
             if batch.kind == "release":  # nothing left to run: the payment is taken at once
                 await self._settle(run, batch, ["open"])
+            elif not self._room_for(run, batch):
+                await self._busy(run, batch)
             else:
                 await self._hold(run, batch)
         elif invoice.state is InvoiceState.SETTLED:  # settled before a crash let us write it
@@ -154,18 +164,17 @@ class BatchPayments:
     def _expire(self, run: RunRow, batch: BatchRow) -> None:
         """Unpaid: a work batch's tokens are not run, and no later work batch is invoiced (the
         payer stopped); a release batch's results are not released."""
-        if not self.journal.update_batch(batch.payment_hash, ["open"], status="expired"):
-            return
-        if batch.kind == "release":
-            self.journal.update_tokens(run.id, batch.token_ids, status="unpaid", error="its invoice expired unpaid")
-            return
-        self.journal.update_tokens(run.id, batch.token_ids, status="unpaid", error="its invoice expired unpaid")
-        for later in self.journal.batches(run.id):
-            if later.status == "waiting" and later.kind == "work":
-                self.journal.update_batch(later.payment_hash, ["waiting"], status="expired")
-                self.journal.update_tokens(
-                    run.id, later.token_ids, status="unpaid", error="an earlier batch's invoice expired unpaid"
-                )
+        self.journal.expire_batch(run.id, batch)
+
+    async def _busy(self, run: RunRow, batch: BatchRow) -> None:
+        """Paid while the queue filled up with other paid work: holding the payment now would
+        outlast the hold budget, so it goes back and the batch is invoiced again once there is room."""
+        await self.backend.cancel(bytes.fromhex(batch.payment_hash))
+        again = new_batch(run.id, batch.seq, "work", batch.token_ids, batch.amount_msat, self.clock())
+        if self.journal.replace_batch(batch, "open", again):
+            note = (f"batch {batch.seq + 1} was paid while the server's queue was full: that payment was "
+                    "returned, and a new invoice for it follows when there is room")  # fmt: skip
+            self.journal.update_run(run.id, error=note)
 
     async def _hold(self, run: RunRow, batch: BatchRow) -> None:
         """The funds are locked: every token of the batch becomes a job, queued at once."""
@@ -220,8 +229,11 @@ class BatchPayments:
     async def _held(self, run: RunRow, batch: BatchRow) -> None:
         tokens = [t for t in self.journal.tokens(run.id) if t.token_id in set(batch.token_ids)]
         jobs = {t.token_id: self.store.get(t.job_id) if t.job_id else None for t in tokens}
-        invoice = await self.backend.lookup(bytes.fromhex(batch.payment_hash))
-        if invoice.state is InvoiceState.CANCELED:  # the node gave the funds back: nothing more runs
+        try:
+            state = (await self.backend.lookup(bytes.fromhex(batch.payment_hash))).state
+        except InvoiceNotFound:  # a node that lost it cannot settle it: as good as cancelled
+            state = InvoiceState.CANCELED
+        if state is InvoiceState.CANCELED:  # the node gave the funds back: nothing more runs
             for job in jobs.values():
                 if job is not None and not job.state.final:
                     await self.runner.fail(job.id, "the node cancelled the batch's held payment")
@@ -232,7 +244,7 @@ class BatchPayments:
                     self.runner.enqueue(job.id)
             return
         succeeded = [i for i, job in jobs.items() if job is not None and job.state is JobState.SUCCEEDED]
-        if len(succeeded) == len(batch.token_ids) and invoice.state is not InvoiceState.CANCELED:
+        if len(succeeded) == len(batch.token_ids) and state is not InvoiceState.CANCELED:
             await self._settle(run, batch, ["held"])
             return
         await self.backend.cancel(bytes.fromhex(batch.payment_hash))
@@ -245,8 +257,7 @@ class BatchPayments:
         if succeeded:
             amount = sum(t.amount_msat for t in tokens if t.token_id in succeeded)
             release = new_batch(run.id, batch.seq, "release", succeeded, amount, self.clock())
-        if self.journal.update_batch(batch.payment_hash, ["held"], status="canceled") and release is not None:
-            self.journal.add_batch(release)
+        self.journal.cancel_batch(batch, release)
 
     async def _settle(self, run: RunRow, batch: BatchRow, source: list[str]) -> None:
         await self.backend.settle(bytes.fromhex(batch.preimage))

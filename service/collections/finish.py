@@ -80,9 +80,13 @@ class RunFinisher:
         self.ipfs = ipfs
         self.chain_for = chain_for
         self.registry = registry
+        self.receipt_wait = RECEIPT_WAIT
 
     def records_ready(self, run: RunRow) -> bool:
-        """Every paid token's chain record is mined (or refused for good)."""
+        """Every paid token's chain record is mined (or refused for good), and the sender is
+        connected (the documents name its registry)."""
+        if self.registry() is None:
+            return False
         for token in self.journal.tokens(run.id):
             if token.status in PAID and token.job_id:
                 job = self.store.get(token.job_id)
@@ -91,6 +95,8 @@ class RunFinisher:
         return True
 
     def finish(self, run: RunRow) -> dict[str, Any]:
+        if self.registry() is None:
+            raise ChainUpdateDelayed("the chain sender is not connected yet")
         tokens = self.journal.tokens(run.id)
         payer = self._payers(run)
         jobs = {t.token_id: self.store.get(t.job_id) for t in tokens if t.status in PAID and t.job_id}
@@ -202,53 +208,77 @@ class RunFinisher:
         if ours and str(facts["provenance_registry"]).lower() != str(registry).lower():
             return {"status": "manual", "reason": f"the collection links its upgrades to the registry "
                     f"{facts['provenance_registry']}, not this server's ({registry})"}  # fmt: skip
+        sent: list[str] = []
         try:
             access = self.chain_for(run)
-            self._await_journaled(run, access.writer)
+            self._resolve_pending(run, access.writer)
             if ours:
-                return self._upgrade(run, access, uris, jobs)
-            return self._set(run, access, Setter.parse(setter_text), uris, published)
+                return self._upgrade(run, access, uris, jobs, sent)
+            return self._set(run, access, Setter.parse(setter_text), uris, published, sent)
         except NotAuthorised as exc:
-            return {"status": "not sent", "reason": f"{exc}. The manifest lists the new URIs: send them yourself"}
+            return {"status": "partly sent" if sent else "not sent", "transactions": sent,
+                    "reason": f"{exc}. The manifest lists the new URIs: send the rest yourself"}  # fmt: skip
         except ChainError as exc:
             raise ChainUpdateDelayed(str(exc)) from None
 
-    def _await_journaled(self, run: RunRow, writer: CollectionWriter) -> None:
-        """A transaction sent before a crash: wait for it before asking the chain what is left."""
-        for tx_hash in {t.tx_hash for t in self.journal.tokens(run.id) if t.tx_hash}:
-            deadline = time.monotonic() + RECEIPT_WAIT
-            while writer.receipt(tx_hash) is None and time.monotonic() < deadline:
+    def _resolve_pending(self, run: RunRow, writer: CollectionWriter) -> bool | None:
+        """What became of the transaction signed last (before a crash, or just now): mined (its
+        tokens are upgraded), or failed, or never to be mined (its nonce went to another). Nothing
+        is signed while it may still be mined: until then this raises ChainUpdateDelayed."""
+        current = self.journal.run(run.id)
+        pending = json.loads(current.pending_tx) if current and current.pending_tx else None
+        if pending is None:
+            return None
+        tx_hash = pending["tx_hash"]
+        outcome = writer.receipt(tx_hash)
+        if outcome is None and writer.mined_nonce() <= pending["nonce"]:
+            writer.rebroadcast(pending["raw"])  # the pool may have lost it (a restarted node)
+            deadline = time.monotonic() + self.receipt_wait
+            while (outcome := writer.receipt(tx_hash)) is None and time.monotonic() < deadline:
+                if writer.mined_nonce() > pending["nonce"]:
+                    break
                 time.sleep(0.2)
+            if outcome is None and writer.mined_nonce() <= pending["nonce"]:
+                raise ChainUpdateDelayed(f"transaction {tx_hash} is not mined yet")
+        if outcome:
+            self.journal.update_tokens(run.id, pending["tokens"], status="upgraded")
+        self.journal.update_run(run.id, pending_tx=None)
+        return bool(outcome)
 
     def _send(self, run: RunRow, access: ChainAccess, token_ids: list[int], send: Callable[..., str]) -> str:
-        def journal(tx_hash: str) -> None:
+        def journal(tx_hash: str, nonce: int, raw: str) -> None:
+            record = {"tx_hash": tx_hash, "nonce": nonce, "raw": raw, "tokens": token_ids}
+            self.journal.update_run(run.id, pending_tx=json.dumps(record))
             self.journal.update_tokens(run.id, token_ids, tx_hash=tx_hash)
 
         with access.exclusive():
             tx_hash = send(access.writer.next_nonce(), journal)
-        deadline = time.monotonic() + RECEIPT_WAIT
-        while (succeeded := access.writer.receipt(tx_hash)) is None:
-            if time.monotonic() > deadline:
-                raise ChainUpdateDelayed(f"transaction {tx_hash} is not mined yet")
-            time.sleep(0.2)
-        if not succeeded:
-            raise ChainUpdateDelayed(f"transaction {tx_hash} reverted")
+        if not self._resolve_pending(run, access.writer):
+            raise ChainUpdateDelayed(f"transaction {tx_hash} failed on chain")
         return tx_hash
 
-    def _upgrade(self, run: RunRow, access: ChainAccess, uris: dict[int, str], jobs: dict[int, Job]) -> dict[str, Any]:
+    def _upgrade(
+        self, run: RunRow, access: ChainAccess, uris: dict[int, str], jobs: dict[int, Job], sent: list[str]
+    ) -> dict[str, Any]:
         writer = access.writer
         wanted = [TokenUpgrade(i, uri, jobs[i].payment_hash) for i, uri in sorted(uris.items())]
         pending = writer.pending(wanted)
-        sent = []
+        waiting = {u.token_id for u in pending}
+        self.journal.update_tokens(run.id, [u.token_id for u in wanted if u.token_id not in waiting], status="upgraded")
         for call in writer.calls(pending):
             ids = [u.token_id for u in call]
             sent.append(self._send(run, access, ids, lambda n, j, c=call: writer.send_upgrades(c, n, j)))
-        self.journal.update_tokens(run.id, list(uris), status="upgraded")
         return {"status": "sent", "method": "upgradeBatch", "transactions": sent,
                 "already_done": len(wanted) - len(pending)}  # fmt: skip
 
     def _set(
-        self, run: RunRow, access: ChainAccess, setter: Setter, uris: dict[int, str], published: dict[str, Any]
+        self,
+        run: RunRow,
+        access: ChainAccess,
+        setter: Setter,
+        uris: dict[int, str],
+        published: dict[str, Any],
+        sent: list[str],
     ) -> dict[str, Any]:
         writer = access.writer
         if not setter.per_token:
@@ -263,18 +293,17 @@ class RunFinisher:
             if writer.setter_done(uris):  # sent before (a resumed run): the chain says so
                 self.journal.update_tokens(run.id, list(uris), status="upgraded")
                 return {"status": "sent", "method": setter.name, "transactions": [], "already_done": len(uris)}
-            tx = self._send(run, access, list(uris), lambda n, j: writer.send_setter(setter, [base_uri], n, j))
-            self.journal.update_tokens(run.id, list(uris), status="upgraded")
-            return {"status": "sent", "method": setter.name, "transactions": [tx], "already_done": 0}
-        sent, done = [], 0
+            sent.append(self._send(run, access, list(uris), lambda n, j: writer.send_setter(setter, [base_uri], n, j)))
+            return {"status": "sent", "method": setter.name, "transactions": sent, "already_done": 0}
+        done = 0
         for token_id, uri in sorted(uris.items()):
             if writer.setter_done({token_id: uri}):
                 done += 1
+                self.journal.update_tokens(run.id, [token_id], status="upgraded")
             else:
                 args = [token_id, uri]
                 sent.append(self._send(run, access, [token_id],
                                        lambda n, j, a=args: writer.send_setter(setter, a, n, j)))  # fmt: skip
-            self.journal.update_tokens(run.id, [token_id], status="upgraded")
         return {"status": "sent", "method": setter.name, "transactions": sent, "already_done": done}
 
 

@@ -38,7 +38,8 @@ CREATE TABLE IF NOT EXISTS collection_runs (
     request_hash TEXT NOT NULL,
     idempotency_key TEXT UNIQUE,
     result TEXT,
-    error TEXT
+    error TEXT,
+    pending_tx TEXT
 );
 CREATE TABLE IF NOT EXISTS collection_tokens (
     run_id TEXT NOT NULL REFERENCES collection_runs(id),
@@ -100,6 +101,9 @@ class RunRow:
     idempotency_key: str | None = None
     result: str | None = None  # JSON: what finishing published and sent
     error: str | None = None
+    #: JSON: a collection transaction signed and perhaps sent, not yet known mined:
+    #: {"tx_hash", "nonce", "raw", "tokens"}; nothing else is signed while it is here
+    pending_tx: str | None = None
 
     @property
     def asked(self) -> dict[str, Any]:
@@ -204,10 +208,6 @@ class CollectionJournal:
             for batch in batches:
                 _insert(db, "collection_batches", {f.name: getattr(batch, f.name) for f in fields(BatchRow)})
 
-    def add_batch(self, batch: BatchRow) -> None:
-        with self.store.transaction() as db:
-            _insert(db, "collection_batches", {f.name: getattr(batch, f.name) for f in fields(BatchRow)})
-
     def update_run(self, run_id: str, **changes: Any) -> None:
         with self.store.transaction() as db:
             _set(db, "collection_runs", "id = ?", [run_id], {"updated_at": time.time(), **changes})
@@ -224,6 +224,46 @@ class CollectionJournal:
                            "(SELECT run_id FROM collection_batches WHERE payment_hash = ?)",
                            (time.time(), payment_hash))  # fmt: skip
         return bool(changed)
+
+    def cancel_batch(self, batch: BatchRow, release: BatchRow | None) -> bool:
+        """A held batch is cancelled and, in the same transaction, the release batch for its
+        tokens that succeeded is written: a crash leaves both or neither."""
+        with self.store.transaction() as db:
+            changed = _set(db, "collection_batches", "payment_hash = ? AND status = 'held'", [batch.payment_hash],
+                           {"status": "canceled"})  # fmt: skip
+            if changed and release is not None:
+                _insert(db, "collection_batches", {f.name: getattr(release, f.name) for f in fields(BatchRow)})
+        return bool(changed)
+
+    def expire_batch(self, run_id: str, batch: BatchRow) -> bool:
+        """An unpaid batch, in one transaction: its tokens unpaid and, for a work batch, every later
+        work batch too (the payer stopped: nothing more is invoiced)."""
+        with self.store.transaction() as db:
+            if not _set(db, "collection_batches", "payment_hash = ? AND status = 'open'", [batch.payment_hash],
+                        {"status": "expired"}):  # fmt: skip
+                return False
+            unpaid = {"status": "unpaid", "error": "its invoice expired unpaid"}
+            for token_id in batch.token_ids:
+                _set(db, "collection_tokens", "run_id = ? AND token_id = ?", [run_id, str(token_id)], unpaid)
+            if batch.kind == "work":
+                later = db.execute("SELECT payment_hash, tokens FROM collection_batches WHERE run_id = ? AND "
+                                   "status = 'waiting' AND kind = 'work'", (run_id,)).fetchall()  # fmt: skip
+                stopped = {"status": "unpaid", "error": "an earlier batch's invoice expired unpaid"}
+                for row in later:
+                    _set(db, "collection_batches", "payment_hash = ?", [row["payment_hash"]], {"status": "expired"})
+                    for token_id in json.loads(row["tokens"]):
+                        _set(db, "collection_tokens", "run_id = ? AND token_id = ?", [run_id, str(token_id)], stopped)
+        return True
+
+    def replace_batch(self, batch: BatchRow, source: str, replacement: BatchRow) -> bool:
+        """A paid batch the server could not take (its queue was full when the payment came): the
+        batch is cancelled and a new one for the same tokens waits, in one transaction."""
+        with self.store.transaction() as db:
+            if not _set(db, "collection_batches", "payment_hash = ? AND status = ?", [batch.payment_hash, source],
+                        {"status": "canceled"}):  # fmt: skip
+                return False
+            _insert(db, "collection_batches", {f.name: getattr(replacement, f.name) for f in fields(BatchRow)})
+        return True
 
     def update_tokens(self, run_id: str, token_ids: Iterable[int], **changes: Any) -> None:
         with self.store.transaction() as db:

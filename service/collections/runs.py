@@ -128,6 +128,8 @@ class CollectionRuns:
         self._task: asyncio.Task | None = None
         self._retry_at: dict[str, float] = {}
         self._creating: set[str] = set()
+        #: runs being finished: in tasks of their own, so the chain never holds up payments
+        self._finishing: dict[str, asyncio.Task] = {}
 
     # ------------------------------------------------------------ lifecycle
 
@@ -142,10 +144,10 @@ class CollectionRuns:
         self._task = asyncio.create_task(self._loop(), name="satscale-collections")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
+        for task in [*self._finishing.values(), *([self._task] if self._task else [])]:
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
+                await task
 
     def wake(self, job: Job | None = None) -> None:
         """Something changed (a token's job ended): look again now rather than at the next tick."""
@@ -185,9 +187,10 @@ class CollectionRuns:
             if idempotency_key:
                 self._creating.discard(idempotency_key)
         async with self._lock:
+            first = next((b for b in self.journal.batches(run_id) if b.status == "waiting"), None)
             try:
-                first = next(b for b in self.journal.batches(run_id) if b.status == "waiting")
-                await self.payments.invoice(run, first)
+                if first is not None:
+                    await self.payments.invoice(run, first)
             except PaymentError as exc:  # the loop issues it once the node answers
                 log.warning("the first invoice of %s is not issued yet: %s", run_id, exc)
         self._wake.set()
@@ -309,15 +312,27 @@ class CollectionRuns:
             if await self.payments.advance(current):
                 self.journal.update_run(current.id, state="finishing")
         elif current.state == "finishing":
+            running = self._finishing.get(current.id)
+            if running is not None and not running.done():
+                return
             if self.clock() < self._retry_at.get(current.id, 0.0) or not self.finisher.records_ready(current):
                 return
-            try:
-                result = await asyncio.to_thread(self.finisher.finish, current)
-            except ChainUpdateDelayed as exc:
-                self._retry_at[current.id] = self.clock() + FINISH_RETRY
-                self.journal.update_run(current.id, error=f"updating the collection on chain: {exc} (retrying)")
-                return
-            self.journal.update_run(current.id, state="done", result=json.dumps(result, sort_keys=True), error=None)
+            self._finishing[current.id] = asyncio.create_task(self._finish(current), name=f"finish-{current.id}")
+
+    async def _finish(self, run: RunRow) -> None:
+        """Publish and update the chain (blocking, in a thread); on any failure, again later."""
+        try:
+            result = await asyncio.to_thread(self.finisher.finish, run)
+        except ChainUpdateDelayed as exc:
+            self._retry_at[run.id] = self.clock() + FINISH_RETRY
+            self.journal.update_run(run.id, error=f"updating the collection on chain: {exc} (retrying)")
+            return
+        except Exception:
+            log.exception("finishing collection run %s failed; trying again", run.id)
+            self._retry_at[run.id] = self.clock() + FINISH_RETRY
+            return
+        self.journal.update_run(run.id, state="done", result=json.dumps(result, sort_keys=True), error=None)
+        self._wake.set()
 
     # ------------------------------------------------------------ what callers see
 
