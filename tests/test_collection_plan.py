@@ -241,3 +241,49 @@ def test_an_rpc_that_lies_is_a_502(tmp_path: Path, registry, chain_id) -> None:
             response = client.post("/v1/collections/plan", json=body)
     assert response.status_code in (422, 502), response.text
     assert response.headers["content-type"].startswith("application/problem+json")
+
+
+@contextmanager
+def dropping_rpc(upstream: str, selector: str) -> Iterator[int]:
+    """A JSON-RPC proxy to `upstream` that drops the connection on every eth_call of `selector`
+    (a public RPC rate-limiting or failing one call among thousands)."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            return
+
+        def do_POST(self) -> None:
+            raw = self.rfile.read(int(self.headers["Content-Length"]))
+            request = json.loads(raw)
+            calls = request if isinstance(request, list) else [request]
+            dropped = [c for c in calls if c.get("method") == "eth_call"]
+            if any(str(c["params"][0].get("data")).startswith(selector) for c in dropped):
+                self.close_connection = True
+                return  # no answer at all
+            answer = httpx.post(upstream, content=raw, headers={"Content-Type": "application/json"}, timeout=30)
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(answer.content)))
+            self.end_headers()
+            self.wfile.write(answer.content)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        yield server.server_address[1]
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+def test_an_rpc_that_drops_token_reads_is_a_502_not_a_crash(setup, tmp_path: Path, registry) -> None:
+    _, world, rpc, _ = setup
+    with dropping_rpc(rpc, "0xc87b56dd") as port:  # tokenURI(uint256)
+        settings = Settings(data_dir=tmp_path / "data", fetch_allow_private_hosts=[f"127.0.0.1:{port}"])
+        with TestClient(create_app(settings, registry), raise_server_exceptions=False) as client:
+            body = {"rpc_url": f"http://127.0.0.1:{port}", "contract": world.third_party.address, "tokens": "1-3"}
+            response = client.post("/v1/collections/plan", json=body)
+    assert response.status_code == 502, response.text
+    assert response.json()["type"].endswith("chain-unreachable")

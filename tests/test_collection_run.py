@@ -233,7 +233,8 @@ def test_the_cli_runs_a_paid_upgrade_and_reports_it(setup, tmp_path: Path, capsy
         assert row["new_uri"].startswith("ipfs://") and ipfs_document(client, row["new_uri"])["image"].startswith(
             "ipfs://"
         )
-        assert world.per_token.functions.tokenURI(row["token_id"]).call() == row["old_uri"]  # untouched on chain
+        on_chain = world.per_token.functions.tokenURI(row["token_id"]).call()  # untouched on chain
+        assert on_chain == row["old_uri"] or on_chain.startswith(row["old_uri"].removesuffix("…"))  # (cut if long)
     assert report.with_suffix(".csv").read_text().count("published") == 3
 
     assert main(["collection", "status", run_id, "--server", str(client.base_url), "--json"]) == 0
@@ -274,3 +275,32 @@ def test_runs_refuse_what_they_cannot_finish(setup) -> None:
     folders = {p.name for p in (client.app.state.collections.runs.folder).iterdir()}
     journal = client.app.state.collections.runs.journal
     assert all(journal.run(name) is not None for name in folders)
+
+
+def test_unpaid_work_is_bounded_and_a_run_nobody_pays_publishes_nothing(setup, monkeypatch) -> None:
+    client, world, rpc, _, _ = setup
+    runs = client.app.state.collections.runs
+    before = set(runs.folder.iterdir())
+    with monkeypatch.context() as patch:  # room for less than the collection's images
+        patch.setattr(runs, "max_pending_bytes", runs.journal.unpaid()[1] + 20_000)
+        body = {"rpc_url": rpc, "contract": world.third_party.address, "model": MODEL}
+        response = client.post("/v1/collections", json=body)
+    assert response.status_code == 422 and "can hold for unpaid work" in response.json()["detail"]
+    assert set(runs.folder.iterdir()) == before  # nothing it read stays
+
+    payments = runs.payments
+    monkeypatch.setattr(payments, "settings", payments.settings.model_copy(update={"invoice_expiry_seconds": 1}))
+    store = client.app.state.ipfs
+    pins = sorted(store.pins())
+    body = {"rpc_url": rpc, "contract": world.per_token.address, "tokens": "1-2", "model": MODEL}
+    run = client.post("/v1/collections", json=body).json()
+    deadline = time.monotonic() + 60
+    while (done := client.get(f"/v1/collections/{run['id']}").json())["state"] != "done":
+        assert time.monotonic() < deadline, done
+        time.sleep(0.2)
+    assert [b["status"] for b in done["batches"]] == ["expired"]
+    assert {t["status"] for t in done["tokens"]} == {"unpaid"} and done["paid_sat"] == 0
+    assert done["result"]["published"] == 0 and done["result"]["chain"]["status"] == "nothing to send"
+    assert sorted(store.pins()) == pins  # nothing published
+    folder = runs.folder / run["id"]
+    assert not (folder / "images").exists() and not (folder / "metadata").exists()  # nor kept

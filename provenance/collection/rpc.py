@@ -128,7 +128,8 @@ class VettedRpcProvider(JSONBaseProvider):
             raise
         except httpcore.TimeoutException as exc:
             raise ConnectionError(f"the RPC did not answer in time: {exc}") from None
-        except httpcore.HTTPCoreError as exc:  # refused, reset, closed mid-answer, not HTTP
+        except (httpcore.NetworkError, httpcore.ProtocolError, httpcore.ProxyError) as exc:
+            # refused, reset, closed mid-answer, not HTTP (httpcore's errors share no base of their own)
             raise ConnectionError(f"the RPC cannot be reached: {type(exc).__name__}") from None
         try:
             return self.decode_rpc_response(bytes(data))

@@ -13,6 +13,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Path
 from fastapi.responses import FileResponse, JSONResponse, Response
+from starlette.convertors import Convertor, register_url_convertor
 
 from ..openapi import errors
 from ..problems import Problem
@@ -22,6 +23,22 @@ from .requests import CollectionPlanBody, CollectionRunBody, plan_request, run_r
 
 RUN_RETRY_AFTER = "2"
 RUN_ID = r"^col_[A-Za-z0-9_-]{16}$"
+
+
+class RunIdConvertor(Convertor[str]):
+    """Only a run id matches `{run_id:run}`: `/v1/collections/plan` is the plan route's (GET
+    there is a 405), and anything else not shaped like an id is not found."""
+
+    regex = RUN_ID.strip("^$")
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+register_url_convertor("run", RunIdConvertor())
 #: files a run keeps that its owner may download
 RUN_FILES = {"folder.car": "application/vnd.ipld.car", "manifest.json": "application/json"}
 
@@ -51,19 +68,19 @@ def collections_router(collections: Collections) -> APIRouter:
         started = await runs.create(run_request(body), idempotency_key)
         return _run_response(runs.view(started.run.id) or {}, started.challenge)
 
-    @router.get("/{run_id}", responses=errors(404, 422))
+    @router.get("/{run_id:run}", responses=errors(404))
     async def status(run_id: Annotated[str, Path(pattern=RUN_ID)]) -> JSONResponse:
         """The run: its state, the invoice to pay now (if any), each batch, each token's status
         and progress, and once done what was published and sent (the report)."""
         return _run_response(_view(run_id), runs.challenge(run_id))
 
-    @router.get("/{run_id}/report.csv", responses=errors(404, 422))
+    @router.get("/{run_id:run}/report.csv", responses=errors(404))
     async def report_csv(run_id: Annotated[str, Path(pattern=RUN_ID)]) -> Response:
         """The report as CSV: one row per token."""
         view = _view(run_id)
         return Response(manifest_csv(view["tokens"]), media_type="text/csv")
 
-    @router.get("/{run_id}/{name}", responses=errors(404, 422))
+    @router.get("/{run_id:run}/{name}", responses=errors(404, 422))
     async def run_file(
         run_id: Annotated[str, Path(pattern=RUN_ID)], name: Annotated[str, Path(pattern=r"^[a-z.]{1,20}$")]
     ) -> FileResponse:

@@ -63,7 +63,7 @@ def compose(
     finisher = RunFinisher(journal, store, ipfs, chain_access(settings, sender), sender.describe)
     runs = CollectionRuns(
         settings.data_dir / "collections", store, journal, desk, backend, payments, finisher, service.runner,
-        service.clock,
+        settings.max_pending_upload_bytes, service.inputs.pending_bytes, service.clock,
     )  # fmt: skip
     service.runner.on_final = runs.wake
     return Collections(desk, runs)

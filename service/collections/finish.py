@@ -98,6 +98,10 @@ class RunFinisher:
         if self.registry() is None:
             raise ChainUpdateDelayed("the chain sender is not connected yet")
         tokens = self.journal.tokens(run.id)
+        if not any(t.status in PAID for t in tokens):  # nothing paid: nothing is published or sent
+            rows = report_rows(tokens, self.store)
+            atomic_write(Path(run.folder) / "report.json", json.dumps(rows, indent=2).encode())
+            return {"published": 0, "chain": {"status": "nothing to send", "reason": "no token was paid for"}}
         payer = self._payers(run)
         jobs = {t.token_id: self.store.get(t.job_id) for t in tokens if t.status in PAID and t.job_id}
         upgraded = {i: job for i, job in jobs.items() if job is not None and job.chain_status is ChainStatus.CONFIRMED}

@@ -39,7 +39,8 @@ CREATE TABLE IF NOT EXISTS collection_runs (
     idempotency_key TEXT UNIQUE,
     result TEXT,
     error TEXT,
-    pending_tx TEXT
+    pending_tx TEXT,
+    kept_bytes INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS collection_tokens (
     run_id TEXT NOT NULL REFERENCES collection_runs(id),
@@ -104,6 +105,7 @@ class RunRow:
     #: JSON: a collection transaction signed and perhaps sent, not yet known mined:
     #: {"tx_hash", "nonce", "raw", "tokens"}; nothing else is signed while it is here
     pending_tx: str | None = None
+    kept_bytes: int = 0  # what the run keeps on disk (documents and images) until it ends
 
     @property
     def asked(self) -> dict[str, Any]:
@@ -298,6 +300,15 @@ class CollectionJournal:
         rows = self.store.read("SELECT * FROM collection_runs WHERE state IN ('running', 'finishing') "
                                "ORDER BY created_at")  # fmt: skip
         return [_row(RunRow, row) for row in rows]
+
+    def unpaid(self) -> tuple[int, int]:
+        """Runs not done of which no batch is held or paid yet, and the bytes they keep."""
+        row = self.store.read(
+            "SELECT COUNT(*) AS runs, COALESCE(SUM(kept_bytes), 0) AS kept FROM collection_runs r "
+            "WHERE state IN ('running', 'finishing') AND NOT EXISTS (SELECT 1 FROM collection_batches b "
+            "WHERE b.run_id = r.id AND b.status IN ('held', 'settled'))"
+        )[0]
+        return row["runs"], row["kept"]
 
     def tokens(self, run_id: str) -> list[TokenRow]:
         rows = self.store.read("SELECT * FROM collection_tokens WHERE run_id = ?", run_id)

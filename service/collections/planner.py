@@ -142,9 +142,16 @@ class CollectionPlan:
 
 async def _all(awaitables: Iterable[Awaitable[T]]) -> list[T]:
     """Every result in order; when one fails (or the plan is cancelled) the others are cancelled
-    too, instead of reading on in the background."""
-    async with asyncio.TaskGroup() as group:
-        tasks = [group.create_task(awaitable) for awaitable in awaitables]  # type: ignore[arg-type]
+    too, instead of reading on in the background, and the first failure is raised as itself
+    (callers map a chain's or a fetch's errors to answers; a group of them would be a 500)."""
+    try:
+        async with asyncio.TaskGroup() as group:
+            tasks = [group.create_task(awaitable) for awaitable in awaitables]  # type: ignore[arg-type]
+    except BaseExceptionGroup as failed:
+        first = failed.exceptions[0]
+        while isinstance(first, BaseExceptionGroup):
+            first = first.exceptions[0]
+        raise first from None
     return [task.result() for task in tasks]
 
 
@@ -294,6 +301,7 @@ class CollectionPlanner:
                 verdict = await self._blocking(self._verdict, data, request.pixel_art)
                 options = self._options(request, verdict, image.width, image.height)
                 priced = await self.intake.price_upload(data, options)
+                await self.intake.binding(data, options)  # the output format can hold this image
             except SatscaleError as exc:
                 return replace(plan, error=f"image: {exc}")
         if keeper is not None:

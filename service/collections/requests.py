@@ -28,7 +28,7 @@ class CollectionPlanBody(BaseModel):
         str | None,
         Field(max_length=20_000, description="token ids: 1-500 or 1,5,9-12; default: every token listed"),
     ] = None
-    model: str = DEFAULT_MODEL
+    model: Annotated[str, Field(max_length=100)] = DEFAULT_MODEL
     scale: Annotated[int | None, Field(ge=1, le=64)] = None
     pipeline: Annotated[
         str | list[dict[str, Any]] | None,

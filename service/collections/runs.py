@@ -17,6 +17,7 @@ import json
 import logging
 import secrets
 import shutil
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -30,6 +31,7 @@ from provenance.collection.layout import BaseUriLayout
 from provenance.collection.writer import Setter
 
 from ..inputs import atomic_write
+from ..intake import ServerBusy
 from ..jobs import Job, JobState
 from ..runner import JobRunner
 from ..store import SqliteJobStore
@@ -43,6 +45,10 @@ from .planner import CollectionPlan, CollectionRequest
 log = logging.getLogger("satscale.collections")
 
 TICK = 0.5
+#: a run's documents kept for republishing, at most (real token documents are a few KB each)
+DOCUMENTS_MAX = 64 << 20
+#: runs not paid for yet at once: each holds an invoice and its kept files until it expires
+UNPAID_RUNS_MAX = 16
 #: how long a run whose chain could not be written waits before trying again
 FINISH_RETRY = 5.0
 
@@ -80,10 +86,30 @@ class Started:
 
 
 class RunKeeper:
-    """Keeps a run's documents and images in its folder as the plan reads them."""
+    """Keeps a run's documents and images in its folder as the plan reads them, within a budget:
+    what unpaid work may hold on this server's disk (a plan costs nothing to ask for)."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, budget: int) -> None:
         self.folder = folder
+        self.budget = budget
+        self.documents = 0
+        self.kept = 0
+        self._lock = threading.Lock()
+
+    def _count(self, size: int, document: bool) -> None:
+        with self._lock:
+            if document and self.documents + size > DOCUMENTS_MAX:
+                raise CollectionRefused(
+                    f"the collection's documents come to more than {DOCUMENTS_MAX >> 20} MiB, more than this "
+                    "server republishes for one run: upgrade a range of tokens"
+                )
+            if self.kept + size > self.budget:
+                raise CollectionRefused(
+                    f"the collection's images and documents come to more than the {self.budget >> 20} MiB this "
+                    "server can hold for unpaid work now: upgrade a smaller range of tokens, or try later"
+                )
+            self.kept += size
+            self.documents += size if document else 0
 
     def metadata_path(self, token_id: int) -> Path:
         return self.folder / "metadata" / f"{token_id}.json"
@@ -92,12 +118,19 @@ class RunKeeper:
         return self.folder / "images" / f"{sha256}.{image_format}"
 
     def metadata(self, token_id: int, data: bytes) -> None:
+        self._count(len(data), document=True)
         atomic_write(self.metadata_path(token_id), data)
 
     def image(self, sha256: str, image_format: str, data: bytes) -> None:
         path = self.image_path(sha256, image_format)
         if not path.exists():
+            self._count(len(data), document=False)
             atomic_write(path, data)
+
+    def remove_kept(self) -> None:
+        """What only the run needed (its documents and images as read), once it has ended."""
+        for part in ("metadata", "images"):
+            shutil.rmtree(self.folder / part, ignore_errors=True)
 
 
 class CollectionRuns:
@@ -111,9 +144,12 @@ class CollectionRuns:
         payments: BatchPayments,
         finisher: RunFinisher,
         runner: JobRunner,
+        max_pending_bytes: int,
+        pending_uploads: Callable[[], int],
         clock: Callable[[], float] = time.time,
     ) -> None:
-        """`folder`: where runs keep their files (one folder per run)."""
+        """`folder`: where runs keep their files (one folder per run); `max_pending_bytes`: what
+        unpaid work may keep on disk, uploads (`pending_uploads()` bytes) and runs together."""
         self.folder = folder
         self.store = store
         self.journal = journal
@@ -122,6 +158,8 @@ class CollectionRuns:
         self.payments = payments
         self.finisher = finisher
         self.runner = runner
+        self.max_pending_bytes = max_pending_bytes
+        self.pending_uploads = pending_uploads
         self.clock = clock
         self._lock = asyncio.Lock()  # one step of one run at a time (the loop, a new run's invoice)
         self._wake = asyncio.Event()
@@ -171,17 +209,16 @@ class CollectionRuns:
         if not self.backend.supports(Feature.HOLD_INVOICES):
             raise CollectionRefused("collection runs are paid with hold invoices, which this Lightning backend lacks")
         setter = self._setter(request.setter)
-        run_id = "col_" + secrets.token_urlsafe(12)
-        folder = self.folder / run_id
-        keeper = RunKeeper(folder)
+        keeper = await self._keeper()
         if idempotency_key:
             self._creating.add(idempotency_key)
         try:
             plan = await self.desk.plan(request.collection, keeper)
             self._check(plan, setter)
-            run = self._journal(run_id, request, plan, keeper, idempotency_key, binding)
+            run = self._journal(request, plan, keeper, idempotency_key, binding)
+            run_id = run.id
         except BaseException:
-            await asyncio.to_thread(shutil.rmtree, folder, True)
+            await asyncio.to_thread(shutil.rmtree, keeper.folder, True)
             raise
         finally:
             if idempotency_key:
@@ -195,6 +232,20 @@ class CollectionRuns:
                 log.warning("the first invoice of %s is not issued yet: %s", run_id, exc)
         self._wake.set()
         return Started(self.journal.run(run_id) or run, self.challenge(run_id))
+
+    async def _keeper(self) -> RunKeeper:
+        """A new run's folder, with what unpaid work may still keep on disk as its budget."""
+        runs, kept = self.journal.unpaid()
+        if runs >= UNPAID_RUNS_MAX:
+            raise ServerBusy(
+                f"{runs} collection runs wait for their first payment, the most this server holds at once; "
+                "nothing was started or charged: try again when some are paid or expired",
+                retry_after=60,
+            )
+        budget = self.max_pending_bytes - kept - await asyncio.to_thread(self.pending_uploads)
+        if budget <= 0:
+            raise ServerBusy("this server holds as much unpaid work as it can; try again later", retry_after=60)
+        return RunKeeper(self.folder / ("col_" + secrets.token_urlsafe(12)), budget)
 
     @staticmethod
     def _setter(text: str | None) -> Setter | None:
@@ -218,7 +269,6 @@ class CollectionRuns:
 
     def _journal(
         self,
-        run_id: str,
         request: RunRequest,
         plan: CollectionPlan,
         keeper: RunKeeper,
@@ -226,6 +276,7 @@ class CollectionRuns:
         binding: str,
     ) -> RunRow:
         now = self.clock()
+        run_id = keeper.folder.name
         summary = plan.to_dict()
         planned = {
             "facts": asdict(plan.facts),
@@ -248,6 +299,7 @@ class CollectionRuns:
             folder=str(keeper.folder),
             request_hash=binding,
             idempotency_key=idempotency_key,
+            kept_bytes=keeper.kept,
         )
         seq_of = {token_id: seq for seq, batch in enumerate(plan.batches) for token_id in batch}
         tokens = []
@@ -260,7 +312,7 @@ class CollectionRuns:
                     token_id=t.token_id,
                     status="waiting" if t.ready else "skipped",
                     error=t.error,
-                    old_uri=t.uri,
+                    old_uri=t.to_dict()["old_uri"],  # as the plan shows it: a data: URI can be megabytes
                     name=t.name,
                     image_uri=t.image_uri,
                     image_sha256=t.image_sha256,
@@ -332,6 +384,7 @@ class CollectionRuns:
             self._retry_at[run.id] = self.clock() + FINISH_RETRY
             return
         self.journal.update_run(run.id, state="done", result=json.dumps(result, sort_keys=True), error=None)
+        await asyncio.to_thread(RunKeeper(Path(run.folder), 0).remove_kept)
         self._wake.set()
 
     # ------------------------------------------------------------ what callers see
@@ -351,6 +404,8 @@ class CollectionRuns:
                 row["status"] = _job_status(job)
                 if job.state is JobState.PROCESSING:
                     row["progress"] = round(self.runner.progress(job.id) or 0.0, 3)
+            if token.status not in RELEASED:  # a result not paid for is not shown, nor where it is
+                row |= {"input_cid": None, "output_cid": None}
             if token.pixel_art:
                 row["pixel_art"] = json.loads(token.pixel_art)
             row["amount_sat"] = token.amount_msat // 1000
@@ -390,6 +445,8 @@ class CollectionRuns:
         }
 
 
+#: a token in one of these was paid for: its result is released
+RELEASED = ("paid", "published", "upgraded")
 #: a token in one of these is finished for the run's progress
 FINISHED_STATUSES = ("skipped", "failed", "unpaid", "published", "upgraded")
 

@@ -13,9 +13,11 @@ import asyncio
 import hashlib
 import hmac
 import html
+import os
 import re
 import secrets
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +37,9 @@ TABLE_COLUMNS = ["token", "status", "sat", "new URI or reason"]
 RUN_ID = re.compile(r"^col_[A-Za-z0-9_-]{16}$")
 RELEASED = ("paid", "published", "upgraded")
 RUNS_KEPT = 20
+PREVIEW_KEY = "collection-preview-key"
+#: preview folders not looked at for this long are removed
+PREVIEW_SECONDS = 2 * 3600
 
 
 def _field(value: Any, name: str) -> str | None:
@@ -81,6 +86,15 @@ def session_runs(session: Any) -> tuple[list[str], str | None]:
     return kept, current if isinstance(current, str) and current in kept else None
 
 
+_MARKDOWN = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~])")
+
+
+def plain(text: str) -> str:
+    """Text from a collection or a chain (a name, a reason) shown as itself in Markdown: no
+    link, no image, no markup an attacker's contract could put on the page."""
+    return _MARKDOWN.sub(r"\\\1", html.escape(text, quote=False))
+
+
 def plan_table(plan: dict[str, Any]) -> list[list[Any]]:
     rows = []
     for token in plan["token_plans"]:
@@ -96,7 +110,7 @@ def plan_text(plan: dict[str, Any]) -> str:
     layout = plan["layout"]
     naming = "a base URI (one folder)" if layout["kind"] == "base-uri" else "a URI per token"
     return (
-        f"**{html.escape(plan['name'] or 'Collection')}** on chain {plan['chain_id']}, {naming}: "
+        f"**{plain(plan['name'] or 'Collection')}** on chain {plan['chain_id']}, {naming}: "
         f"{plan['ready']} of {plan['tokens']} tokens to upgrade ({plan['pixel_art']} as pixel art), "
         f"{plan['skipped']} skipped · **{plan['amount_sat']} sats** in {len(plan['batches'])} invoice(s), "
         f"about {plan['seconds']:.0f} s of work"
@@ -117,11 +131,11 @@ def run_text(view: dict[str, Any]) -> str:
     )
     chain = (view.get("result") or {}).get("chain")
     if chain:
-        text += f"\n\nOn chain: {html.escape(chain['status'])}"
+        text += f"\n\nOn chain: {plain(chain['status'])}"
         if chain.get("reason"):
-            text += f" — {html.escape(chain['reason'])}"
+            text += f" — {plain(chain['reason'])}"
     if view.get("error"):
-        text += f"\n\n{html.escape(view['error'])}"
+        text += f"\n\n{plain(view['error'])}"
     return text
 
 
@@ -147,7 +161,14 @@ class CollectionPage:
     def __init__(self, collections: Collections, dev_node: DevNode | None) -> None:
         self.collections = collections
         self.dev_node = dev_node
-        self._preview_key = secrets.token_bytes(32)
+        # the same key across restarts: a run's preview folder keeps its name, and is not copied again
+        store = collections.runs.store
+        key = store.get_meta(PREVIEW_KEY)
+        if key is None:
+            key = secrets.token_hex(32)
+            store.set_meta(PREVIEW_KEY, key)
+        self._preview_key = bytes.fromhex(key)
+        self._swept = 0.0
 
     @friendly
     async def plan(self, *fields: Any) -> tuple[str, list[list[Any]]]:
@@ -210,7 +231,9 @@ class CollectionPage:
 
     def _previews(self, view: dict[str, Any]) -> list[tuple[str, str]]:
         """The first tokens before (the collection's own image, public anyway) and after (only
-        once paid for), copied where Gradio serves files, under a name nobody can guess."""
+        once paid for), copied where Gradio serves files, under a name nobody can guess; folders
+        not looked at for PREVIEW_SECONDS go."""
+        self._sweep()
         folder = self._preview_folder(view["id"])
         tokens = {t.token_id: t for t in self.collections.runs.journal.tokens(view["id"])}
         shown: list[tuple[str, str]] = []
@@ -226,6 +249,16 @@ class CollectionPage:
                               f"#{token.token_id} after"))  # fmt: skip
         return shown
 
+    def _sweep(self) -> None:
+        now = time.time()
+        if now - self._swept < 60:
+            return
+        self._swept = now
+        root = Path(get_upload_folder()) / "satscale-collection-previews"
+        for folder in root.glob("*") if root.exists() else ():
+            if folder.is_dir() and now - folder.stat().st_mtime > PREVIEW_SECONDS:
+                shutil.rmtree(folder, ignore_errors=True)
+
     def _preview_folder(self, run_id: str) -> Path:
         name = hmac.new(self._preview_key, run_id.encode(), hashlib.sha256).hexdigest()[:40]
         return Path(get_upload_folder()) / "satscale-collection-previews" / name
@@ -233,8 +266,9 @@ class CollectionPage:
     @staticmethod
     def _copy(source: Path, folder: Path, stem: str) -> str:
         target = folder / f"{stem}{source.suffix}"
+        folder.mkdir(parents=True, exist_ok=True)
+        os.utime(folder)  # looked at now: the sweep leaves it
         if not target.exists():
-            folder.mkdir(parents=True, exist_ok=True)
             partial = target.with_name(f".{target.name}.partial")
             shutil.copyfile(source, partial)
             partial.replace(target)
