@@ -23,17 +23,24 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import quote
 
+import httpx
 import numpy as np
+import pytest
+from fastapi import FastAPI
 from PIL import Image
 from web3 import Web3
 from web3.contract import Contract
 
+from app import create_app
 from provenance.contracts import FIXTURES_DIR, load_artifact
 from provenance.ipfs import LocalIpfsStore
 from provenance.unixfs_dir import DirEntry
+from service.config import Settings
 
+from .anvil import ANVIL_KEY_0, running_anvil
 from .helpers import natural_image
-from .tls import Pki, server_context
+from .servers import serving
+from .tls import Pki, make_pki, server_context
 
 TOKENS = 20
 PIXEL_ART, DATA_IMAGE, HTTPS_IMAGE, PRIVATE, NOT_JSON, SVG, MISSING = 3, 4, 5, 6, 7, 8, 9
@@ -213,3 +220,42 @@ def build_satscale_collection(
             uri = f"ipfs://{_pin(store, b'not json at all')}"
         send(collection.functions.mint(w3.eth.accounts[1], uri), w3)
     return collection, documents
+
+
+class Client(httpx.Client):
+    """A client of the live server that also holds the app (to look at its stores)."""
+
+    app: FastAPI
+
+
+@dataclass
+class Served:
+    client: Client
+    world: World
+    rpc: str
+    w3: Web3
+    web: StaticServer
+    files: dict[str, tuple[bytes, str]]
+
+
+@contextmanager
+def served_world(tmp_path_factory: pytest.TempPathFactory, registry: Any, *, server_chain: bool) -> Iterator[Served]:
+    """anvil, an HTTPS file server and a live Satscale server allowed to reach both, with both
+    collections built; `server_chain`: the server records on that anvil too (a paid run), else on
+    its embedded chain (plans only)."""
+    pki = make_pki(tmp_path_factory.mktemp("pki"))
+    files: dict[str, tuple[bytes, str]] = {}
+    with running_anvil() as (w3, port), https_files(pki, files) as web:
+        rpc = f"http://127.0.0.1:{port}"
+        chain = {"chain_rpc_url": rpc, "chain_private_key": ANVIL_KEY_0} if server_chain else {}
+        settings = Settings(
+            data_dir=tmp_path_factory.mktemp("data"),
+            fetch_allow_private_hosts=[f"127.0.0.1:{port}", f"127.0.0.1:{web.port}"],
+            fetch_ca_bundle=pki.ca_pem,
+            **chain,
+        )
+        app = create_app(settings, registry)
+        with serving(app) as url, Client(base_url=url, timeout=120) as client:
+            client.app = app
+            world = build_world(w3, app.state.ipfs, web.origin, files)
+            yield Served(client, world, rpc, w3, web, files)

@@ -6,61 +6,40 @@ from __future__ import annotations
 import csv
 import json
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
 import pytest
-from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from app import create_app
 from service.cli import main
 from service.config import Settings
 
-from .anvil import running_anvil
 from .collection_world import (
     DATA_IMAGE,
     HTTPS_IMAGE,
     PIXEL_ART,
     SKIPPED,
     TOKENS,
+    Client,
     World,
-    build_world,
-    https_files,
+    served_world,
 )
-from .servers import free_port, serving
-from .tls import make_pki
+from .servers import free_port
 
 pytestmark = pytest.mark.chain
 SKIPPED_FIRST = min(SKIPPED)
 MODEL = "realesr-animevideov3"  # the light model: prices are what the test checks, not speed
 
 
-class Client(httpx.Client):
-    """A client of the live server that also holds the app (to look at its stores)."""
-
-    app: FastAPI
-
-
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory: pytest.TempPathFactory, registry) -> Iterator[tuple[Client, World, str, object]]:
-    pki = make_pki(tmp_path_factory.mktemp("pki"))
-    files: dict[str, tuple[bytes, str]] = {}
-    with running_anvil() as (w3, port), https_files(pki, files) as web:
-        rpc = f"http://127.0.0.1:{port}"
-        settings = Settings(
-            data_dir=tmp_path_factory.mktemp("data"),
-            fetch_allow_private_hosts=[f"127.0.0.1:{port}", f"127.0.0.1:{web.port}"],
-            fetch_ca_bundle=pki.ca_pem,
-        )
-        app = create_app(settings, registry)
-        with serving(app) as url, Client(base_url=url, timeout=120) as client:
-            client.app = app
-            world = build_world(w3, app.state.ipfs, web.origin, files)
-            yield client, world, rpc, (w3, web)
+    with served_world(tmp_path_factory, registry, server_chain=False) as served:
+        yield served.client, served.world, served.rpc, (served.w3, served.web)
 
 
 def _plan(client: Client, rpc: str, contract: str, **body):
@@ -205,21 +184,24 @@ def test_a_deeply_nested_body_is_refused_not_a_crash(setup) -> None:
 
 
 @contextmanager
-def lying_rpc(answers: dict[str, object]) -> Iterator[int]:
-    """A JSON-RPC endpoint on 127.0.0.1 that answers each method with what `answers` says."""
+def rpc_server(answer: Callable[[bytes], bytes | None]) -> Iterator[int]:
+    """A JSON-RPC endpoint on 127.0.0.1: `answer(body)` is the answer's body, or None to drop
+    the connection without one."""
 
     class Handler(BaseHTTPRequestHandler):
         def log_message(self, *args: object) -> None:
             return
 
         def do_POST(self) -> None:
-            request = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-            body = json.dumps({"jsonrpc": "2.0", "id": request["id"], "result": answers.get(request["method"])})
+            body = answer(self.rfile.read(int(self.headers["Content-Length"])))
+            if body is None:
+                self.close_connection = True
+                return
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
-            self.wfile.write(body.encode())
+            self.wfile.write(body)
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
@@ -230,6 +212,30 @@ def lying_rpc(answers: dict[str, object]) -> Iterator[int]:
         server.shutdown()
         server.server_close()
         thread.join(timeout=5)
+
+
+def lying_rpc(answers: dict[str, object]) -> AbstractContextManager[int]:
+    """Each method answered with what `answers` says."""
+
+    def answer(raw: bytes) -> bytes:
+        request = json.loads(raw)
+        return json.dumps({"jsonrpc": "2.0", "id": request["id"], "result": answers.get(request["method"])}).encode()
+
+    return rpc_server(answer)
+
+
+def dropping_rpc(upstream: str, selector: str) -> AbstractContextManager[int]:
+    """A proxy to `upstream` that drops the connection on every eth_call of `selector` (a public
+    RPC rate-limiting or failing one call among thousands)."""
+
+    def answer(raw: bytes) -> bytes | None:
+        request = json.loads(raw)
+        calls = [c for c in (request if isinstance(request, list) else [request]) if c.get("method") == "eth_call"]
+        if any(str(c["params"][0].get("data")).startswith(selector) for c in calls):
+            return None
+        return httpx.post(upstream, content=raw, headers={"Content-Type": "application/json"}, timeout=30).content
+
+    return rpc_server(answer)
 
 
 @pytest.mark.parametrize("chain_id", ["hello", None, [1]])
@@ -241,41 +247,6 @@ def test_an_rpc_that_lies_is_a_502(tmp_path: Path, registry, chain_id) -> None:
             response = client.post("/v1/collections/plan", json=body)
     assert response.status_code in (422, 502), response.text
     assert response.headers["content-type"].startswith("application/problem+json")
-
-
-@contextmanager
-def dropping_rpc(upstream: str, selector: str) -> Iterator[int]:
-    """A JSON-RPC proxy to `upstream` that drops the connection on every eth_call of `selector`
-    (a public RPC rate-limiting or failing one call among thousands)."""
-
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, *args: object) -> None:
-            return
-
-        def do_POST(self) -> None:
-            raw = self.rfile.read(int(self.headers["Content-Length"]))
-            request = json.loads(raw)
-            calls = request if isinstance(request, list) else [request]
-            dropped = [c for c in calls if c.get("method") == "eth_call"]
-            if any(str(c["params"][0].get("data")).startswith(selector) for c in dropped):
-                self.close_connection = True
-                return  # no answer at all
-            answer = httpx.post(upstream, content=raw, headers={"Content-Type": "application/json"}, timeout=30)
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(answer.content)))
-            self.end_headers()
-            self.wfile.write(answer.content)
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
-        yield server.server_address[1]
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
 
 
 def test_an_rpc_that_drops_token_reads_is_a_502_not_a_crash(setup, tmp_path: Path, registry) -> None:

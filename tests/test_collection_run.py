@@ -15,17 +15,13 @@ from pathlib import Path
 
 import httpx
 import pytest
-from fastapi import FastAPI
 from web3 import Web3
 
-from app import create_app
 from payments import l402
 from provenance.car import read_car
 from service.cli import main
 from service.collections.batches import record_key
-from service.config import Settings
 
-from .anvil import ANVIL_KEY_0, running_anvil
 from .collection_world import (
     DATA_IMAGE,
     HTTPS_IMAGE,
@@ -34,41 +30,21 @@ from .collection_world import (
     PRIVATE,
     SKIPPED,
     TOKENS,
+    Client,
     World,
     build_satscale_collection,
-    build_world,
-    https_files,
+    served_world,
 )
-from .servers import serving
-from .tls import make_pki
 
 pytestmark = pytest.mark.chain
 MODEL = "realesr-animevideov3"  # the light model: the flow is under test, not the pixels
 SATSCALE_SKIPPED = {PRIVATE, NOT_JSON}
 
 
-class Client(httpx.Client):
-    app: FastAPI
-
-
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory: pytest.TempPathFactory, registry) -> Iterator[tuple[Client, World, str, Web3, dict]]:
-    pki = make_pki(tmp_path_factory.mktemp("pki"))
-    files: dict[str, tuple[bytes, str]] = {}
-    with running_anvil() as (w3, port), https_files(pki, files) as web:
-        rpc = f"http://127.0.0.1:{port}"
-        settings = Settings(
-            data_dir=tmp_path_factory.mktemp("data"),
-            chain_rpc_url=rpc,
-            chain_private_key=ANVIL_KEY_0,
-            fetch_allow_private_hosts=[f"127.0.0.1:{port}", f"127.0.0.1:{web.port}"],
-            fetch_ca_bundle=pki.ca_pem,
-        )
-        app = create_app(settings, registry)
-        with serving(app) as url, Client(base_url=url, timeout=120) as client:
-            client.app = app
-            world = build_world(w3, app.state.ipfs, web.origin, files)
-            yield client, world, rpc, w3, files
+    with served_world(tmp_path_factory, registry, server_chain=True) as served:
+        yield served.client, served.world, served.rpc, served.w3, served.files
 
 
 def drive(client: httpx.Client, run_id: str, timeout: float = 300) -> dict:

@@ -14,15 +14,9 @@ import pytest
 from fastapi import FastAPI
 from playwright.sync_api import Browser, expect, sync_playwright
 
-from app import create_app
-from service.config import Settings
-
-from .anvil import ANVIL_KEY_0, running_anvil
-from .collection_world import SKIPPED, TOKENS, World, build_world, https_files
-from .servers import serving
+from .collection_world import SKIPPED, TOKENS, World, served_world
 from .test_ui_browser import ARGS, ARTIFACTS, CHROMIUM
 from .test_ui_security import call
-from .tls import make_pki
 
 pytestmark = pytest.mark.chain
 MODEL = "realesr-animevideov3"
@@ -30,21 +24,8 @@ MODEL = "realesr-animevideov3"
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory: pytest.TempPathFactory, registry) -> Iterator[tuple[str, FastAPI, World, str]]:
-    pki = make_pki(tmp_path_factory.mktemp("pki"))
-    files: dict[str, tuple[bytes, str]] = {}
-    with running_anvil() as (w3, port), https_files(pki, files) as web:
-        rpc = f"http://127.0.0.1:{port}"
-        settings = Settings(
-            data_dir=tmp_path_factory.mktemp("data"),
-            chain_rpc_url=rpc,
-            chain_private_key=ANVIL_KEY_0,
-            fetch_allow_private_hosts=[f"127.0.0.1:{port}", f"127.0.0.1:{web.port}"],
-            fetch_ca_bundle=pki.ca_pem,
-        )
-        app = create_app(settings, registry)
-        with serving(app) as url:
-            world = build_world(w3, app.state.ipfs, web.origin, files)
-            yield url, app, world, rpc
+    with served_world(tmp_path_factory, registry, server_chain=True) as served:
+        yield str(served.client.base_url).rstrip("/"), served.client.app, served.world, served.rpc
 
 
 def fields(rpc_url: str, address: str, **changes) -> list:

@@ -95,21 +95,37 @@ class RunKeeper:
         self.documents = 0
         self.kept = 0
         self._lock = threading.Lock()
+        self._closed = False
+
+    def _keep(self, path: Path, data: bytes, document: bool) -> None:
+        """Count and write under one lock: once the keeper is closed (a refused plan whose reads
+        still finish on other threads) nothing more is written."""
+        with self._lock:
+            if self._closed or (not document and path.exists()):
+                return
+            self._count(len(data), document)
+            atomic_write(path, data)
+
+    def discard(self) -> None:
+        """The plan was refused: everything kept goes, and nothing is kept after."""
+        with self._lock:
+            self._closed = True
+            shutil.rmtree(self.folder, ignore_errors=True)
 
     def _count(self, size: int, document: bool) -> None:
-        with self._lock:
-            if document and self.documents + size > DOCUMENTS_MAX:
-                raise CollectionRefused(
-                    f"the collection's documents come to more than {DOCUMENTS_MAX >> 20} MiB, more than this "
-                    "server republishes for one run: upgrade a range of tokens"
-                )
-            if self.kept + size > self.budget:
-                raise CollectionRefused(
-                    f"the collection's images and documents come to more than the {self.budget >> 20} MiB this "
-                    "server can hold for unpaid work now: upgrade a smaller range of tokens, or try later"
-                )
-            self.kept += size
-            self.documents += size if document else 0
+        """(Under the lock.) Refuse what would pass a budget."""
+        if document and self.documents + size > DOCUMENTS_MAX:
+            raise CollectionRefused(
+                f"the collection's documents come to more than {DOCUMENTS_MAX >> 20} MiB, more than this "
+                "server republishes for one run: upgrade a range of tokens"
+            )
+        if self.kept + size > self.budget:
+            raise CollectionRefused(
+                f"the collection's images and documents come to more than the {self.budget >> 20} MiB this "
+                "server can hold for unpaid work now: upgrade a smaller range of tokens, or try later"
+            )
+        self.kept += size
+        self.documents += size if document else 0
 
     def metadata_path(self, token_id: int) -> Path:
         return self.folder / "metadata" / f"{token_id}.json"
@@ -118,14 +134,10 @@ class RunKeeper:
         return self.folder / "images" / f"{sha256}.{image_format}"
 
     def metadata(self, token_id: int, data: bytes) -> None:
-        self._count(len(data), document=True)
-        atomic_write(self.metadata_path(token_id), data)
+        self._keep(self.metadata_path(token_id), data, document=True)
 
     def image(self, sha256: str, image_format: str, data: bytes) -> None:
-        path = self.image_path(sha256, image_format)
-        if not path.exists():
-            self._count(len(data), document=False)
-            atomic_write(path, data)
+        self._keep(self.image_path(sha256, image_format), data, document=False)
 
     def remove_kept(self) -> None:
         """What only the run needed (its documents and images as read), once it has ended."""
@@ -218,7 +230,7 @@ class CollectionRuns:
             run = self._journal(request, plan, keeper, idempotency_key, binding)
             run_id = run.id
         except BaseException:
-            await asyncio.to_thread(shutil.rmtree, keeper.folder, True)
+            await asyncio.to_thread(keeper.discard)
             raise
         finally:
             if idempotency_key:
