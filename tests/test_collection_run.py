@@ -280,3 +280,26 @@ def test_unpaid_work_is_bounded_and_a_run_nobody_pays_publishes_nothing(setup, m
     assert sorted(store.pins()) == pins  # nothing published
     folder = runs.folder / run["id"]
     assert not (folder / "images").exists() and not (folder / "metadata").exists()  # nor kept
+
+
+def test_an_l402_client_pays_and_repeats_the_request(setup) -> None:
+    """What lnget and the other L402 clients do: pay the challenge, send the same request again
+    with `L402 <macaroon>:<preimage>`; that is the same run, never a second one."""
+    client, world, rpc, _, _ = setup
+    body = {"rpc_url": rpc, "contract": world.per_token.address, "tokens": "1-3", "model": MODEL}
+    first = client.post("/v1/collections", json=body)
+    assert first.status_code == 402
+    challenge = l402.parse_challenge(first.headers["WWW-Authenticate"])
+    paid = client.post("/v1/dev/pay", json={"payment_request": challenge.invoice, "wait": True, "timeout": 120})
+    assert paid.status_code == 200 and paid.json()["preimage"], paid.text  # settled: the work is done
+    credential = f"L402 {challenge.macaroon}:{paid.json()['preimage']}"
+    again = client.post("/v1/collections", json=body, headers={"Authorization": credential})
+    assert again.status_code in (200, 202), again.text
+    assert again.json()["id"] == first.json()["id"] and "WWW-Authenticate" not in again.headers
+    # the credential is bound to this request, and must prove the payment
+    other = client.post("/v1/collections", json=body | {"tokens": "1"}, headers={"Authorization": credential})
+    assert other.status_code == 401
+    forged = f"L402 {challenge.macaroon}:{'00' * 32}"
+    unpaid = client.post("/v1/collections", json=body, headers={"Authorization": forged})
+    assert unpaid.status_code == 401
+    assert drive(client, first.json()["id"])["paid_sat"] == first.json()["amount_sat"]

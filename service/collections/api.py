@@ -54,18 +54,25 @@ def collections_router(collections: Collections) -> APIRouter:
         and why, the price and the payment batches. Changes nothing anywhere (a dry run)."""
         return (await desk.plan(plan_request(body))).to_dict()  # refusals: service.problems
 
-    @router.post("", status_code=402, responses=errors(409, 422, 502, 503))
+    @router.post("", status_code=402, responses=errors(401, 409, 422, 502, 503))
     async def create(
         body: CollectionRunBody,
         idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
+        authorization: Annotated[str | None, Header(max_length=8192)] = None,
     ) -> JSONResponse:
         """Plan the upgrade (as `/plan` does), keep every token's image, and answer 402 with the
         first batch's hold invoice (`WWW-Authenticate: L402 ...`; the body's `invoice` too).
         Each later batch's invoice appears in `GET /v1/collections/{id}` once the one before is
         done. A token that fails is never paid for: its batch's invoice is cancelled and a new
         one asks for the tokens that succeeded only. The same Idempotency-Key with the same
-        body answers with the same run."""
-        started = await runs.create(run_request(body), idempotency_key)
+        body answers with the same run, and so does the same body with the L402 credential of
+        one of its batches (`Authorization: L402 <macaroon>:<preimage>`, what an L402 client
+        sends after paying): with the next batch's challenge while one is open."""
+        request = run_request(body)
+        if authorization:
+            started = runs.resume(authorization, request)
+        else:
+            started = await runs.create(request, idempotency_key)
         return _run_response(runs.view(started.run.id) or {}, started.challenge)
 
     @router.get("/{run_id:run}", responses=errors(404))

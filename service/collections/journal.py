@@ -314,6 +314,10 @@ class CollectionJournal:
         rows = self.store.read("SELECT * FROM collection_tokens WHERE run_id = ?", run_id)
         return sorted((_row(TokenRow, row) for row in rows), key=lambda t: t.token_id)
 
+    def batch(self, payment_hash: str) -> BatchRow | None:
+        rows = self.store.read("SELECT * FROM collection_batches WHERE payment_hash = ?", payment_hash)
+        return _row(BatchRow, rows[0]) if rows else None
+
     def batches(self, run_id: str) -> list[BatchRow]:
         rows = self.store.read("SELECT * FROM collection_batches WHERE run_id = ? ORDER BY seq, rowid", run_id)
         return [_row(BatchRow, row) for row in rows]

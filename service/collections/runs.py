@@ -34,7 +34,7 @@ from ..inputs import atomic_write
 from ..intake import ServerBusy
 from ..jobs import Job, JobState
 from ..runner import JobRunner
-from ..store import SqliteJobStore
+from ..store import RootKeys, SqliteJobStore
 from .batches import BatchPayments, new_batch
 from .desk import CollectionDesk
 from .errors import CollectionRefused, RunBusy
@@ -258,6 +258,19 @@ class CollectionRuns:
         if budget <= 0:
             raise ServerBusy("this server holds as much unpaid work as it can; try again later", retry_after=60)
         return RunKeeper(self.folder / ("col_" + secrets.token_urlsafe(12)), budget)
+
+    def resume(self, authorization: str, request: RunRequest) -> Started:
+        """The same request again with the L402 credential of one of its batches (what an L402
+        client sends after paying): that run, never a new one. The next batch's challenge comes
+        with it while one is open, so the client pays batch after batch the same way."""
+        credential = l402.parse_authorization(authorization)
+        verified = l402.verify(credential, RootKeys(self.store), now=int(self.clock()),
+                               request_binding=request.binding())  # fmt: skip
+        batch = self.journal.batch(verified.payment_hash.hex())
+        run = self.journal.run(batch.run_id) if batch is not None else None
+        if run is None:
+            raise l402.InvalidToken("this token pays for no collection run here")
+        return Started(run, self.challenge(run.id))
 
     @staticmethod
     def _setter(text: str | None) -> Setter | None:
