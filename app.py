@@ -11,9 +11,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import signal
 import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from importlib.metadata import version
 
 from fastapi import FastAPI
@@ -28,15 +30,22 @@ from service import problems, ui
 from service.access import Gatekeeper
 from service.api import build_router, dev_router, provenance_router
 from service.chain_sender import ChainSender
+from service.cluster.coordinator import Coordinator
+from service.cluster.leadership import AdvisoryLock
+from service.cluster.queue import ProcrastinateQueue
+from service.cluster.roster import Roster
+from service.cluster.worker import ClusterWorker
 from service.collections.api import collections_router
 from service.collections.compose import compose as compose_collections
 from service.config import Settings
 from service.frontdoor import FrontDoor
 from service.gateway import gateway_router
 from service.openapi import install_contract
+from service.postgres_store import REGISTRY_LOCK, PostgresJobStore
 from service.provenance import Provenance
 from service.remote_pins import RemotePinner
-from service.store import SqliteJobStore
+from service.runner import JobRunner
+from service.store import SqliteJobStore, SqlJobStore
 from service.worker import JobService
 from sr_core.registry import ModelRegistry
 
@@ -69,7 +78,7 @@ def make_backend(settings: Settings) -> LightningBackend:
     return DevNode(settings.data_dir / "dev-node.sqlite3")
 
 
-def chain_connector(settings: Settings, store: SqliteJobStore) -> Callable[[], ProvenanceChain]:
+def chain_connector(settings: Settings, store: SqlJobStore) -> Callable[[], ProvenanceChain]:
     """How the chain sender gets its client: the embedded chain (replaying the outbox into it,
     since it starts empty) or a JSON-RPC chain with a registry configured, remembered or deployed."""
 
@@ -82,6 +91,13 @@ def chain_connector(settings: Settings, store: SqliteJobStore) -> Callable[[], P
             return chain
         if not settings.chain_private_key:
             raise ChainRejected("SATSCALE_CHAIN_RPC_URL needs SATSCALE_CHAIN_PRIVATE_KEY (the recorder's key)")
+        if isinstance(store, PostgresJobStore):
+            with store.exclusive(REGISTRY_LOCK):  # two nodes starting at once deploy one registry, not two
+                return remembered_registry(store)
+        return remembered_registry(store)
+
+    def remembered_registry(store: SqlJobStore) -> ProvenanceChain:
+        assert settings.chain_rpc_url is not None and settings.chain_private_key
         remembered = f"registry_address:{settings.chain_rpc_url}"
         chain = ProvenanceChain.connect(
             settings.chain_rpc_url,
@@ -95,14 +111,30 @@ def chain_connector(settings: Settings, store: SqliteJobStore) -> Callable[[], P
     return connect
 
 
-def create_app(
-    settings: Settings | None = None,
-    registry: ModelRegistry | None = None,
-    backend: LightningBackend | None = None,
-) -> FastAPI:
-    settings = settings or Settings()
+@dataclass
+class Core:
+    """Everything but the doors: what an API node and a worker both need."""
+
+    settings: Settings
+    store: SqlJobStore
+    backend: LightningBackend
+    ipfs: LocalIpfsStore
+    sender: ChainSender
+    pinner: RemotePinner
+    provenance: Provenance
+    service: JobService
+    #: a cluster's (PostgreSQL) queue and roster; None on the embedded single box
+    queue: ProcrastinateQueue | None = None
+    roster: Roster | None = None
+
+
+def build_core(
+    settings: Settings, registry: ModelRegistry | None = None, backend: LightningBackend | None = None
+) -> Core:
     registry = registry or ModelRegistry(settings=settings.engines)
-    store = SqliteJobStore(settings.database_path)
+    store: SqlJobStore = (
+        PostgresJobStore(settings.store_url) if settings.store_url else SqliteJobStore(settings.database_path)
+    )
     backend = backend or make_backend(settings)
     ipfs = LocalIpfsStore(settings.data_dir / "ipfs")
     private_ipfs = LocalIpfsStore(settings.data_dir / "ipfs-private")  # unpublished jobs: never served
@@ -121,6 +153,14 @@ def create_app(
         pinner.wake()
 
     provenance = Provenance(ipfs, private_ipfs, settings.ipfs_cid_version, remote=pinner.enabled)
+    roster = Roster(store) if isinstance(store, PostgresJobStore) else None
+    queues: list[ProcrastinateQueue] = []
+
+    def cluster_queue(runner: JobRunner) -> ProcrastinateQueue:
+        assert isinstance(store, PostgresJobStore) and roster is not None and settings.store_url
+        queues.append(ProcrastinateQueue(store, roster, runner, settings.store_url))
+        return queues[0]
+
     service = JobService(
         settings,
         store,
@@ -128,12 +168,36 @@ def create_app(
         registry,
         provenance=provenance,
         on_record=recorded,
+        queue=cluster_queue if roster is not None else None,
+        sole=roster is None,
     )
+    return Core(
+        settings, store, backend, ipfs, sender, pinner, provenance, service, queues[0] if queues else None, roster
+    )
+
+
+def advertised_models(core: Core) -> list[str]:
+    """The models this worker can run: every one whose weights it has and that loads."""
+    return [row.entry.name for row in core.service.engines.listing() if row.error is None]
+
+
+def create_app(
+    settings: Settings | None = None,
+    registry: ModelRegistry | None = None,
+    backend: LightningBackend | None = None,
+) -> FastAPI:
+    settings = settings or Settings()
+    if settings.role == "worker":
+        raise ValueError("a worker serves no HTTP: run `satscale worker` (or `satscale serve --role api|all`)")
+    core = build_core(settings, registry, backend)
+    store, backend, ipfs, sender, pinner, provenance, service = (
+        core.store, core.backend, core.ipfs, core.sender, core.pinner, core.provenance, core.service
+    )  # fmt: skip
     front = FrontDoor(service, Gatekeeper(store), provenance, lambda: sender.chain, sender.describe)
     collections = compose_collections(settings, store, backend, service, provenance, ipfs, sender)
+    coordinator: Coordinator | None = None
 
-    @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    async def embedded_duties() -> list[asyncio.Task]:
         if settings.chain_rpc_url is None:
             # the embedded chain starts empty: replay the recorded history before serving, so no
             # job reads "confirmed" while its record is not on this chain yet
@@ -143,6 +207,35 @@ def create_app(
         tasks = [asyncio.create_task(sender.run(), name="satscale-chain-sender")]
         if pinner.enabled:
             tasks.append(asyncio.create_task(pinner.run(), name="satscale-remote-pins"))
+        return tasks
+
+    async def cluster_duties() -> list[asyncio.Task]:
+        nonlocal coordinator
+        assert core.queue is not None and core.roster is not None and settings.store_url
+        await service.start()
+
+        async def collection_runs() -> None:
+            await collections.runs.start(sole=False)
+            try:
+                await asyncio.Event().wait()
+            finally:
+                await collections.runs.stop()
+
+        duties = {"chain-sender": sender.run, "collection-runs": collection_runs}
+        if pinner.enabled:
+            duties["remote-pins"] = pinner.run
+        coordinator = Coordinator(AdvisoryLock(settings.store_url), service, core.queue, duties)
+        tasks = [asyncio.create_task(coordinator.run(), name="satscale-coordinator")]
+        if settings.role == "all":  # this node runs jobs too
+            worker = ClusterWorker(
+                core.queue, core.roster, advertised_models(core), settings.worker_queue, settings.worker_concurrency
+            )
+            tasks.append(asyncio.create_task(worker.run(), name="satscale-cluster-worker"))
+        return tasks
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        tasks = await (cluster_duties() if core.queue is not None else embedded_duties())
         try:
             yield
         finally:
@@ -181,6 +274,8 @@ def create_app(
             "lightning": "up" if service.backend_available else "down",
             "backend": backend.name,
             "chain": "up" if sender.available else "down",
+            "role": settings.role,
+            "coordinator": coordinator.leading if coordinator is not None else True,
         }
 
     def listed_models() -> tuple[list[str], list[int]]:
@@ -199,6 +294,35 @@ def main(**overrides: object) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = Settings(**overrides)
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port)
+
+
+async def run_worker(settings: Settings, registry: ModelRegistry | None = None) -> None:
+    """A cluster worker (`satscale worker`): runs jobs from the queue until cancelled or signalled."""
+    core = build_core(settings, registry)
+    if core.queue is None or core.roster is None:
+        raise ValueError("a worker needs SATSCALE_STORE_URL (the PostgreSQL database the API nodes use)")
+    worker = ClusterWorker(
+        core.queue, core.roster, advertised_models(core), settings.worker_queue, settings.worker_concurrency
+    )
+    await core.service.start()
+    task = asyncio.create_task(worker.run(), name="satscale-cluster-worker")
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stopping.set)
+    try:
+        await asyncio.wait([task, asyncio.create_task(stopping.wait())], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await core.service.stop()
+        core.store.close()
+
+
+def worker_main(**overrides: object) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    asyncio.run(run_worker(Settings(role="worker", **overrides)))
 
 
 if __name__ == "__main__":

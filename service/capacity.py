@@ -24,6 +24,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from sr_core.engines import Engine, EngineInfo
 from sr_core.fidelity import calibrate as calibrate_figure
@@ -69,8 +70,18 @@ def variant_key(info: EngineInfo) -> tuple[str, str, str]:
     return (info.weights_sha256, info.device, info.precision.value)
 
 
+class SampleStore(Protocol):
+    """Where measurements live so that every node estimates from every worker's calls (the job store)."""
+
+    def add_sample(self, variant: str, seconds_per_unit: float, keep: int) -> None: ...
+    def samples(self, variant: str, limit: int) -> list[float]: ...
+
+
 class ThroughputMeter:
-    def __init__(self) -> None:
+    def __init__(self, store: SampleStore | None = None) -> None:
+        """With a `store`, real calls are kept there (shared by the nodes of a cluster, kept across
+        restarts); without one, in this process. Calibrations always stay in the process."""
+        self._store = store
         self._measured: dict[tuple[str, str, str], deque[float]] = {}  # seconds per pixel, real calls
         self._calibrated: dict[tuple[str, str, str], float] = {}  # the engine's own measurement
         self._lock = threading.Lock()
@@ -89,15 +100,25 @@ class ThroughputMeter:
     def _record(self, key: tuple[str, str, str], units: int, seconds: float) -> bool:
         if units < MIN_SAMPLE_PIXELS or seconds < MIN_SAMPLE_SECONDS:
             return False
+        if self._store is not None:
+            self._store.add_sample("|".join(key), seconds / units, SAMPLES_KEPT)
+            return True
         with self._lock:
             self._measured.setdefault(key, deque(maxlen=SAMPLES_KEPT)).append(seconds / units)
         return True
+
+    def _real(self, key: tuple[str, str, str]) -> list[float]:
+        if self._store is not None:
+            return self._store.samples("|".join(key), SAMPLES_KEPT)
+        with self._lock:
+            return list(self._measured.get(key, ()))
 
     def samples(self, info: EngineInfo) -> int:
         """Measurements behind the estimate: calibration calls and counted real calls."""
         key = variant_key(info)
         with self._lock:
-            return (CALIBRATION_CALLS if key in self._calibrated else 0) + len(self._measured.get(key, ()))
+            calibrated = key in self._calibrated
+        return (CALIBRATION_CALLS if calibrated else 0) + len(self._real(key))
 
     def rate(self, engine: Engine) -> float:
         """Seconds per work unit: the upper quantile of recent real calls, or (until there are
@@ -125,8 +146,7 @@ class ThroughputMeter:
         return self._rate(FIGURE_KEY, calibrate)
 
     def _rate(self, key: tuple[str, str, str], calibrate: Callable[[], float]) -> float:
-        with self._lock:
-            measured = sorted(self._measured.get(key, ()))
+        measured = sorted(self._real(key))
         if len(measured) >= CALIBRATION_CALLS:
             return _quantile(measured)
         with self._calibrating:

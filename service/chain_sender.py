@@ -1,7 +1,9 @@
 """Drains the provenance outbox onto the chain.
 
-Entries are written in the same SQLite transaction as the job's success, so a record
-can never be lost. The sender submits them one at a time with its own nonce counter,
+Entries are written in the same transaction as the job's success, so a record can never be
+lost. The sender submits them one at a time, each with the nonce the chain gives for the
+account's next (pending) transaction, never a count kept in the process: in a cluster another
+node may have sent from the same account since (one node at a time sends, service.cluster),
 remembers each transaction hash before waiting for it (status `sent`), retries with
 backoff while the RPC is down, and never records twice: before submitting, and after
 any doubt (a dropped or reverted transaction), it asks the registry whether the
@@ -41,7 +43,6 @@ class ChainSender:
         self.available = True
         self._chain: ProvenanceChain | None = None
         self._connect_lock = threading.Lock()
-        self._nonce: int | None = None
         #: held while a record is submitted, and by another writer from the same account
         self._submit_lock = threading.Lock()
         self._wake = asyncio.Event()
@@ -107,7 +108,6 @@ class ChainSender:
             # keep the entry, say why on the job, try again later. The nonce is re-read then: a
             # submission may or may not have reached the node (a duplicate reverts on chain anyway).
             self.available = False
-            self._nonce = None
             delay = BACKOFF[min(entry.attempts, len(BACKOFF) - 1)]
             log.warning("chain unavailable, retrying %s in %s s: %s", entry.payment_hash[:12], delay, exc)
             self.store.outbox_update(
@@ -129,13 +129,11 @@ class ChainSender:
         fields = RecordFields.from_payload(entry.payload)
         with self._submit_lock:
             try:
-                tx_hash = self.chain.send_record(fields, self._next_nonce())
+                tx_hash = self.chain.send_record(fields, self.chain.next_nonce())
             except ChainRejected as exc:
-                self._nonce = None  # the chain may have refused the nonce: ask again next time
                 rejected: ChainRejected | None = exc
             else:
                 rejected = None
-                self._nonce = (self._nonce or 0) + 1
         if rejected is not None:
             if not self._adopt_existing(payment_hash):
                 self._fail(payment_hash, entry, rejected)
@@ -153,17 +151,9 @@ class ChainSender:
     @contextlib.contextmanager
     def exclusive(self) -> Iterator[None]:
         """For another writer sending from this account (a collection's update): no record is
-        submitted meanwhile, and the nonce is read from the chain again afterwards."""
+        submitted meanwhile."""
         with self._submit_lock:
-            try:
-                yield
-            finally:
-                self._nonce = None
-
-    def _next_nonce(self) -> int:
-        if self._nonce is None:
-            self._nonce = self.chain.next_nonce()
-        return self._nonce
+            yield
 
     def _adopt_existing(self, payment_hash: str) -> bool:
         """If the registry already holds this payment hash, that record is ours: confirm it."""

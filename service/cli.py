@@ -313,8 +313,18 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from app import main as serve
 
-    overrides = {key: value for key, value in (("host", args.host), ("port", args.port)) if value is not None}
-    serve(**overrides)
+    if args.role == "worker":
+        return cmd_worker(argparse.Namespace(queue=None, concurrency=None))
+    given = (("host", args.host), ("port", args.port), ("role", args.role))
+    serve(**{key: value for key, value in given if value is not None})
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from app import worker_main
+
+    given = (("worker_queue", args.queue), ("worker_concurrency", args.concurrency))
+    worker_main(**{key: value for key, value in given if value is not None})
     return 0
 
 
@@ -464,7 +474,20 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="run the web app and API")
     serve.add_argument("--host", help="default: SATSCALE_HOST or 127.0.0.1")
     serve.add_argument("--port", type=int, help="default: SATSCALE_PORT or 7860")
+    serve.add_argument(
+        "--role",
+        choices=("all", "api", "worker"),
+        help="all (default): serve and run jobs; api: serve, workers run the jobs; worker: `satscale worker` "
+        "(api and worker need SATSCALE_STORE_URL)",
+    )
     serve.set_defaults(func=cmd_serve)
+
+    worker = commands.add_parser(
+        "worker", help="run jobs for a cluster's API nodes (needs SATSCALE_STORE_URL, a PostgreSQL database)"
+    )
+    worker.add_argument("--queue", help="this worker's pool, e.g. gpu (default: SATSCALE_WORKER_QUEUE or gpu)")
+    worker.add_argument("--concurrency", type=int, help="jobs run at once (default: SATSCALE_WORKER_CONCURRENCY or 1)")
+    worker.set_defaults(func=cmd_worker)
     return parser
 
 

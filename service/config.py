@@ -51,6 +51,18 @@ class Settings(BaseSettings):
     #: default: relative links. Never taken from the request's Host header.
     public_url: str | None = None
 
+    #: the job store: none is the embedded SQLite file in data_dir (one box); a PostgreSQL URL
+    #: (postgresql://user@host:5432/db) makes it, and the job queue (procrastinate), shared by every
+    #: API node and worker of a cluster (service.cluster)
+    store_url: str | None = None
+    #: what this process does: "all" serves and runs jobs (one box); "api" serves (HTTP, payments,
+    #: and one API node at a time coordinates); "worker" runs jobs (`satscale worker`). api and worker
+    #: need store_url
+    role: Literal["all", "api", "worker"] = "all"
+    #: a worker's pool (`satscale worker --queue gpu`) and how many jobs it runs at once
+    worker_queue: str = Field(default="gpu", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    worker_concurrency: int = Field(default=1, ge=1, le=64)
+
     #: "dev" is an embedded simulated node (no real money); "lnd" talks to a real LND
     backend: Literal["dev", "lnd"] = "dev"
     lnd_host: str = "127.0.0.1"
@@ -172,3 +184,21 @@ class Settings(BaseSettings):
     @property
     def database_path(self) -> Path:
         return self.data_dir / "satscale.sqlite3"
+
+    @property
+    def clustered(self) -> bool:
+        """Several processes share the store and the queue (PostgreSQL)."""
+        return self.store_url is not None
+
+    @model_validator(mode="after")
+    def _roles_need_a_shared_store(self) -> Settings:
+        if self.store_url is not None and not self.store_url.startswith(("postgresql://", "postgres://")):
+            raise ValueError("store_url must be a PostgreSQL URL (postgresql://user@host:5432/db)")
+        if self.role != "all" and self.store_url is None:
+            raise ValueError(f"role {self.role!r} needs SATSCALE_STORE_URL (a PostgreSQL database every node shares)")
+        if self.store_url is not None and self.chain_rpc_url is None:
+            raise ValueError(
+                "a shared store needs a shared chain: set SATSCALE_CHAIN_RPC_URL "
+                "(the embedded chain lives inside one process)"
+            )
+        return self

@@ -44,10 +44,12 @@ class Inputs:
         self.max_pending_bytes = max_pending_bytes
         self._lock = asyncio.Lock()
 
-    def start(self) -> None:
+    def start(self, sole: bool = True) -> None:
+        """`sole`: no other node writes to this folder, so a half-written file is a killed upload's."""
         self.folder.mkdir(parents=True, exist_ok=True)
-        for leftover in self.folder.glob(".*.partial"):  # an upload a kill interrupted
-            leftover.unlink(missing_ok=True)
+        if sole:
+            for leftover in self.folder.glob(".*.partial"):
+                leftover.unlink(missing_ok=True)
 
     def path_for(self, admission: Admission) -> Path:
         return self.folder / f"{admission.input_sha256}.{admission.image.format}"

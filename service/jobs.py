@@ -152,6 +152,8 @@ class Job:
     intermediates: str | None = None
     #: the collection run this job is a token of (its payment is that run's batch invoice)
     collection_run: str | None = None
+    #: the worker running (or that last ran) the job's engine: which one a takeover fences off
+    worker: str | None = None
 
     @property
     def stages(self) -> tuple[StageRequest, ...]:

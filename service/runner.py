@@ -1,23 +1,24 @@
-"""The embedded job queue and the engine runs.
+"""The engine runs of paid jobs; a queue (service.queue) says which job runs when, and where.
 
-    worker   payment_held -> processing -> engine (in a thread) -> pinned -> succeeded -> settle
+    run      payment_held -> processing -> engine (in a thread) -> pinned -> succeeded -> settle
              any failure -> failed -> cancel (the payer keeps the money)
 
-One job runs at a time. A job that fails while its engine runs (the hold budget ran out, the
-node cancelled the payment, an operator failed it) stops that engine between two tiles or
-sampler steps, and the next job starts at once instead of waiting for a result nobody will
-receive. Each state is persisted before its side effect, so a kill -9 anywhere resumes: the
-reconciler puts an interrupted run back in the queue, and the run first removes what the
-killed attempt left half-written.
+A job that fails while its engine runs (the hold budget ran out, the node cancelled the payment,
+an operator failed it, on this node or another) stops that engine between two tiles or sampler
+steps: the run writes its progress to the store, and that write is fenced by the attempt, so
+the first write after the job moved on tells the run to stop. The same fence keeps a run that
+another worker took over from succeeding. Each state is persisted before its side effect, so a
+kill -9 anywhere resumes: the job is queued again, and the run first removes what the killed
+attempt left half-written.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -42,6 +43,8 @@ log = logging.getLogger("satscale.runner")
 REASON_LIMIT = 300
 #: what a killed attempt leaves beside the output it was writing (sr_core.imageio.StreamingWriter)
 LEFTOVER_PATTERNS = (".*.partial", ".*.staging.tif")
+#: a run writes its progress (readable by every node) at most this often, seconds
+PROGRESS_INTERVAL = 0.25
 
 
 @dataclass(frozen=True)
@@ -93,38 +96,33 @@ class JobRunner:
         self.provenance = provenance
         self.on_record = on_record
         self.on_final: Callable[[Job], None] | None = None
-        self._queue: asyncio.Queue[str] = asyncio.Queue()
-        self._queued: set[str] = set()
-        self._progress: dict[str, float] = {}
         self._stops: dict[str, threading.Event] = {}
-        self._task: asyncio.Task | None = None
 
     # ------------------------------------------------------------ lifecycle
 
-    def start(self) -> None:
+    def start(self, sole: bool = True) -> None:
+        """`sole`: no other process writes to the outputs folder, so whatever is half-written
+        there now is a killed attempt's (workers sharing a folder each clean their own job's)."""
         self.outputs_dir.mkdir(parents=True, exist_ok=True)
-        for pattern in LEFTOVER_PATTERNS:  # nothing runs yet: whatever is half-written is a killed attempt's
-            for leftover in self.outputs_dir.glob(pattern):
-                leftover.unlink(missing_ok=True)
-        self._task = asyncio.create_task(self._worker_loop(), name="satscale-worker")
+        if sole:
+            for pattern in LEFTOVER_PATTERNS:
+                for leftover in self.outputs_dir.glob(pattern):
+                    leftover.unlink(missing_ok=True)
 
     async def stop(self) -> None:
         for stop in self._stops.values():
             stop.set()  # the engine thread ends at its next tile; the job resumes at the next start
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
 
     # ------------------------------------------------------------ what others ask
 
-    def enqueue(self, job_id: str) -> None:
-        if job_id not in self._queued:
-            self._queued.add(job_id)
-            self._queue.put_nowait(job_id)
-
     def progress(self, job_id: str) -> float | None:
-        return self._progress.get(job_id)
+        """A running job's progress, whichever node runs it (None unless it is running)."""
+        job = self.store.get(job_id)
+        return job.progress if job is not None and job.state is JobState.PROCESSING else None
+
+    def running(self, job_id: str) -> bool:
+        """Whether this process is running the job's engine now."""
+        return job_id in self._stops
 
     def backlog(self) -> float:
         """Seconds of engine work paid for and not done yet (queued, or the rest of the running job)."""
@@ -152,7 +150,6 @@ class JobRunner:
         else:
             # a plain invoice cannot be refunded by the node: say so, loudly
             log.error("job %s failed after a plain-invoice payment; refund by hand: %s", job_id, reason)
-        self._progress.pop(job_id, None)
         remove_intermediates(self.output_path(failed))  # what a stopped or killed run kept
         ended = self.store.get(job_id)
         if ended is not None:
@@ -166,17 +163,16 @@ class JobRunner:
 
     # ------------------------------------------------------------ processing
 
-    async def _worker_loop(self) -> None:
-        while True:
-            job_id = await self._queue.get()
-            self._queued.discard(job_id)
-            try:
-                await self._process(job_id)
-            except Exception:
-                log.exception("processing %s crashed", job_id)
-                await self.fail(job_id, "internal error while processing; the payment is returned")
+    async def run(self, job_id: str, worker: str | None = None) -> None:
+        """Run a held job (a no-op for a job that is not held any more: a stale queue entry).
+        `worker` names who runs it, for the job's record and a takeover's fence."""
+        try:
+            await self._process(job_id, worker)
+        except Exception:
+            log.exception("processing %s crashed", job_id)
+            await self.fail(job_id, "internal error while processing; the payment is returned")
 
-    async def _process(self, job_id: str) -> None:
+    async def _process(self, job_id: str, worker: str | None) -> None:
         job = self.store.get(job_id)
         if job is None or job.state is not JobState.PAYMENT_HELD:
             return
@@ -184,11 +180,16 @@ class JobRunner:
             await self.fail(job_id, "the hold budget ran out before the job could start; the payment is returned")
             return
         job = self.store.transition(
-            job_id, [JobState.PAYMENT_HELD], JobState.PROCESSING, started_at=self.clock(), attempts=job.attempts + 1
+            job_id,
+            [JobState.PAYMENT_HELD],
+            JobState.PROCESSING,
+            started_at=self.clock(),
+            attempts=job.attempts + 1,
+            progress=0.0,
+            worker=worker,
         )
         if job is None:
             return
-        self._progress[job_id] = 0.0
         stop = self._stops[job_id] = threading.Event()
         try:
             run = await asyncio.to_thread(self._run_engine, job, stop)
@@ -243,6 +244,7 @@ class JobRunner:
             [JobState.PROCESSING],
             JobState.SUCCEEDED,
             outbox=outbox,
+            attempt=job.attempts,
             output_path=str(run.path),
             output_sha256=run.sha256,
             output_width=run.width,
@@ -253,8 +255,7 @@ class JobRunner:
             progress=1.0,
             **provenance,
         )
-        self._progress.pop(job.id, None)
-        if done is None:  # failed meanwhile (hold budget ran out): the payer keeps the money
+        if done is None:  # failed meanwhile (hold budget ran out), or taken over: the payer keeps the money
             run.remove()
             return
         if outbox is not None and outbox.status == "pending" and self.on_record:
@@ -275,8 +276,15 @@ class JobRunner:
             leftover.unlink(missing_ok=True)
         remove_intermediates(target)
 
+        last_written = [0.0]
+
         def progress(fraction: float) -> None:
-            self._progress[job.id] = fraction
+            now = time.monotonic()
+            if now - last_written[0] < PROGRESS_INTERVAL and fraction < 1.0:
+                return
+            last_written[0] = now
+            if not self.store.progress(job.id, job.attempts, fraction):
+                stop.set()  # failed meanwhile, here or on another node, or taken over by another worker
 
         def timed(stage: int, units: int, seconds: float) -> None:
             self.meter.record(engines[stage - 1].info, units, seconds)

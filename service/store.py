@@ -1,10 +1,11 @@
-"""SQLite job store (WAL). Every transition is one conditional UPDATE, written before
-its side effect takes place, so a kill -9 at any point leaves a state the reconciler
-can finish from.
+"""The job store. Every transition is one conditional UPDATE, written before its side effect
+takes place, so a kill -9 at any point leaves a state the reconciler can finish from.
 
-`JobStore` is the small interface the service uses; `SqliteJobStore` is the embedded
-implementation (one box). A distributed deployment swaps in another implementation
-with the same methods (e.g. PostgreSQL) without touching engines or payments.
+`JobStore` is the small interface the service uses. `SqlJobStore` holds the state machine's
+SQL once; `SqliteJobStore` (WAL, one box, the default) and `PostgresJobStore`
+(service.postgres_store: several API nodes and workers) only say how to connect and how a
+transaction begins. The same statements run on both: `?` placeholders, and PostgreSQL's
+tables carry a `rowid` identity column, the name SQLite gives its implicit one.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -75,7 +76,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     pipeline TEXT,
     fidelity TEXT,
     intermediates TEXT,
-    collection_run TEXT
+    collection_run TEXT,
+    worker TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state);
 CREATE INDEX IF NOT EXISTS jobs_input ON jobs(input_sha256);
@@ -106,6 +108,12 @@ CREATE TABLE IF NOT EXISTS l402_root_keys (
     key_id BLOB PRIMARY KEY,
     root_key BLOB NOT NULL
 );
+CREATE TABLE IF NOT EXISTS throughput (
+    variant TEXT NOT NULL,
+    at REAL NOT NULL,
+    seconds_per_unit REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS throughput_variant ON throughput(variant);
 """
 
 _COLUMNS = [f.name for f in fields(Job)]
@@ -121,6 +129,7 @@ _ADDED_COLUMNS = (
     ("fidelity", "TEXT"),
     ("intermediates", "TEXT"),
     ("collection_run", "TEXT"),
+    ("worker", "TEXT"),
 )
 #: an outbox entry's status as the job shows it (held: a collection token's record, waiting for
 #: its batch to be paid before it may go on chain)
@@ -142,7 +151,7 @@ class OutboxEntry:
     last_error: str | None = None
 
 
-def _outbox_from_row(row: sqlite3.Row) -> OutboxEntry:
+def _outbox_from_row(row: Any) -> OutboxEntry:
     return OutboxEntry(
         payment_hash=row["payment_hash"],
         job_id=row["job_id"],
@@ -154,6 +163,11 @@ def _outbox_from_row(row: sqlite3.Row) -> OutboxEntry:
         block=row["block"],
         last_error=row["last_error"],
     )
+
+
+#: more writes inside a transition's transaction, given it and the job as it now is (the queue's
+#: ticket for a job whose payment is held)
+Also = Callable[[Any, Job], None]
 
 
 class JobStore(Protocol):
@@ -168,9 +182,14 @@ class JobStore(Protocol):
         source: Iterable[JobState],
         target: JobState,
         outbox: OutboxEntry | None = None,
+        attempt: int | None = None,
+        also: Also | None = None,
         **changes: Any,
     ) -> Job | None: ...
     def update(self, job_id: str, **changes: Any) -> Job: ...
+    def progress(self, job_id: str, attempt: int, fraction: float) -> bool: ...
+    def add_sample(self, variant: str, seconds_per_unit: float, keep: int) -> None: ...
+    def samples(self, variant: str, limit: int) -> list[float]: ...
     def unfinished(self) -> list[Job]: ...
     def count(self) -> int: ...
     def recent(self, limit: int = 20) -> list[Job]: ...
@@ -187,7 +206,7 @@ class JobStore(Protocol):
     def set_meta(self, key: str, value: str) -> None: ...
 
 
-def _from_row(row: sqlite3.Row) -> Job:
+def _from_row(row: Any) -> Job:
     values = dict(row)
     values["state"] = JobState(values["state"])
     values["invoice_status"] = InvoiceStatus(values["invoice_status"])
@@ -205,62 +224,53 @@ def _to_sql(value: Any) -> Any:
     return value
 
 
-class SqliteJobStore:
-    def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.path = path
-        self._lock = threading.RLock()
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
-        self._db.row_factory = sqlite3.Row
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")  # money state: durable across power loss too
-        self._db.execute("PRAGMA foreign_keys=ON")
-        self._migrate()
-        self._db.executescript(SCHEMA)
+class SqlJobStore:
+    """The job store's statements, shared by SQLite and PostgreSQL. A subclass gives `_lock`
+    (one statement or transaction at a time on its connection), `_execute` for a read outside
+    a transaction and `_transaction` (a write transaction yielding something with `execute`)."""
 
-    def _migrate(self) -> None:
-        """Bring a database written by an older release up to the current columns."""
-        existing = {row["name"] for row in self._db.execute("PRAGMA table_info(jobs)")}
-        if not existing:
-            return  # a new database: SCHEMA creates everything
-        for name, definition in _ADDED_COLUMNS:
-            if name not in existing:
-                self._db.execute(f"ALTER TABLE jobs ADD COLUMN {name} {definition}")
+    _lock: threading.RLock
 
-    def close(self) -> None:
-        with self._lock:
-            self._db.close()
+    def _execute(self, query: str, args: Sequence[Any] = ()) -> Any:
+        raise NotImplementedError
 
     @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction (BEGIN IMMEDIATE); the collection journal writes in it too."""
+    def _transaction(self) -> Iterator[Any]:
+        raise NotImplementedError
+        yield
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    @contextmanager
+    def transaction(self) -> Iterator[Any]:
+        """One write transaction; the collection journal writes in it too (`db.execute(sql, args)`)."""
         with self._transaction() as db:
             yield db
 
-    def read(self, query: str, *args: Any) -> list[sqlite3.Row]:
+    def read(self, query: str, *args: Any) -> list[Any]:
         """Rows of a read-only query (the collection journal's tables live in this database)."""
         with self._lock:
-            return self._db.execute(query, args).fetchall()
+            return self._execute(query, args).fetchall()
 
-    @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+    def create_tables(self, schema: str) -> None:
+        """Create another module's tables (the collection journal's) if they are missing."""
+        with self._transaction() as db:
+            for statement in schema.split(";"):
+                if statement.strip():
+                    db.execute(statement)
 
-    def _event(self, db: sqlite3.Connection, job_id: str, event: str, detail: str | None = None) -> None:
-        db.execute("INSERT INTO job_events VALUES (?, ?, ?, ?)", (job_id, time.time(), event, detail))
+    def _event(self, db: Any, job_id: str, event: str, detail: str | None = None) -> None:
+        db.execute(
+            "INSERT INTO job_events (job_id, at, event, detail) VALUES (?, ?, ?, ?)",
+            (job_id, time.time(), event, detail),
+        )
 
     def insert(self, job: Job) -> None:
         with self._transaction() as db:
             self.insert_in(db, job)
 
-    def insert_in(self, db: sqlite3.Connection, job: Job) -> None:
+    def insert_in(self, db: Any, job: Job) -> None:
         """Insert a job inside a transaction the caller holds (a batch's tokens, all or none)."""
         placeholders = ", ".join("?" for _ in _COLUMNS)
         db.execute(
@@ -271,8 +281,13 @@ class SqliteJobStore:
 
     def _one(self, query: str, *args: Any) -> Job | None:
         with self._lock:
-            row = self._db.execute(query, args).fetchone()
+            row = self._execute(query, args).fetchone()
         return _from_row(row) if row else None
+
+    def _many(self, query: str, *args: Any) -> list[Job]:
+        with self._lock:
+            rows = self._execute(query, args).fetchall()
+        return [_from_row(row) for row in rows]
 
     def get(self, job_id: str) -> Job | None:
         return self._one("SELECT * FROM jobs WHERE id = ?", job_id)
@@ -285,9 +300,7 @@ class SqliteJobStore:
 
     def by_input(self, input_sha256: str) -> list[Job]:
         """Every job made from this input."""
-        with self._lock:
-            rows = self._db.execute("SELECT * FROM jobs WHERE input_sha256 = ?", (input_sha256,)).fetchall()
-        return [_from_row(row) for row in rows]
+        return self._many("SELECT * FROM jobs WHERE input_sha256 = ?", input_sha256)
 
     def transition(
         self,
@@ -295,10 +308,14 @@ class SqliteJobStore:
         source: Iterable[JobState],
         target: JobState,
         outbox: OutboxEntry | None = None,
+        attempt: int | None = None,
+        also: Also | None = None,
         **changes: Any,
     ) -> Job | None:
-        """Move a job from one of `source` to `target` atomically; None if it was not in `source`.
-        An outbox entry, if given, is written in the same transaction (or not at all)."""
+        """Move a job from one of `source` to `target` atomically; None if it was not in `source`
+        (or, with `attempt`, if another attempt at it began meanwhile: a takeover's fence).
+        An outbox entry, if given, is written in the same transaction, and so is what `also`
+        writes (given the transaction): all of it or none."""
         allowed = [state for state in source]
         for state in allowed:
             check_transition(state, target)
@@ -306,9 +323,13 @@ class SqliteJobStore:
             assignments = {"state": target, "updated_at": time.time(), **changes}
             sets = ", ".join(f"{name} = ?" for name in assignments)
             marks = ", ".join("?" for _ in allowed)
+            fence = " AND attempts = ?" if attempt is not None else ""
             cursor = db.execute(
-                f"UPDATE jobs SET {sets} WHERE id = ? AND state IN ({marks})",
-                [_to_sql(v) for v in assignments.values()] + [job_id] + [s.value for s in allowed],
+                f"UPDATE jobs SET {sets} WHERE id = ? AND state IN ({marks}){fence}",
+                [_to_sql(v) for v in assignments.values()]
+                + [job_id]
+                + [s.value for s in allowed]
+                + ([attempt] if attempt is not None else []),
             )
             if cursor.rowcount == 0:
                 return None
@@ -326,7 +347,10 @@ class SqliteJobStore:
                 )
             self._event(db, job_id, target.value, changes.get("error"))
             row = db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
-        return _from_row(row)
+            job = _from_row(row)
+            if also is not None:
+                also(db, job)
+        return job
 
     def update(self, job_id: str, **changes: Any) -> Job:
         """Change fields that are not the job state (invoice status, progress...)."""
@@ -343,46 +367,76 @@ class SqliteJobStore:
             raise KeyError(job_id)
         return _from_row(row)
 
+    def progress(self, job_id: str, attempt: int, fraction: float) -> bool:
+        """A running attempt's progress, readable by every node. False when the job is no longer
+        this attempt's to run (it failed meanwhile, or another worker took it over): stop."""
+        with self._transaction() as db:
+            cursor = db.execute(
+                "UPDATE jobs SET progress = ? WHERE id = ? AND state = 'processing' AND attempts = ?",
+                (fraction, job_id, attempt),
+            )
+            return cursor.rowcount > 0
+
     def unfinished(self) -> list[Job]:
         """Jobs the reconciler must look at: not final, or final with an invoice still open/held."""
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT * FROM jobs WHERE state IN ('awaiting_payment', 'payment_held', 'processing') "
-                "OR invoice_status IN ('none', 'open', 'accepted') ORDER BY created_at"
-            ).fetchall()
-        return [_from_row(row) for row in rows]
+        return self._many(
+            "SELECT * FROM jobs WHERE state IN ('awaiting_payment', 'payment_held', 'processing') "
+            "OR invoice_status IN ('none', 'open', 'accepted') ORDER BY created_at"
+        )
 
     def count(self) -> int:
         with self._lock:
-            return self._db.execute("SELECT COUNT(*) FROM jobs").fetchone()[0]
+            return self._execute("SELECT COUNT(*) AS n FROM jobs").fetchone()["n"]
 
     def recent(self, limit: int = 20) -> list[Job]:
         """The newest jobs first."""
-        with self._lock:
-            rows = self._db.execute("SELECT * FROM jobs ORDER BY created_at DESC LIMIT ?", (limit,)).fetchall()
-        return [_from_row(row) for row in rows]
+        return self._many("SELECT * FROM jobs ORDER BY created_at DESC LIMIT ?", limit)
 
     def events(self, job_id: str) -> list[tuple[float, str, str | None]]:
         with self._lock:
-            rows = self._db.execute(
+            rows = self._execute(
                 "SELECT at, event, detail FROM job_events WHERE job_id = ? ORDER BY rowid", (job_id,)
             ).fetchall()
         return [(row["at"], row["event"], row["detail"]) for row in rows]
 
     def put_root_key(self, key_id: bytes, root_key: bytes) -> None:
         with self._transaction() as db:
-            db.execute("INSERT INTO l402_root_keys VALUES (?, ?)", (key_id, root_key))
+            db.execute("INSERT INTO l402_root_keys (key_id, root_key) VALUES (?, ?)", (key_id, root_key))
 
     def get_root_key(self, key_id: bytes) -> bytes | None:
         with self._lock:
-            row = self._db.execute("SELECT root_key FROM l402_root_keys WHERE key_id = ?", (key_id,)).fetchone()
+            row = self._execute("SELECT root_key FROM l402_root_keys WHERE key_id = ?", (key_id,)).fetchone()
         return bytes(row["root_key"]) if row else None
+
+    # measured engine speed: every node's estimates use every worker's measurements
+
+    def add_sample(self, variant: str, seconds_per_unit: float, keep: int) -> None:
+        """One measured engine call; only the newest `keep` of a variant are kept."""
+        with self._transaction() as db:
+            db.execute(
+                "INSERT INTO throughput (variant, at, seconds_per_unit) VALUES (?, ?, ?)",
+                (variant, time.time(), seconds_per_unit),
+            )
+            db.execute(
+                "DELETE FROM throughput WHERE variant = ? AND rowid NOT IN "
+                "(SELECT rowid FROM throughput WHERE variant = ? ORDER BY rowid DESC LIMIT ?)",
+                (variant, variant, keep),
+            )
+
+    def samples(self, variant: str, limit: int) -> list[float]:
+        """The newest measurements of a variant, seconds per unit of work."""
+        with self._lock:
+            rows = self._execute(
+                "SELECT seconds_per_unit FROM throughput WHERE variant = ? ORDER BY rowid DESC LIMIT ?",
+                (variant, limit),
+            ).fetchall()
+        return [row["seconds_per_unit"] for row in rows]
 
     # provenance outbox: written with the job's success, drained by the chain sender
 
     def outbox_due(self, now: float, limit: int = 20) -> list[OutboxEntry]:
         with self._lock:
-            rows = self._db.execute(
+            rows = self._execute(
                 "SELECT * FROM provenance_outbox WHERE status IN ('pending', 'sent') AND next_attempt_at <= ? "
                 "ORDER BY created_at LIMIT ?",
                 (now, limit),
@@ -391,7 +445,7 @@ class SqliteJobStore:
 
     def outbox_entry(self, payment_hash: str) -> OutboxEntry | None:
         with self._lock:
-            row = self._db.execute("SELECT * FROM provenance_outbox WHERE payment_hash = ?", (payment_hash,)).fetchone()
+            row = self._execute("SELECT * FROM provenance_outbox WHERE payment_hash = ?", (payment_hash,)).fetchone()
         return _outbox_from_row(row) if row else None
 
     def outbox_update(self, payment_hash: str, **changes: Any) -> None:
@@ -447,24 +501,67 @@ class SqliteJobStore:
         return released
 
     def remote_pins_due(self, now: float, limit: int = 20) -> list[Job]:
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT * FROM jobs WHERE ipfs_remote_status = 'pending' AND ipfs_remote_next_at <= ? "
-                "ORDER BY finished_at LIMIT ?",
-                (now, limit),
-            ).fetchall()
-        return [_from_row(row) for row in rows]
+        return self._many(
+            "SELECT * FROM jobs WHERE ipfs_remote_status = 'pending' AND ipfs_remote_next_at <= ? "
+            "ORDER BY finished_at LIMIT ?",
+            now,
+            limit,
+        )
 
     def get_meta(self, key: str) -> str | None:
         with self._lock:
-            row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+            row = self._execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         return row["value"] if row else None
 
     def set_meta(self, key: str, value: str) -> None:
         with self._transaction() as db:
             db.execute(
-                "INSERT INTO meta VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value", (key, value)
+                "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                (key, value),
             )
+
+
+class SqliteJobStore(SqlJobStore):
+    """The embedded store: one SQLite file in WAL mode, one connection, one process."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._lock = threading.RLock()
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
+        self._db.row_factory = sqlite3.Row
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")  # money state: durable across power loss too
+        self._db.execute("PRAGMA foreign_keys=ON")
+        self._migrate()
+        self._db.executescript(SCHEMA)
+
+    def _migrate(self) -> None:
+        """Bring a database written by an older release up to the current columns."""
+        existing = {row["name"] for row in self._db.execute("PRAGMA table_info(jobs)")}
+        if not existing:
+            return  # a new database: SCHEMA creates everything
+        for name, definition in _ADDED_COLUMNS:
+            if name not in existing:
+                self._db.execute(f"ALTER TABLE jobs ADD COLUMN {name} {definition}")
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def _execute(self, query: str, args: Sequence[Any] = ()) -> sqlite3.Cursor:
+        return self._db.execute(query, args)
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
 
 
 class RootKeys:

@@ -19,6 +19,7 @@ from payments.backend import BackendUnavailable, Invoice, InvoiceNotFound, Invoi
 from .config import Settings
 from .inputs import Inputs
 from .jobs import InvoiceStatus, Job, JobState
+from .queue import JobQueue
 from .settlement import Settlement
 from .store import JobStore, RootKeys
 
@@ -35,18 +36,18 @@ class PaymentWatcher:
         backend: LightningBackend,
         settlement: Settlement,
         inputs: Inputs,
-        on_held: Callable[[str], None],
+        queue: JobQueue,
         fail: Callable[[str, str], Awaitable[object]],
         clock: Callable[[], float],
     ) -> None:
-        """`on_held(job_id)`: the payment is held, run the job. `fail(job_id, reason)`: end it
+        """`queue`: where a job goes once its payment is held. `fail(job_id, reason)`: end it
         and give the payment back."""
         self.settings = settings
         self.store = store
         self.backend = backend
         self.settlement = settlement
         self.inputs = inputs
-        self.on_held = on_held
+        self.queue = queue
         self.fail = fail
         self.clock = clock
         self.root_keys = RootKeys(store)
@@ -55,7 +56,7 @@ class PaymentWatcher:
         self._lock = asyncio.Lock()
 
     def start(self) -> None:
-        self._timer = asyncio.create_task(self._timer_loop(), name="satscale-timers")
+        self._timer = asyncio.create_task(self.keep_time(), name="satscale-timers")
 
     async def stop(self) -> None:
         tasks = [*self._watchers.values(), *([self._timer] if self._timer else [])]
@@ -99,16 +100,12 @@ class PaymentWatcher:
             paid = invoice.state is InvoiceState.ACCEPTED or (invoice.state is InvoiceState.SETTLED and not job.hold)
             if paid and job.state is JobState.AWAITING_PAYMENT:
                 status = InvoiceStatus.ACCEPTED if job.hold else InvoiceStatus.SETTLED
-                held = self.store.transition(
+                self.queue.hold(
                     job_id,
-                    [JobState.AWAITING_PAYMENT],
-                    JobState.PAYMENT_HELD,
                     invoice_status=status,
                     held_at=now,
                     hold_deadline=now + self.settings.hold_budget_seconds,
                 )
-                if held:
-                    self.on_held(job_id)
             elif invoice.state is InvoiceState.CANCELED:
                 self.store.update(job_id, invoice_status=InvoiceStatus.CANCELED)
                 if job.state is JobState.AWAITING_PAYMENT:
@@ -124,7 +121,8 @@ class PaymentWatcher:
 
     # ------------------------------------------------------------ timers
 
-    async def _timer_loop(self) -> None:
+    async def keep_time(self) -> None:
+        """Expire unpaid invoices and fail jobs past their hold budget, every second, forever."""
         while True:
             await asyncio.sleep(TIMER_INTERVAL)
             try:
@@ -195,13 +193,15 @@ class PaymentWatcher:
                     bytes.fromhex(job.payment_hash), job.request_hash, job.token_valid_until, self.root_keys
                 )
                 job = self.store.update(job.id, macaroon=token.macaroon)
-        if job.state is JobState.PROCESSING:
-            # the engine run died with the process: run it again while the payment is still held
-            job = self.store.transition(job.id, [JobState.PROCESSING], JobState.PAYMENT_HELD) or job
+        if job.state is JobState.PROCESSING and self.queue.orphaned(job):
+            # the engine run died with its process: run it again while the payment is still held
+            job = (
+                self.store.transition(job.id, [JobState.PROCESSING], JobState.PAYMENT_HELD, attempt=job.attempts) or job
+            )
         await self.on_invoice(job.id, invoice)
         job = self.store.get(job.id) or job
         if job.state is JobState.PAYMENT_HELD:
-            self.on_held(job.id)
+            self.queue.enqueue(job.id)
         elif job.state is JobState.AWAITING_PAYMENT:
             self.watch(job)
         elif job.state is JobState.SUCCEEDED and job.hold and invoice.state is InvoiceState.ACCEPTED:

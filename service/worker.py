@@ -3,7 +3,8 @@
     intake      decode, validate, price and admit an upload (service.intake)
     checkout    job row, hold invoice, L402 token (service.checkout)
     watcher     invoice held -> queued; expiry and hold-budget timers; reconcile (service.watcher)
-    runner      the queue and the engine runs; settle on success, cancel on failure (service.runner)
+    queue       which held job runs when and where: this process's, or a cluster's (service.queue)
+    runner      the engine runs; settle on success, cancel on failure (service.runner)
     settlement  the backend's settle/cancel calls and its availability (service.settlement)
 
 Each state is persisted before its side effect (settle, cancel, engine run), and every side
@@ -27,6 +28,7 @@ from .inputs import Inputs
 from .intake import Intake, upload_limits
 from .jobs import Job
 from .provenance import Provenance
+from .queue import EmbeddedQueue, JobQueue
 from .runner import JobRunner
 from .settlement import Settlement
 from .store import JobStore
@@ -43,16 +45,22 @@ class JobService:
         clock: Callable[[], float] = time.time,
         provenance: Provenance | None = None,
         on_record: Callable[[], None] | None = None,
+        queue: Callable[[JobRunner], JobQueue] | None = None,
+        sole: bool = True,
     ) -> None:
         """`provenance` pins each finished job and queues its chain record; `on_record` is
-        told when a record was queued (the chain sender wakes up)."""
+        told when a record was queued (the chain sender wakes up). `queue` makes the job queue
+        around the runner (default: this process's own). `sole`: this is the only node, so it
+        also keeps the clocks and reconciles at start (in a cluster one node at a time does,
+        service.cluster.duties)."""
         self.settings = settings
         self.store = store
         self.backend = backend
         self.clock = clock
         self.inputs_dir = settings.data_dir / "inputs"
         self.engines = Engines(registry, settings.device, settings.precision)
-        self.meter = ThroughputMeter()
+        self.sole = sole
+        self.meter = ThroughputMeter(store)
         self.settlement = Settlement(store, backend)
         self.inputs = Inputs(self.inputs_dir, store, settings.max_pending_upload_bytes)
         self.runner = JobRunner(
@@ -67,8 +75,9 @@ class JobService:
             provenance,
             on_record,
         )
+        self.queue: JobQueue = (queue or (lambda runner: EmbeddedQueue(store, runner)))(self.runner)
         self.watcher = PaymentWatcher(
-            settings, store, backend, self.settlement, self.inputs, self.runner.enqueue, self.runner.fail, clock
+            settings, store, backend, self.settlement, self.inputs, self.queue, self.runner.fail, clock
         )
         self.settlement.on_reconnect = self.watcher.reconcile
         self.checkout = Checkout(settings, store, backend, self.settlement, self.inputs, clock, self.watcher.watch)
@@ -79,17 +88,19 @@ class JobService:
         return self.settlement.available
 
     async def start(self) -> None:
-        self.inputs.start()
-        self.runner.start()
-        self.watcher.start()
+        self.inputs.start(sole=self.sole)
+        await self.queue.start()
+        if self.sole:
+            self.watcher.start()
         try:
             await self.backend.start()
-            await self.watcher.reconcile()
+            if self.sole:
+                await self.watcher.reconcile()
         except PaymentError as exc:  # unreachable or misconfigured: serve anyway, answer 503, keep trying
             self.settlement.lost(exc)
 
     async def stop(self) -> None:
-        await self.runner.stop()
+        await self.queue.stop()
         await self.watcher.stop()
         await self.settlement.stop()
         await self.backend.close()

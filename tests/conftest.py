@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -49,3 +50,12 @@ def face_folder(weights_folder: Path, tmp_path_factory: pytest.TempPathFactory) 
 @pytest.fixture(scope="session")
 def face_registry(face_folder: Path) -> ModelRegistry:
     return ModelRegistry(face_folder)
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A fresh PostgreSQL database (dropped after the test)."""
+    from .postgres import fresh_database
+
+    with fresh_database() as url:
+        yield url

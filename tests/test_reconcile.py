@@ -68,7 +68,7 @@ killed: list[JobService] = []
 
 def kill(service: JobService) -> None:
     """The process dies: its tasks stop where they are, nothing is cleaned up."""
-    tasks = [service.runner._task, service.watcher._timer, *service.watcher._watchers.values()]
+    tasks = [service.queue._task, service.watcher._timer, *service.watcher._watchers.values()]
     for task in tasks:
         if task is not None:
             task.cancel()

@@ -32,8 +32,9 @@ from ..config import Settings
 from ..intake import ADMISSION_SHARE, Intake, JobOptions
 from ..jobs import InvoiceStatus, Job, JobState
 from ..provenance import Provenance
+from ..queue import JobQueue
 from ..runner import JobRunner
-from ..store import RootKeys, SqliteJobStore
+from ..store import RootKeys, SqlJobStore
 from .journal import BatchRow, CollectionJournal, RunRow, TokenRow
 
 log = logging.getLogger("satscale.collections")
@@ -66,11 +67,12 @@ class BatchPayments:
     def __init__(
         self,
         settings: Settings,
-        store: SqliteJobStore,
+        store: SqlJobStore,
         journal: CollectionJournal,
         backend: LightningBackend,
         intake: Intake,
         runner: JobRunner,
+        queue: JobQueue,
         provenance: Provenance,
         clock: Callable[[], float],
         on_released: Callable[[], None],
@@ -82,6 +84,7 @@ class BatchPayments:
         self.backend = backend
         self.intake = intake
         self.runner = runner
+        self.queue = queue
         self.provenance = provenance
         self.clock = clock
         self.on_released = on_released
@@ -94,8 +97,8 @@ class BatchPayments:
         to the queue while its batch's payment is still held."""
         for token in self.journal.tokens(run.id):
             job = self.store.get(token.job_id) if token.job_id else None
-            if job is not None and job.state is JobState.PROCESSING:
-                self.store.transition(job.id, [JobState.PROCESSING], JobState.PAYMENT_HELD)
+            if job is not None and self.queue.orphaned(job):
+                self.store.transition(job.id, [JobState.PROCESSING], JobState.PAYMENT_HELD, attempt=job.attempts)
 
     async def advance(self, run: RunRow) -> bool:
         """Take the run's current batch one step on; True when every batch is done."""
@@ -191,7 +194,7 @@ class BatchPayments:
             self.journal.update_tokens(run.id, [token_id], status="failed", error=reason)
         if self.journal.hold_batch(batch, jobs, now):
             for _, job in jobs:
-                self.runner.enqueue(job.id)
+                self.queue.enqueue(job.id)
 
     async def _job(self, run: RunRow, token: TokenRow, now: float) -> Job:
         data = await asyncio.to_thread(Path(token.image_path or "").read_bytes)
@@ -241,7 +244,7 @@ class BatchPayments:
         if any(job is not None and not job.state.final for job in jobs.values()):
             for job in jobs.values():  # queued again after a restart (the queue drops repeats)
                 if job is not None and job.state is JobState.PAYMENT_HELD:
-                    self.runner.enqueue(job.id)
+                    self.queue.enqueue(job.id)
             return
         succeeded = [i for i, job in jobs.items() if job is not None and job.state is JobState.SUCCEEDED]
         if len(succeeded) == len(batch.token_ids) and state is not InvoiceState.CANCELED:

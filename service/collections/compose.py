@@ -14,7 +14,7 @@ from provenance.ipfs import LocalIpfsStore
 from ..chain_sender import ChainSender
 from ..config import Settings
 from ..provenance import Provenance
-from ..store import SqliteJobStore
+from ..store import SqlJobStore
 from ..worker import JobService
 from .batches import BatchPayments
 from .desk import CollectionDesk
@@ -48,7 +48,7 @@ def chain_access(settings: Settings, sender: ChainSender) -> Callable[[RunRow], 
 
 def compose(
     settings: Settings,
-    store: SqliteJobStore,
+    store: SqlJobStore,
     backend: LightningBackend,
     service: JobService,
     provenance: Provenance,
@@ -58,7 +58,16 @@ def compose(
     desk = CollectionDesk(settings, service.intake, ipfs, reader_factory(settings, lambda: sender.chain))
     journal = CollectionJournal(store)
     payments = BatchPayments(
-        settings, store, journal, backend, service.intake, service.runner, provenance, service.clock, sender.wake
+        settings,
+        store,
+        journal,
+        backend,
+        service.intake,
+        service.runner,
+        service.queue,
+        provenance,
+        service.clock,
+        sender.wake,
     )
     finisher = RunFinisher(journal, store, ipfs, chain_access(settings, sender), sender.describe)
     runs = CollectionRuns(

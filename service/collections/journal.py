@@ -21,7 +21,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, fields
 from typing import Any
 
-from ..store import SqliteJobStore
+from ..store import SqlJobStore
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS collection_runs (
@@ -187,15 +187,12 @@ def _set(db: Any, table: str, where: str, args: Iterable[Any], changes: dict[str
 
 
 class CollectionJournal:
-    """Runs, tokens and batches in the job store's SQLite database (token ids are kept as text:
-    an ERC-721 id is a uint256, wider than SQLite's integers)."""
+    """Runs, tokens and batches in the job store's database, SQLite or PostgreSQL (token ids are
+    kept as text: an ERC-721 id is a uint256, wider than either's integers)."""
 
-    def __init__(self, store: SqliteJobStore) -> None:
+    def __init__(self, store: SqlJobStore) -> None:
         self.store = store
-        with store.transaction() as db:
-            for statement in SCHEMA.split(";"):
-                if statement.strip():
-                    db.execute(statement)
+        store.create_tables(SCHEMA)
 
     # ------------------------------------------------------------ writing
 
@@ -304,7 +301,7 @@ class CollectionJournal:
     def unpaid(self) -> tuple[int, int]:
         """Runs not done of which no batch is held or paid yet, and the bytes they keep."""
         row = self.store.read(
-            "SELECT COUNT(*) AS runs, COALESCE(SUM(kept_bytes), 0) AS kept FROM collection_runs r "
+            "SELECT COUNT(*) AS runs, CAST(COALESCE(SUM(kept_bytes), 0) AS BIGINT) AS kept FROM collection_runs r "
             "WHERE state IN ('running', 'finishing') AND NOT EXISTS (SELECT 1 FROM collection_batches b "
             "WHERE b.run_id = r.id AND b.status IN ('held', 'settled'))"
         )[0]

@@ -34,7 +34,7 @@ from ..inputs import atomic_write
 from ..intake import ServerBusy
 from ..jobs import Job, JobState
 from ..runner import JobRunner
-from ..store import RootKeys, SqliteJobStore
+from ..store import RootKeys, SqlJobStore
 from .batches import BatchPayments, new_batch
 from .desk import CollectionDesk
 from .errors import CollectionRefused, RunBusy
@@ -149,7 +149,7 @@ class CollectionRuns:
     def __init__(
         self,
         folder: Path,
-        store: SqliteJobStore,
+        store: SqlJobStore,
         journal: CollectionJournal,
         desk: CollectionDesk,
         backend: LightningBackend,
@@ -183,12 +183,14 @@ class CollectionRuns:
 
     # ------------------------------------------------------------ lifecycle
 
-    async def start(self) -> None:
+    async def start(self, sole: bool = True) -> None:
+        """`sole`: no other node plans runs into this folder, so an unjournaled one is a killed plan's
+        (in a cluster another node may be planning one right now: it is left alone)."""
         self.folder.mkdir(parents=True, exist_ok=True)
         known = {run.id for run in self.journal.active()}
         for run in self.journal.active():
             self.payments.recover(run)
-        for leftover in self.folder.iterdir():  # a run whose plan a kill interrupted: never journaled
+        for leftover in self.folder.iterdir() if sole else ():
             if leftover.is_dir() and leftover.name not in known and self.journal.run(leftover.name) is None:
                 shutil.rmtree(leftover, ignore_errors=True)
         self._task = asyncio.create_task(self._loop(), name="satscale-collections")
@@ -428,7 +430,7 @@ class CollectionRuns:
             if token.status == "queued" and job is not None:
                 row["status"] = _job_status(job)
                 if job.state is JobState.PROCESSING:
-                    row["progress"] = round(self.runner.progress(job.id) or 0.0, 3)
+                    row["progress"] = round(job.progress or 0.0, 3)
             if token.status not in RELEASED:  # a result not paid for is not shown, nor where it is
                 row |= {"input_cid": None, "output_cid": None}
             if token.pixel_art:
