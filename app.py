@@ -170,6 +170,7 @@ def build_core(
         on_record=recorded,
         queue=cluster_queue if roster is not None else None,
         sole=roster is None,
+        workers=roster.capacity if roster is not None else None,
     )
     return Core(
         settings, store, backend, ipfs, sender, pinner, provenance, service, queues[0] if queues else None, roster

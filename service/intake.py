@@ -169,12 +169,16 @@ class Intake:
         engines: Engines,
         meter: ThroughputMeter,
         backlog: Callable[[], float] = lambda: 0.0,
+        workers: Callable[[set[str]], int] = lambda models: 1,
     ) -> None:
-        """`backlog`: seconds of engine work already paid for and not yet done."""
+        """`backlog`: seconds of engine work already paid for and not yet done. `workers(models)`:
+        how many jobs needing these models can run at once (a cluster's live workers that have
+        them; one on a single box)."""
         self.settings = settings
         self.engines = engines
         self.meter = meter
         self.backlog = backlog
+        self.workers = workers
         self._lock = threading.Lock()
         self._inspected: OrderedDict[str, ImageInfo] = OrderedDict()
         self._surveys: OrderedDict[tuple, tuple[Engine, Survey | None]] = OrderedDict()
@@ -217,7 +221,14 @@ class Intake:
         """Validate the upload and the options, price the job, and refuse a job that cannot
         finish while its payment can be held."""
         admission = await asyncio.to_thread(self._admission, data, options, True, True)
-        self.check_time(admission.estimate, admission.image, admission.request.model)
+        models = {stage.model for stage in self._stage_options(options)}
+        running = await asyncio.to_thread(self.workers, models)
+        if running < 1:
+            raise ServerBusy(
+                f"no worker that runs {', '.join(sorted(models))} is up; nothing was charged, try again shortly",
+                retry_after=30,
+            )
+        self.check_time(admission.estimate, admission.image, admission.request.model, running)
         return admission
 
     async def admit_token(self, data: bytes, options: JobOptions) -> Admission:
@@ -230,7 +241,9 @@ class Intake:
         checked, nothing counted in the image (a token's repeat needs no second detection)."""
         return await asyncio.to_thread(lambda: self._admission(data, options, count=False).binding)
 
-    def check_time(self, estimate: Estimate, image: ImageInfo, model: str) -> None:
+    def check_time(self, estimate: Estimate, image: ImageInfo, model: str, workers: int = 1) -> None:
+        """Refuse a job that cannot finish within the hold budget, alone or behind the paid work
+        ahead of it (shared by `workers` running at once)."""
         budget = self.settings.hold_budget_seconds
         allowed = budget * ADMISSION_SHARE
         if estimate.seconds > allowed:
@@ -238,7 +251,7 @@ class Intake:
                 f"upload: {image.width}x{image.height} with {model} would take about {estimate.seconds:.0f} s "
                 f"here, and a payment can be held for {budget} s; send a smaller image or use a faster model"
             )
-        ahead = self.backlog()
+        ahead = self.backlog() / max(1, workers)
         if ahead + estimate.seconds > allowed:
             raise ServerBusy(
                 f"the server has about {ahead:.0f} s of paid work queued; this job would not finish within the "

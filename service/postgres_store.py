@@ -28,6 +28,8 @@ from .store import _ADDED_COLUMNS, SCHEMA, SqlJobStore
 #: advisory lock keys: creating or migrating the schema; connecting to (or deploying) the registry
 SCHEMA_LOCK = 0x5A7_5CA1E
 REGISTRY_LOCK = 0x5A7_5CA1F
+#: seconds to wait for the database to answer a new connection (an unreachable one fails, not hangs)
+CONNECT_TIMEOUT = 5
 
 
 @functools.lru_cache(maxsize=512)
@@ -82,7 +84,9 @@ class PostgresJobStore(SqlJobStore):
 
     def _connection(self) -> _Connection:
         if self._raw is None or self._raw.closed or self._raw.broken:
-            self._raw = psycopg.connect(self.url, autocommit=True, row_factory=dict_row)
+            self._raw = psycopg.connect(
+                self.url, autocommit=True, row_factory=dict_row, connect_timeout=CONNECT_TIMEOUT
+            )
         return _Connection(self._raw)
 
     def close(self) -> None:

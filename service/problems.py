@@ -7,7 +7,9 @@ same shape (500) without leaking internals.
 from __future__ import annotations
 
 import logging
+import sqlite3
 
+import psycopg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -66,6 +68,10 @@ def problem_response(request: Request, problem: Problem) -> JSONResponse:
         **problem.extra,
     }
     return JSONResponse(body, status_code=problem.status, headers=problem.headers, media_type=MEDIA_TYPE)
+
+
+#: the job database cannot be reached (PostgreSQL down or dropped; SQLite locked past its timeout)
+STORE_UNAVAILABLE = (psycopg.OperationalError, sqlite3.OperationalError)
 
 
 def to_problem(exc: Exception) -> Problem:
@@ -132,6 +138,14 @@ def to_problem(exc: Exception) -> Problem:
         )
     if isinstance(exc, TransitionError):
         return Problem(409, "job-state", "Job state conflict", str(exc))
+    if isinstance(exc, STORE_UNAVAILABLE):
+        return Problem(
+            503,
+            "store-unavailable",
+            "Job store unavailable",
+            "the job database cannot be reached right now; nothing was charged, try again shortly",
+            {"Retry-After": "5"},
+        )
     return Problem(500, "internal", "Internal error", "an unexpected error occurred; nothing was charged")
 
 
@@ -188,5 +202,6 @@ def install(app: FastAPI) -> None:
         ChainUnreachable,
         PlannerBusy,
         RunBusy,
+        *STORE_UNAVAILABLE,
     ):
         app.add_exception_handler(exc_type, handle_known)

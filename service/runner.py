@@ -193,6 +193,12 @@ class JobRunner:
         stop = self._stops[job_id] = threading.Event()
         try:
             run = await asyncio.to_thread(self._run_engine, job, stop)
+        except asyncio.CancelledError:
+            # this process is stopping: the engine ends at its next tile, and the job goes back to
+            # held at once, for the next start or another worker (fenced: only this attempt's)
+            stop.set()
+            self.store.transition(job_id, [JobState.PROCESSING], JobState.PAYMENT_HELD, attempt=job.attempts)
+            raise
         except Cancelled:
             return  # failed meanwhile (its payment is returned already), or the server is stopping
         except Exception as exc:

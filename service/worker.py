@@ -47,12 +47,14 @@ class JobService:
         on_record: Callable[[], None] | None = None,
         queue: Callable[[JobRunner], JobQueue] | None = None,
         sole: bool = True,
+        workers: Callable[[set[str]], int] | None = None,
     ) -> None:
         """`provenance` pins each finished job and queues its chain record; `on_record` is
         told when a record was queued (the chain sender wakes up). `queue` makes the job queue
         around the runner (default: this process's own). `sole`: this is the only node, so it
         also keeps the clocks and reconciles at start (in a cluster one node at a time does,
-        service.cluster.duties)."""
+        service.cluster.coordinator). `workers(models)`: how many jobs needing these models can
+        run at once (a cluster's live workers; one here)."""
         self.settings = settings
         self.store = store
         self.backend = backend
@@ -79,9 +81,12 @@ class JobService:
         self.watcher = PaymentWatcher(
             settings, store, backend, self.settlement, self.inputs, self.queue, self.runner.fail, clock
         )
-        self.settlement.on_reconnect = self.watcher.reconcile
+        if sole:  # in a cluster the coordinator's sweep finishes what an outage left
+            self.settlement.on_reconnect = self.watcher.reconcile
         self.checkout = Checkout(settings, store, backend, self.settlement, self.inputs, clock, self.watcher.watch)
-        self.intake = Intake(settings, self.engines, self.meter, backlog=self.runner.backlog)
+        self.intake = Intake(
+            settings, self.engines, self.meter, backlog=self.runner.backlog, workers=workers or (lambda models: 1)
+        )
 
     @property
     def backend_available(self) -> bool:

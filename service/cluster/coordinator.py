@@ -21,7 +21,10 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
-from ..jobs import InvoiceStatus, JobState
+from procrastinate import exceptions as procrastinate_errors
+from procrastinate.jobs import Status
+
+from ..jobs import InvoiceStatus, Job, JobState
 from ..worker import JobService
 from .leadership import AdvisoryLock
 from .queue import TASK, ProcrastinateQueue
@@ -125,15 +128,19 @@ class Coordinator:
         manager = self.queue.app.job_manager
         for ticket in await manager.get_stalled_jobs(task_name=TASK, seconds_since_heartbeat=STALLED_SECONDS):
             job = store.get(str(ticket.task_kwargs.get("job_id")))
-            if job is not None and job.state is JobState.PROCESSING:
+            if job is None or job.state.final:  # nothing left to run: the ticket is done with
+                await manager.finish_job_by_id_async(ticket.id, status=Status.FAILED, delete_job=False)
+                continue
+            if job.state is JobState.PROCESSING:
                 log.warning("job %s: its worker stopped answering; another one runs it", job.id)
                 store.transition(job.id, [JobState.PROCESSING], JobState.PAYMENT_HELD, attempt=job.attempts)
             try:
-                await manager.retry_job(ticket, queue=self._route(job) if job is not None else None)
-            except Exception:  # another ticket for the job waits already: this one is done with
-                await manager.finish_job_by_id_async(ticket.id, status=ticket.status.FAILED, delete_job=False)
+                await manager.retry_job(ticket, queue=self._route(job))
+            except procrastinate_errors.ConnectorException:
+                # another ticket for the job waits already (its queueing lock): that one runs it
+                await manager.finish_job_by_id_async(ticket.id, status=Status.FAILED, delete_job=False)
 
-    def _route(self, job) -> str:
+    def _route(self, job: Job) -> str:
         with self.service.store.transaction() as db:
             return self.queue.roster.route(db, job)
 

@@ -14,6 +14,8 @@ import os
 
 import psycopg
 
+from ..postgres_store import CONNECT_TIMEOUT
+
 log = logging.getLogger("satscale.cluster")
 
 #: the advisory lock key of the coordinator (any 64-bit number no other tool of the database uses)
@@ -21,9 +23,11 @@ COORDINATOR_LOCK = 0x5A75_C0_0D
 
 
 class AdvisoryLock:
-    def __init__(self, url: str, key: int = COORDINATOR_LOCK) -> None:
+    def __init__(self, url: str, key: int = COORDINATOR_LOCK, name: str | None = None) -> None:
+        """`name`: the lock connection's application_name (what pg_stat_activity shows)."""
         self.url = url
         self.key = key
+        self.name = name or f"satscale-coordinator-{os.getpid()}"
         self._conn: psycopg.AsyncConnection | None = None
         self.held = False
 
@@ -33,7 +37,7 @@ class AdvisoryLock:
             if self._conn is None or self._conn.closed or self._conn.broken:
                 self.held = False
                 self._conn = await psycopg.AsyncConnection.connect(
-                    self.url, autocommit=True, application_name=f"satscale-coordinator-{os.getpid()}"
+                    self.url, autocommit=True, application_name=self.name, connect_timeout=CONNECT_TIMEOUT
                 )
             if self.held:
                 await self._conn.execute("SELECT 1")

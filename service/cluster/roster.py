@@ -98,10 +98,11 @@ class Roster:
         rows = db.execute(query).fetchall() if db is not None else self.store.read(query)
         return [_row(row) for row in rows]
 
-    def can_run(self, models: set[str]) -> bool:
-        """Whether a live worker has every one of these models (the API refuses a job otherwise)."""
+    def capacity(self, models: set[str]) -> int:
+        """How many jobs needing these models the live workers can run at once (0: the API
+        refuses such a job before it is paid)."""
         now = time.time()
-        return any(w.alive(now) and models <= w.models for w in self.workers())
+        return sum(max(1, w.concurrency) for w in self.workers() if w.alive(now) and models <= w.models)
 
     def route(self, db: Any, job: Job) -> str:
         """The queue for a job's run, read in the caller's transaction: a live pool that has all its
