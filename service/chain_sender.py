@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -28,6 +29,8 @@ log = logging.getLogger("satscale.chain")
 RECEIPT_TIMEOUT = 60.0
 BACKOFF = (1, 2, 4, 8, 15, 30, 60)
 IDLE_POLL = 1.0
+#: what nodes answer when a transaction's nonce was taken by another one from the same account
+NONCE_CONFLICT = re.compile(r"nonce too (low|high)|replacement transaction underpriced|already known", re.IGNORECASE)
 
 
 class ChainSender:
@@ -108,14 +111,17 @@ class ChainSender:
             # keep the entry, say why on the job, try again later. The nonce is re-read then: a
             # submission may or may not have reached the node (a duplicate reverts on chain anyway).
             self.available = False
-            delay = BACKOFF[min(entry.attempts, len(BACKOFF) - 1)]
-            log.warning("chain unavailable, retrying %s in %s s: %s", entry.payment_hash[:12], delay, exc)
-            self.store.outbox_update(
-                entry.payment_hash,
-                attempts=entry.attempts + 1,
-                next_attempt_at=self.clock() + delay,
-                last_error=str(exc),
-            )
+            self._retry_later(entry, exc)
+
+    def _retry_later(self, entry: OutboxEntry, exc: Exception) -> None:
+        delay = BACKOFF[min(entry.attempts, len(BACKOFF) - 1)]
+        log.warning("chain unavailable, retrying %s in %s s: %s", entry.payment_hash[:12], delay, exc)
+        self.store.outbox_update(
+            entry.payment_hash,
+            attempts=entry.attempts + 1,
+            next_attempt_at=self.clock() + delay,
+            last_error=str(exc),
+        )
 
     def _deliver(self, entry: OutboxEntry) -> None:
         payment_hash = entry.payment_hash
@@ -135,8 +141,14 @@ class ChainSender:
             else:
                 rejected = None
         if rejected is not None:
-            if not self._adopt_existing(payment_hash):
-                self._fail(payment_hash, entry, rejected)
+            if self._adopt_existing(payment_hash):
+                return
+            if NONCE_CONFLICT.search(str(rejected)):
+                # another transaction from this account took the nonce (a coordinator that was
+                # taking over sent one just now): not a refusal of the record, try again
+                self._retry_later(entry, rejected)
+                return
+            self._fail(payment_hash, entry, rejected)
             return
         self.store.outbox_update(payment_hash, status="sent", tx_hash=tx_hash, attempts=entry.attempts + 1)
         mined = self.chain.wait_receipt(tx_hash, RECEIPT_TIMEOUT)

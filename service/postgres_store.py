@@ -13,6 +13,7 @@ creating it takes a transaction-level advisory lock.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import re
 import threading
@@ -28,8 +29,19 @@ from .store import _ADDED_COLUMNS, SCHEMA, SqlJobStore
 #: advisory lock keys: creating or migrating the schema; connecting to (or deploying) the registry
 SCHEMA_LOCK = 0x5A7_5CA1E
 REGISTRY_LOCK = 0x5A7_5CA1F
-#: seconds to wait for the database to answer a new connection (an unreachable one fails, not hangs)
-CONNECT_TIMEOUT = 5
+#: how every connection to the database is made: an unreachable server fails in seconds instead
+#: of hanging (connect timeout, TCP keepalives and a user timeout on our side), and the server
+#: notices a client that vanished (a power cut: its keepalives, set for the session), which
+#: frees the advisory locks that client held
+CONNECTION_OPTIONS: dict[str, object] = {
+    "connect_timeout": 5,
+    "keepalives": 1,
+    "keepalives_idle": 5,
+    "keepalives_interval": 2,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 15_000,
+    "options": "-c tcp_keepalives_idle=5 -c tcp_keepalives_interval=2 -c tcp_keepalives_count=3",
+}
 
 
 @functools.lru_cache(maxsize=512)
@@ -84,9 +96,7 @@ class PostgresJobStore(SqlJobStore):
 
     def _connection(self) -> _Connection:
         if self._raw is None or self._raw.closed or self._raw.broken:
-            self._raw = psycopg.connect(
-                self.url, autocommit=True, row_factory=dict_row, connect_timeout=CONNECT_TIMEOUT
-            )
+            self._raw = psycopg.connect(self.url, autocommit=True, row_factory=dict_row, **CONNECTION_OPTIONS)
         return _Connection(self._raw)
 
     def close(self) -> None:
@@ -106,11 +116,15 @@ class PostgresJobStore(SqlJobStore):
 
     @contextmanager
     def exclusive(self, key: int) -> Iterator[None]:
-        """Hold a cluster-wide lock (a transaction-level advisory lock) while the block runs; this
-        process's other store calls wait meanwhile (they share the connection)."""
-        with self._transaction() as db:
-            db.execute("SELECT pg_advisory_xact_lock(?)", (key,))
-            yield
+        """Hold a cluster-wide lock while the block runs (a session advisory lock on a connection
+        of its own, so this process's other store calls go on meanwhile)."""
+        with psycopg.connect(self.url, autocommit=True, **CONNECTION_OPTIONS) as conn:
+            conn.execute("SELECT pg_advisory_lock(%s)", (key,))
+            try:
+                yield
+            finally:
+                with contextlib.suppress(psycopg.Error):
+                    conn.execute("SELECT pg_advisory_unlock(%s)", (key,))
 
     def create_tables(self, schema: str) -> None:
         with self._transaction() as db:

@@ -35,6 +35,7 @@ from .collections.errors import ChainUnreachable, CollectionRefused, PlannerBusy
 from .frontdoor import DevWalletMissing, NotReady, UnknownIntermediate
 from .intake import ServerBusy
 from .jobs import TransitionError
+from .store import store_unavailable
 from .verify import NothingToVerify
 
 PLAN_RETRY_AFTER = "5"
@@ -70,8 +71,8 @@ def problem_response(request: Request, problem: Problem) -> JSONResponse:
     return JSONResponse(body, status_code=problem.status, headers=problem.headers, media_type=MEDIA_TYPE)
 
 
-#: the job database cannot be reached (PostgreSQL down or dropped; SQLite locked past its timeout)
-STORE_UNAVAILABLE = (psycopg.OperationalError, sqlite3.OperationalError)
+#: errors that may mean the job database cannot be reached (service.store.store_unavailable decides)
+STORE_ERRORS = (psycopg.OperationalError, sqlite3.OperationalError)
 
 
 def to_problem(exc: Exception) -> Problem:
@@ -138,7 +139,7 @@ def to_problem(exc: Exception) -> Problem:
         )
     if isinstance(exc, TransitionError):
         return Problem(409, "job-state", "Job state conflict", str(exc))
-    if isinstance(exc, STORE_UNAVAILABLE):
+    if store_unavailable(exc):
         return Problem(
             503,
             "store-unavailable",
@@ -202,6 +203,6 @@ def install(app: FastAPI) -> None:
         ChainUnreachable,
         PlannerBusy,
         RunBusy,
-        *STORE_UNAVAILABLE,
+        *STORE_ERRORS,
     ):
         app.add_exception_handler(exc_type, handle_known)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -35,7 +36,7 @@ from .inputs import Inputs
 from .jobs import ChainStatus, InvoiceStatus, Job, JobState
 from .provenance import Provenance
 from .settlement import Settlement
-from .store import JobStore
+from .store import JobStore, store_unavailable
 
 log = logging.getLogger("satscale.runner")
 
@@ -134,12 +135,16 @@ class JobRunner:
                 total += max(0.0, (job.estimated_seconds or 0.0) - elapsed)
         return total
 
-    async def fail(self, job_id: str, reason: str) -> Job | None:
-        """End a paid or unpaid job as failed, stop its engine, and give the payment back."""
+    async def fail(self, job_id: str, reason: str, attempt: int | None = None) -> Job | None:
+        """End a paid or unpaid job as failed, stop its engine, and give the payment back.
+        `attempt`: a run failing its own attempt, which fails nothing if another one took over."""
         job = self.store.get(job_id)
         if job is None or job.state.final:
             return job
-        failed = self.store.transition(job_id, [job.state], JobState.FAILED, error=reason, finished_at=self.clock())
+        source = [JobState.PROCESSING] if attempt is not None else [job.state]
+        failed = self.store.transition(
+            job_id, source, JobState.FAILED, attempt=attempt, error=reason, finished_at=self.clock()
+        )
         if failed is None:
             return self.store.get(job_id)
         stop = self._stops.get(job_id)
@@ -168,7 +173,12 @@ class JobRunner:
         `worker` names who runs it, for the job's record and a takeover's fence."""
         try:
             await self._process(job_id, worker)
-        except Exception:
+        except Exception as exc:
+            if store_unavailable(exc):
+                # the outcome of the last write is unknown: leave the job as the store has it (the
+                # reconciler, or a cluster's coordinator, runs it again or settles it)
+                log.warning("job %s: the job store is unreachable (%s); left for recovery", job_id, exc)
+                return
             log.exception("processing %s crashed", job_id)
             await self.fail(job_id, "internal error while processing; the payment is returned")
 
@@ -192,6 +202,17 @@ class JobRunner:
             return
         stop = self._stops[job_id] = threading.Event()
         try:
+            await self._attempt(job, stop)
+        except Exception as exc:
+            if store_unavailable(exc):
+                raise
+            log.exception("processing %s crashed", job_id)
+            await self.fail(job_id, "internal error while processing; the payment is returned", job.attempts)
+
+    async def _attempt(self, job: Job, stop: threading.Event) -> None:
+        """One attempt at a job this run moved to processing (`job.attempts` is this attempt's)."""
+        job_id = job.id
+        try:
             run = await asyncio.to_thread(self._run_engine, job, stop)
         except asyncio.CancelledError:
             # this process is stopping: the engine ends at its next tile, and the job goes back to
@@ -202,8 +223,10 @@ class JobRunner:
         except Cancelled:
             return  # failed meanwhile (its payment is returned already), or the server is stopping
         except Exception as exc:
+            if store_unavailable(exc):
+                raise
             log.warning("job %s failed: %s", job_id, exc)
-            await self.fail(job_id, f"upscaling failed: {self._reason(exc, job)}")
+            await self.fail(job_id, f"upscaling failed: {self._reason(exc, job)}", job.attempts)
             return
         finally:
             self._stops.pop(job_id, None)
@@ -231,7 +254,7 @@ class JobRunner:
             except Exception as exc:
                 log.exception("pinning job %s failed", job.id)
                 run.remove()
-                await self.fail(job.id, f"storing the result failed: {exc}")
+                await self.fail(job.id, f"storing the result failed: {exc}", job.attempts)
                 return
             outbox = pinned.outbox_entry()
             batch = job.invoice_status is InvoiceStatus.BATCH
@@ -264,6 +287,7 @@ class JobRunner:
         if done is None:  # failed meanwhile (hold budget ran out), or taken over: the payer keeps the money
             run.remove()
             return
+        self._remove_earlier_attempts(done, run.path)
         if outbox is not None and outbox.status == "pending" and self.on_record:
             self.on_record()
         if done.hold:
@@ -271,7 +295,18 @@ class JobRunner:
         self._ended(done)
 
     def output_path(self, job: Job) -> Path:
-        return self.outputs_dir / f"{job.id}{FORMAT_EXTENSIONS[job.output_format]}"
+        """Where this attempt writes: each attempt its own files (a taken-over attempt still
+        writing cannot touch the next one's), the first under the job's plain name."""
+        name = job.id if job.attempts <= 1 else f"{job.id}-{job.attempts}"
+        return self.outputs_dir / f"{name}{FORMAT_EXTENSIONS[job.output_format]}"
+
+    def _remove_earlier_attempts(self, job: Job, kept: Path) -> None:
+        """Once an attempt succeeded, what earlier (killed or taken-over) attempts left is garbage."""
+        earlier = re.compile(rf"^\.?{re.escape(job.id)}(-\d+)?\.")
+        mine = (f"{kept.stem}.", f".{kept.stem}.")
+        for path in self.outputs_dir.glob(f"*{job.id}*"):
+            if earlier.match(path.name) and not path.name.startswith(mine):
+                path.unlink(missing_ok=True)
 
     def _run_engine(self, job: Job, stop: threading.Event) -> EngineRun:
         """Run the job's stages on its input (blocking; in a worker thread)."""
@@ -289,7 +324,12 @@ class JobRunner:
             if now - last_written[0] < PROGRESS_INTERVAL and fraction < 1.0:
                 return
             last_written[0] = now
-            if not self.store.progress(job.id, job.attempts, fraction):
+            try:
+                current = self.store.progress(job.id, job.attempts, fraction)
+            except Exception as exc:  # the store is briefly unreachable: the run goes on
+                log.warning("job %s: progress not written: %s", job.id, exc)
+                return
+            if not current:
                 stop.set()  # failed meanwhile, here or on another node, or taken over by another worker
 
         def timed(stage: int, units: int, seconds: float) -> None:

@@ -116,6 +116,19 @@ CREATE TABLE IF NOT EXISTS throughput (
 CREATE INDEX IF NOT EXISTS throughput_variant ON throughput(variant);
 """
 
+
+def store_unavailable(exc: BaseException) -> bool:
+    """Whether an error means the database cannot be reached right now (PostgreSQL down or the
+    connection dropped; SQLite locked past its timeout), not a mistake in a statement."""
+    if isinstance(exc, sqlite3.OperationalError):
+        return "locked" in str(exc) or "unable to open" in str(exc)
+    try:
+        import psycopg
+    except ImportError:  # pragma: no cover - psycopg is a dependency
+        return False
+    return isinstance(exc, psycopg.OperationalError)
+
+
 _COLUMNS = [f.name for f in fields(Job)]
 #: columns added after the first release: (name, definition) added to an older database at open.
 #: Jobs made before per-job publication was a choice were all published.
@@ -324,14 +337,14 @@ class SqlJobStore:
             sets = ", ".join(f"{name} = ?" for name in assignments)
             marks = ", ".join("?" for _ in allowed)
             fence = " AND attempts = ?" if attempt is not None else ""
-            cursor = db.execute(
-                f"UPDATE jobs SET {sets} WHERE id = ? AND state IN ({marks}){fence}",
+            row = db.execute(
+                f"UPDATE jobs SET {sets} WHERE id = ? AND state IN ({marks}){fence} RETURNING *",
                 [_to_sql(v) for v in assignments.values()]
                 + [job_id]
                 + [s.value for s in allowed]
                 + ([attempt] if attempt is not None else []),
-            )
-            if cursor.rowcount == 0:
+            ).fetchone()
+            if row is None:
                 return None
             if outbox is not None:
                 db.execute(
@@ -346,7 +359,6 @@ class SqlJobStore:
                     ),
                 )
             self._event(db, job_id, target.value, changes.get("error"))
-            row = db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
             job = _from_row(row)
             if also is not None:
                 also(db, job)
@@ -359,10 +371,10 @@ class SqlJobStore:
         with self._transaction() as db:
             assignments = {"updated_at": time.time(), **changes}
             sets = ", ".join(f"{name} = ?" for name in assignments)
-            db.execute(f"UPDATE jobs SET {sets} WHERE id = ?", [_to_sql(v) for v in assignments.values()] + [job_id])
-            if "invoice_status" in changes:
+            values = [_to_sql(v) for v in assignments.values()]
+            row = db.execute(f"UPDATE jobs SET {sets} WHERE id = ? RETURNING *", [*values, job_id]).fetchone()
+            if row is not None and "invoice_status" in changes:
                 self._event(db, job_id, f"invoice_{_to_sql(changes['invoice_status'])}")
-            row = db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
         if row is None:
             raise KeyError(job_id)
         return _from_row(row)

@@ -163,16 +163,25 @@ class PaymentWatcher:
 
     # ------------------------------------------------------------ recovery
 
-    async def reconcile(self) -> None:
-        """Compare every unfinished job with the node and finish what was interrupted."""
+    async def reconcile(self, skip_unissued_younger_than: float = 0.0) -> None:
+        """Compare every unfinished job with the node and finish what was interrupted.
+        `skip_unissued_younger_than`: in a cluster, a job this young without an invoice may be
+        another node's checkout still asking the node for it, not one a crash interrupted."""
+        now = self.clock()
         for job in self.store.unfinished():
             if job.invoice_status is InvoiceStatus.BATCH:
                 continue  # a collection token: its run reconciles its batch's invoice
-            try:
-                invoice = await self.backend.lookup(bytes.fromhex(job.payment_hash))
-            except InvoiceNotFound:
-                invoice = None
-            await self._reconcile_job(job, invoice)
+            if job.invoice_status is InvoiceStatus.NONE and now - job.created_at < skip_unissued_younger_than:
+                continue
+            await self.reconcile_job(job)
+
+    async def reconcile_job(self, job: Job) -> None:
+        """Bring one job in line with what the node knows of its invoice."""
+        try:
+            invoice = await self.backend.lookup(bytes.fromhex(job.payment_hash))
+        except InvoiceNotFound:
+            invoice = None
+        await self._reconcile_job(job, invoice)
 
     async def _reconcile_job(self, job: Job, invoice: Invoice | None) -> None:
         if invoice is None:

@@ -24,6 +24,8 @@ from collections.abc import Awaitable, Callable
 from procrastinate import exceptions as procrastinate_errors
 from procrastinate.jobs import Status
 
+from payments.backend import PaymentError
+
 from ..jobs import InvoiceStatus, Job, JobState
 from ..worker import JobService
 from .leadership import AdvisoryLock
@@ -35,8 +37,14 @@ log = logging.getLogger("satscale.cluster")
 #: how often a node tries to take the lock (or checks it still holds it), and how often the holder sweeps
 LEADER_POLL_SECONDS = 1.0
 SWEEP_SECONDS = 1.0
-#: a ticket's worker counts as dead after this long without a heartbeat (procrastinate's own)
-STALLED_SECONDS = 6.0
+#: a ticket's worker counts as dead after this long without a heartbeat (procrastinate's own; the
+#: workers beat every second)
+STALLED_SECONDS = 10.0
+#: an unpaid job younger than this with no invoice yet may be another node's checkout in progress
+ISSUING_GRACE_SECONDS = 60.0
+#: finished tickets are deleted after a day, checked every ten minutes
+TICKETS_KEPT_HOURS = 24
+PRUNE_EVERY_SECONDS = 600.0
 #: a finished job's payment the worker did not settle or cancel within this long is the coordinator's
 SETTLE_GRACE_SECONDS = 5.0
 
@@ -87,29 +95,50 @@ class Coordinator:
 
     async def _reconcile_and_sweep(self) -> None:
         try:
-            await self.service.watcher.reconcile()
+            # an invoice another node is issuing right now is not "never issued": skip young ones
+            await self.service.watcher.reconcile(skip_unissued_younger_than=ISSUING_GRACE_SECONDS)
         except Exception:
             log.exception("reconciling on taking over failed (the sweep goes on)")
+        pruned_at = 0.0
         while True:
             try:
                 await self.sweep()
+                if time.monotonic() - pruned_at > PRUNE_EVERY_SECONDS:
+                    await self.queue.app.job_manager.delete_old_jobs(
+                        nb_hours=TICKETS_KEPT_HOURS, include_failed=True, include_cancelled=True, include_aborted=True
+                    )
+                    pruned_at = time.monotonic()
             except Exception:
                 log.exception("the coordinator's sweep failed")
             await asyncio.sleep(SWEEP_SECONDS)
 
     async def sweep(self) -> None:
-        store = self.service.store
-        settlement = self.service.settlement
         now = time.time()
-        for job in store.unfinished():
-            if job.invoice_status is InvoiceStatus.BATCH:
-                continue  # a collection token: its run (a duty here too) looks after its batch
-            if job.state is JobState.AWAITING_PAYMENT:
+        for job in self.service.store.unfinished():
+            try:
+                await self._look_after(job, now)
+            except Exception:  # one job's trouble (its invoice in a state nobody expected) stops no other
+                log.exception("the coordinator could not look after job %s", job.id)
+        await self._take_over_stalled()
+        await asyncio.to_thread(self._queue_lost_tickets)
+        await asyncio.to_thread(self._move_waiting_tickets)
+
+    async def _look_after(self, job: Job, now: float) -> None:
+        if job.invoice_status is InvoiceStatus.BATCH:
+            return  # a collection token: its run (a duty here too) looks after its batch
+        if job.state in (JobState.AWAITING_PAYMENT, JobState.PAYMENT_HELD, JobState.PROCESSING):
+            # whichever node issued the invoice (it may have died): a payment, or the node
+            # cancelling a held one, reaches the job
+            if job.invoice_status is not InvoiceStatus.NONE:
                 self.service.watcher.watch(job)
-                continue
-            left = now - (job.finished_at or job.updated_at) > SETTLE_GRACE_SECONDS  # by a worker that died
-            if not left or not job.hold:
-                continue
+            elif now - job.created_at > ISSUING_GRACE_SECONDS:  # its checkout died before the invoice was noted
+                await self.service.watcher.reconcile_job(job)
+            return
+        left = now - (job.finished_at or job.updated_at) > SETTLE_GRACE_SECONDS  # by a worker that died
+        if not left or not job.hold:
+            return
+        settlement = self.service.settlement
+        try:
             if job.state is JobState.SUCCEEDED and job.invoice_status is InvoiceStatus.ACCEPTED:
                 await settlement.settle(job)
             elif job.state in (JobState.FAILED, JobState.EXPIRED) and job.invoice_status in (
@@ -117,41 +146,48 @@ class Coordinator:
                 InvoiceStatus.ACCEPTED,
             ):
                 await settlement.cancel(job)
-        await self._take_over_stalled()
-        await asyncio.to_thread(self._queue_lost_tickets)
-        await asyncio.to_thread(self._move_waiting_tickets)
+        except PaymentError:
+            # the node says the invoice is elsewhere (settled or cancelled already): record what it says
+            invoice = await self.service.backend.lookup(bytes.fromhex(job.payment_hash))
+            await self.service.watcher.on_invoice(job.id, invoice)
 
     async def _take_over_stalled(self) -> None:
-        """A ticket whose worker stopped beating (killed mid-job): its job goes back to held, in
-        a fenced update (only that attempt), and the ticket to a live pool's queue."""
+        """A ticket whose worker stopped beating (killed mid-job): the ticket is ended, its job goes
+        back to held (a fenced update: only that attempt) and gets a new ticket, to a live pool. A
+        new ticket, not the old one again: a worker that was only slow and finishes late can then
+        only end its own dead ticket, never the one that runs the job now."""
         store = self.service.store
         manager = self.queue.app.job_manager
         for ticket in await manager.get_stalled_jobs(task_name=TASK, seconds_since_heartbeat=STALLED_SECONDS):
-            job = store.get(str(ticket.task_kwargs.get("job_id")))
-            if job is None or job.state.final:  # nothing left to run: the ticket is done with
+            with contextlib.suppress(procrastinate_errors.ConnectorException):  # ended meanwhile
                 await manager.finish_job_by_id_async(ticket.id, status=Status.FAILED, delete_job=False)
+            job = store.get(str(ticket.task_kwargs.get("job_id")))
+            if job is None or job.state.final:
                 continue
             if job.state is JobState.PROCESSING:
                 log.warning("job %s: its worker stopped answering; another one runs it", job.id)
                 store.transition(job.id, [JobState.PROCESSING], JobState.PAYMENT_HELD, attempt=job.attempts)
-            try:
-                await manager.retry_job(ticket, queue=self._route(job))
-            except procrastinate_errors.ConnectorException:
-                # another ticket for the job waits already (its queueing lock): that one runs it
-                await manager.finish_job_by_id_async(ticket.id, status=Status.FAILED, delete_job=False)
+            await asyncio.to_thread(self.queue.enqueue, job.id)
 
     def _route(self, job: Job) -> str:
         with self.service.store.transaction() as db:
             return self.queue.roster.route(db, job)
 
     def _queue_lost_tickets(self) -> None:
-        """A held job with no ticket waiting or running (its batch was held by a node that died
-        before queueing it, say) is queued again."""
-        rows = self.service.store.read(
-            "SELECT id FROM jobs WHERE state = 'payment_held' AND NOT EXISTS (SELECT 1 FROM procrastinate_jobs p "
-            "WHERE p.lock = jobs.id AND p.status IN ('todo', 'doing'))"
+        """A job nobody runs and no ticket will: held with no ticket waiting or running (its batch
+        was held by a node that died before queueing it), or processing with no ticket running
+        (its run was cancelled while pinning, or its ticket ended by a worker that was taken over).
+        It goes back to held (fenced by its attempt) and is queued again."""
+        store = self.service.store
+        rows = store.read(
+            "SELECT id, state, attempts FROM jobs WHERE state IN ('payment_held', 'processing') AND NOT EXISTS "
+            "(SELECT 1 FROM procrastinate_jobs p WHERE p.lock = jobs.id AND (p.status = 'doing' OR "
+            "(p.status = 'todo' AND jobs.state = 'payment_held')))"
         )
         for row in rows:
+            if row["state"] == JobState.PROCESSING.value:
+                log.warning("job %s: processing, but no worker runs it; it is queued again", row["id"])
+                store.transition(row["id"], [JobState.PROCESSING], JobState.PAYMENT_HELD, attempt=row["attempts"])
             self.queue.enqueue(row["id"])
 
     def _move_waiting_tickets(self) -> None:

@@ -1,9 +1,10 @@
 """One node at a time: a PostgreSQL session-level advisory lock.
 
-The lock lives as long as the connection that took it, so a node that dies (SIGKILL, power)
-lets it go the moment PostgreSQL sees the connection close, and another node's next try takes
-it. The holder checks its connection every poll: a node whose connection broke stops its
-duties (another may hold the lock already).
+The lock lives as long as the connection that took it, so a node that dies lets it go when
+PostgreSQL sees the connection close: at once for a killed process, within about 11 s for a
+machine that vanished (the session's TCP keepalives), and another node's next try takes it.
+The holder checks its connection every poll: a node whose connection broke stops its duties
+(another may hold the lock already).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import os
 
 import psycopg
 
-from ..postgres_store import CONNECT_TIMEOUT
+from ..postgres_store import CONNECTION_OPTIONS
 
 log = logging.getLogger("satscale.cluster")
 
@@ -37,7 +38,7 @@ class AdvisoryLock:
             if self._conn is None or self._conn.closed or self._conn.broken:
                 self.held = False
                 self._conn = await psycopg.AsyncConnection.connect(
-                    self.url, autocommit=True, application_name=self.name, connect_timeout=CONNECT_TIMEOUT
+                    self.url, autocommit=True, application_name=self.name, **CONNECTION_OPTIONS
                 )
             if self.held:
                 await self._conn.execute("SELECT 1")

@@ -22,6 +22,9 @@ from .roster import HEARTBEAT_SECONDS, Roster
 
 log = logging.getLogger("satscale.cluster")
 
+#: seconds before a worker whose queue loop ended with an error starts it again
+RESTART_SECONDS = 2.0
+
 
 def worker_name() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
@@ -43,20 +46,30 @@ class ClusterWorker:
         return self.roster.advertise(self.name, self.pool, self.models, self.concurrency, self.started_at)
 
     async def run(self) -> None:
-        """Run tickets until cancelled (then the job in hand stops at its next tile, and goes back)."""
+        """Run tickets until cancelled: then the job in hand is cancelled at once, its engine stops
+        at its next tile, and the job goes back to held for another worker (service.runner)."""
         queue_name = await asyncio.to_thread(self.advertise)
         log.info("worker %s: pool %s, models %s, queue %s", self.name, self.pool, ", ".join(self.models), queue_name)
         beating = asyncio.create_task(self._beat(), name="satscale-worker-beat")
         try:
-            await self.queue.app.run_worker_async(  # the queue opened the app (JobService.start)
-                queues=[queue_name],
-                name=self.name,
-                concurrency=self.concurrency,
-                install_signal_handlers=False,
-                update_heartbeat_interval=1.0,
-                stalled_worker_timeout=STALLED_SECONDS,
-                fetch_job_polling_interval=1.0,
-            )
+            while True:
+                try:
+                    await self.queue.app.run_worker_async(  # the queue opened the app (JobService.start)
+                        queues=[queue_name],
+                        name=self.name,
+                        concurrency=self.concurrency,
+                        install_signal_handlers=False,
+                        update_heartbeat_interval=1.0,
+                        stalled_worker_timeout=STALLED_SECONDS,
+                        fetch_job_polling_interval=1.0,
+                        shutdown_graceful_timeout=0,
+                    )
+                except Exception:
+                    # e.g. this worker was pruned after a late heartbeat, or the database dropped:
+                    # start again (as a new procrastinate worker) rather than serve nothing
+                    log.exception("worker %s: the queue's worker stopped; starting it again", self.name)
+                    await asyncio.sleep(RESTART_SECONDS)
+                    queue_name = await asyncio.to_thread(self.advertise)
         finally:
             beating.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
