@@ -17,6 +17,7 @@ enough to time) counts, with a margin, until real calls replace it.
 
 from __future__ import annotations
 
+import logging
 import math
 import tempfile
 import threading
@@ -32,6 +33,8 @@ from sr_core.fidelity import compared_pixels
 from sr_core.imageio import ImageInfo
 from sr_core.plans import UpscalePlan
 from sr_core.upscale import UpscaleOptions
+
+log = logging.getLogger("satscale.capacity")
 
 #: what a consistency figure's measured speed is kept under (beside the engine variants)
 FIGURE_KEY = ("consistency figure", "", "")
@@ -101,15 +104,21 @@ class ThroughputMeter:
         if units < MIN_SAMPLE_PIXELS or seconds < MIN_SAMPLE_SECONDS:
             return False
         if self._store is not None:
-            self._store.add_sample("|".join(key), seconds / units, SAMPLES_KEPT)
-            return True
+            try:
+                self._store.add_sample("|".join(key), seconds / units, SAMPLES_KEPT)
+                return True
+            except Exception as exc:  # the store is briefly unreachable: keep it here meanwhile
+                log.warning("a measured engine call was kept in this process only: %s", exc)
         with self._lock:
             self._measured.setdefault(key, deque(maxlen=SAMPLES_KEPT)).append(seconds / units)
         return True
 
     def _real(self, key: tuple[str, str, str]) -> list[float]:
         if self._store is not None:
-            return self._store.samples("|".join(key), SAMPLES_KEPT)
+            try:
+                return self._store.samples("|".join(key), SAMPLES_KEPT)
+            except Exception as exc:  # the store is briefly unreachable: what this process measured
+                log.warning("measured engine speed read from this process only: %s", exc)
         with self._lock:
             return list(self._measured.get(key, ()))
 

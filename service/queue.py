@@ -13,11 +13,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from typing import Any, Protocol
 
 from .jobs import Job, JobState
 from .runner import JobRunner
 from .store import JobStore
+
+log = logging.getLogger("satscale.queue")
 
 
 class JobQueue(Protocol):
@@ -79,4 +82,7 @@ class EmbeddedQueue:
         while True:
             job_id = await self._queue.get()
             self._queued.discard(job_id)
-            await self.runner.run(job_id)
+            try:
+                await self.runner.run(job_id)
+            except Exception:  # the run could not even record its failure (the store locked): the next start does
+                log.exception("running %s failed", job_id)

@@ -98,6 +98,7 @@ class JobRunner:
         self.on_record = on_record
         self.on_final: Callable[[Job], None] | None = None
         self._stops: dict[str, threading.Event] = {}
+        self._sole = True
 
     # ------------------------------------------------------------ lifecycle
 
@@ -105,6 +106,7 @@ class JobRunner:
         """`sole`: no other process writes to the outputs folder, so whatever is half-written
         there now is a killed attempt's (workers sharing a folder each clean their own job's)."""
         self.outputs_dir.mkdir(parents=True, exist_ok=True)
+        self._sole = sole
         if sole:
             for pattern in LEFTOVER_PATTERNS:
                 for leftover in self.outputs_dir.glob(pattern):
@@ -155,12 +157,17 @@ class JobRunner:
         else:
             # a plain invoice cannot be refunded by the node: say so, loudly
             log.error("job %s failed after a plain-invoice payment; refund by hand: %s", job_id, reason)
-        remove_intermediates(self.output_path(failed))  # what a stopped or killed run kept
+        self._remove_earlier_attempts(failed, None)  # what its stopped or killed runs kept
         ended = self.store.get(job_id)
         if ended is not None:
             await self.inputs.release(ended)
             self._ended(ended)
         return ended
+
+    def _recoverable(self, exc: Exception) -> bool:
+        """A store outage in a cluster: the coordinator's sweep picks the job up again. On a single
+        box nobody would until a restart, so there the job fails and the payment goes back."""
+        return not self._sole and store_unavailable(exc)
 
     def _ended(self, job: Job) -> None:
         if self.on_final is not None:
@@ -174,9 +181,9 @@ class JobRunner:
         try:
             await self._process(job_id, worker)
         except Exception as exc:
-            if store_unavailable(exc):
+            if self._recoverable(exc):
                 # the outcome of the last write is unknown: leave the job as the store has it (the
-                # reconciler, or a cluster's coordinator, runs it again or settles it)
+                # cluster's coordinator runs it again, or settles it)
                 log.warning("job %s: the job store is unreachable (%s); left for recovery", job_id, exc)
                 return
             log.exception("processing %s crashed", job_id)
@@ -204,7 +211,7 @@ class JobRunner:
         try:
             await self._attempt(job, stop)
         except Exception as exc:
-            if store_unavailable(exc):
+            if self._recoverable(exc):
                 raise
             log.exception("processing %s crashed", job_id)
             await self.fail(job_id, "internal error while processing; the payment is returned", job.attempts)
@@ -223,7 +230,7 @@ class JobRunner:
         except Cancelled:
             return  # failed meanwhile (its payment is returned already), or the server is stopping
         except Exception as exc:
-            if store_unavailable(exc):
+            if self._recoverable(exc):
                 raise
             log.warning("job %s failed: %s", job_id, exc)
             await self.fail(job_id, f"upscaling failed: {self._reason(exc, job)}", job.attempts)
@@ -287,12 +294,12 @@ class JobRunner:
         if done is None:  # failed meanwhile (hold budget ran out), or taken over: the payer keeps the money
             run.remove()
             return
-        self._remove_earlier_attempts(done, run.path)
         if outbox is not None and outbox.status == "pending" and self.on_record:
             self.on_record()
         if done.hold:
             await self.settlement.settle(done)
         self._ended(done)
+        self._remove_earlier_attempts(done, run.path)
 
     def output_path(self, job: Job) -> Path:
         """Where this attempt writes: each attempt its own files (a taken-over attempt still
@@ -300,13 +307,17 @@ class JobRunner:
         name = job.id if job.attempts <= 1 else f"{job.id}-{job.attempts}"
         return self.outputs_dir / f"{name}{FORMAT_EXTENSIONS[job.output_format]}"
 
-    def _remove_earlier_attempts(self, job: Job, kept: Path) -> None:
-        """Once an attempt succeeded, what earlier (killed or taken-over) attempts left is garbage."""
-        earlier = re.compile(rf"^\.?{re.escape(job.id)}(-\d+)?\.")
-        mine = (f"{kept.stem}.", f".{kept.stem}.")
-        for path in self.outputs_dir.glob(f"*{job.id}*"):
-            if earlier.match(path.name) and not path.name.startswith(mine):
-                path.unlink(missing_ok=True)
+    def _remove_earlier_attempts(self, job: Job, kept: Path | None) -> None:
+        """Once an attempt succeeded (`kept`: its output), what earlier (killed or taken-over)
+        attempts left is garbage; once the job failed (`kept` None), all of its files are."""
+        attempt_file = re.compile(rf"^\.?{re.escape(job.id)}(-\d+)?\.")
+        mine = (f"{kept.stem}.", f".{kept.stem}.") if kept is not None else ()
+        try:
+            for path in self.outputs_dir.glob(f"*{job.id}*"):
+                if attempt_file.match(path.name) and not (mine and path.name.startswith(mine)):
+                    path.unlink(missing_ok=True)
+        except OSError as exc:  # a shared folder's hiccup: garbage stays, nothing else is affected
+            log.warning("job %s: could not remove what earlier attempts left: %s", job.id, exc)
 
     def _run_engine(self, job: Job, stop: threading.Event) -> EngineRun:
         """Run the job's stages on its input (blocking; in a worker thread)."""

@@ -129,6 +129,9 @@ def store_unavailable(exc: BaseException) -> bool:
     return isinstance(exc, psycopg.OperationalError)
 
 
+#: the oldest SQLite with UPDATE ... RETURNING (Python 3.11's own builds bring newer ones)
+MIN_SQLITE = (3, 35, 0)
+
 _COLUMNS = [f.name for f in fields(Job)]
 #: columns added after the first release: (name, definition) added to an older database at open.
 #: Jobs made before per-job publication was a choice were all published.
@@ -537,6 +540,8 @@ class SqliteJobStore(SqlJobStore):
     """The embedded store: one SQLite file in WAL mode, one connection, one process."""
 
     def __init__(self, path: Path) -> None:
+        if sqlite3.sqlite_version_info < MIN_SQLITE:  # UPDATE ... RETURNING
+            raise RuntimeError(f"SQLite {sqlite3.sqlite_version} is too old: the job store needs 3.35 or newer")
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self._lock = threading.RLock()

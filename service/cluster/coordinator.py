@@ -129,7 +129,7 @@ class Coordinator:
         if job.state in (JobState.AWAITING_PAYMENT, JobState.PAYMENT_HELD, JobState.PROCESSING):
             # whichever node issued the invoice (it may have died): a payment, or the node
             # cancelling a held one, reaches the job
-            if job.invoice_status is not InvoiceStatus.NONE:
+            if job.invoice_status in (InvoiceStatus.OPEN, InvoiceStatus.ACCEPTED):
                 self.service.watcher.watch(job)
             elif now - job.created_at > ISSUING_GRACE_SECONDS:  # its checkout died before the invoice was noted
                 await self.service.watcher.reconcile_job(job)

@@ -19,7 +19,7 @@ import psycopg
 from procrastinate.schema import SchemaManager
 
 from ..jobs import Job, JobState
-from ..postgres_store import SCHEMA_LOCK, PostgresJobStore
+from ..postgres_store import CONNECTION_OPTIONS, SCHEMA_LOCK, PostgresJobStore
 from ..runner import JobRunner
 from .roster import Roster
 
@@ -30,7 +30,7 @@ TASK = "satscale.run_job"
 
 def procrastinate_app(url: str) -> procrastinate.App:
     return procrastinate.App(
-        connector=procrastinate.PsycopgConnector(conninfo=url, min_size=1, max_size=4),
+        connector=procrastinate.PsycopgConnector(conninfo=url, kwargs=dict(CONNECTION_OPTIONS), min_size=1, max_size=4),
     )
 
 

@@ -48,12 +48,13 @@ class ClusterWorker:
     async def run(self) -> None:
         """Run tickets until cancelled: then the job in hand is cancelled at once, its engine stops
         at its next tile, and the job goes back to held for another worker (service.runner)."""
-        queue_name = await asyncio.to_thread(self.advertise)
-        log.info("worker %s: pool %s, models %s, queue %s", self.name, self.pool, ", ".join(self.models), queue_name)
         beating = asyncio.create_task(self._beat(), name="satscale-worker-beat")
         try:
             while True:
                 try:
+                    queue_name = await asyncio.to_thread(self.advertise)
+                    log.info("worker %s: pool %s, models %s, queue %s", self.name, self.pool,
+                             ", ".join(self.models), queue_name)  # fmt: skip
                     await self.queue.app.run_worker_async(  # the queue opened the app (JobService.start)
                         queues=[queue_name],
                         name=self.name,
@@ -64,12 +65,12 @@ class ClusterWorker:
                         fetch_job_polling_interval=1.0,
                         shutdown_graceful_timeout=0,
                     )
+                    log.warning("worker %s: the queue's worker returned; starting it again", self.name)
                 except Exception:
-                    # e.g. this worker was pruned after a late heartbeat, or the database dropped:
+                    # e.g. this worker was pruned after a late heartbeat, or the database is down:
                     # start again (as a new procrastinate worker) rather than serve nothing
                     log.exception("worker %s: the queue's worker stopped; starting it again", self.name)
-                    await asyncio.sleep(RESTART_SECONDS)
-                    queue_name = await asyncio.to_thread(self.advertise)
+                await asyncio.sleep(RESTART_SECONDS)
         finally:
             beating.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
