@@ -15,6 +15,7 @@ from service.cluster.coordinator import Coordinator
 from service.cluster.leadership import AdvisoryLock
 from service.cluster.queue import TASK, ProcrastinateQueue
 from service.cluster.roster import ALIVE_SECONDS, UNROUTABLE, Roster, capability_queue
+from service.cluster.worker import ClusterWorker
 from service.jobs import InvoiceStatus, JobState
 from service.postgres_store import PostgresJobStore
 
@@ -142,3 +143,36 @@ async def test_one_node_holds_the_coordinator_lock_and_another_takes_it_when_it_
     finally:
         await first.release()
         await second.release()
+
+
+async def test_a_worker_pruned_for_a_late_heartbeat_starts_again_and_runs_jobs(world) -> None:
+    ran: list[str] = []
+
+    class Recording(Runner):
+        async def run(self, job_id: str, worker: str | None = None) -> None:
+            ran.append(job_id)
+
+    queue = ProcrastinateQueue(world.store, world.roster, Recording(), world.url)  # type: ignore[arg-type]
+    await queue.app.open_async()
+    worker = ClusterWorker(queue, world.roster, [LIGHT], "gpu", 1)
+    task = asyncio.create_task(worker.run())
+    try:
+        deadline = time.monotonic() + 30
+        while not world.store.read("SELECT id FROM procrastinate_workers"):
+            assert time.monotonic() < deadline and not task.done()
+            await asyncio.sleep(0.1)
+        # another worker starting while this one's heartbeat was late prunes its row: its next
+        # fetch fails on the missing row, and the worker must start again rather than serve nothing
+        with world.store.transaction() as db:
+            db.execute("DELETE FROM procrastinate_workers")
+        world.store.insert(new_job(1))
+        held(world, "job_1")
+        while ran != ["job_1"]:
+            assert time.monotonic() < deadline, f"the job never ran; worker done: {task.done()}"
+            await asyncio.sleep(0.1)
+        assert not task.done()
+        assert [w.name for w in world.roster.workers()] == [worker.name]
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await queue.app.close_async()
