@@ -1,6 +1,8 @@
 """L402 tokens the way Lightning Labs' Aperture makes them: macaroons bound to a payment hash.
 
-The server answers an unpaid request with `WWW-Authenticate: L402 macaroon="<b64>", invoice="<bolt11>"`.
+The server answers an unpaid request with one challenge every client in use parses:
+`WWW-Authenticate: L402 macaroon="<b64>", invoice="<bolt11>", version="0", token="<b64>"`
+(see `challenge_header`).
 Once the invoice is paid, the client retries with `Authorization: L402 <b64>:<hex preimage>`; the server
 checks the macaroon against its root key and that the preimage hashes to the payment hash the token carries.
 
@@ -168,13 +170,23 @@ def mint(payment_hash: bytes, request_binding: str, valid_until: int, store: Roo
     return MintedToken(macaroon=encoded, token_id=token_id, identifier=identifier)
 
 
+#: the L402 spec version a challenge names
+CHALLENGE_VERSION = "0"
+
+
 def challenge_header(macaroon: str, invoice: str) -> str:
-    """The WWW-Authenticate value of a 402 answer."""
+    """The WWW-Authenticate value of a 402 answer: one challenge that every client parses.
+
+    The current spec (lightninglabs/L402) names the macaroon `token` and adds `version="0"`;
+    Lightning Labs' own lnget matches only `macaroon="...",` immediately followed by
+    `invoice="..."`, and l402-requests reads a challenge only when `macaroon=` comes first;
+    Alby's fetchWithL402 takes `token` or `macaroon`. So: macaroon and invoice first, in that
+    order, then version and token (the macaroon again)."""
     for name, value in (("macaroon", macaroon), ("invoice", invoice)):
         # Both are base64 / bech32; anything else would break out of the quoted string.
         if not value or not _B64_CHARS.fullmatch(value):
             raise ValueError(f"{name} cannot go into a challenge header: {value[:40]!r}")
-    return f'L402 macaroon="{macaroon}", invoice="{invoice}"'
+    return f'L402 macaroon="{macaroon}", invoice="{invoice}", version="{CHALLENGE_VERSION}", token="{macaroon}"'
 
 
 def parse_challenge(header: str) -> Challenge:
@@ -189,6 +201,8 @@ def parse_challenge(header: str) -> Challenge:
             continue
         params = found[scheme]
         macaroon = params.get("macaroon") or params.get("token")  # `token=` is the newer spec's name
+        if params.get("macaroon") and params.get("token") and params["macaroon"] != params["token"]:
+            raise MalformedChallenge(f"the {scheme} challenge names two different tokens (macaroon and token)")
         invoice = params.get("invoice")
         if not macaroon or not invoice:
             raise MalformedChallenge(f"the {scheme} challenge needs both a macaroon (or token) and an invoice")

@@ -6,6 +6,7 @@ import base64
 import binascii
 import hashlib
 import os
+import re
 
 import pytest
 from hypothesis import given, settings
@@ -90,7 +91,8 @@ def test_round_trip_mint_challenge_parse_verify(store: MemoryRootKeyStore, preim
     minted = mint(payment_hash, BINDING_A, VALID_UNTIL, store)
 
     header = challenge_header(minted.macaroon, INVOICE)
-    assert header == f'L402 macaroon="{minted.macaroon}", invoice="{INVOICE}"'
+    mac = minted.macaroon
+    assert header == f'L402 macaroon="{mac}", invoice="{INVOICE}", version="0", token="{mac}"'
     challenge = parse_challenge(header)
     assert challenge == Challenge(macaroon=minted.macaroon, invoice=INVOICE, scheme="L402")
 
@@ -223,6 +225,55 @@ def test_third_party_client_reads_our_challenge_and_we_read_its_credential(
     header = L402Credential(macaroon=theirs.macaroon, preimage=preimage.hex()).authorization_header
     verified = verify(parse_authorization(header), store, now=NOW, request_binding=BINDING_A)
     assert verified.token_id == token.token_id
+
+
+#: lnget (Lightning Labs' client), lightninglabs/lnget l402/header.go at 258f429a: `challengeRegex`, a
+#: Go RE2 pattern this Python pattern spells the same, applied to the first WWW-Authenticate value,
+#: which IsL402Challenge requires to start with "L402 " or "LSAT " (case-insensitive)
+LNGET_CHALLENGE = re.compile(r'(?i)(LSAT|L402)\s+macaroon="([^"]+)",\s*invoice="([^"]+)"')
+
+
+def lnget_reads(header: str) -> tuple[str, str]:
+    assert header.lower().startswith(("l402 ", "lsat "))
+    found = LNGET_CHALLENGE.search(header)
+    assert found is not None, header
+    return found.group(2), found.group(3)
+
+
+def alby_reads(header: str) -> tuple[str, str]:
+    r"""Alby's fetchWithL402 (getAlby/js-lightning-tools src/l402/l402.ts at 1f815b2d and
+    src/l402/parse.ts at df6d5bee): the first "L402" (then "LSAT") is removed, every key=value pair
+    is read by /(\w+)=("([^"]*)"|'([^']*)'|([^,]*))/g, and the token is `token || macaroon`."""
+    rest = header.replace("L402", "", 1).replace("LSAT", "", 1).strip()
+    pairs = {m[0]: m[2] or m[3] or m[4] for m in re.findall(r"""(\w+)=("([^"]*)"|'([^']*)'|([^,]*))""", rest)}
+    return pairs.get("token") or pairs["macaroon"], pairs["invoice"]
+
+
+def test_our_challenge_is_read_alike_by_every_client_in_use(token: MintedToken) -> None:
+    header = challenge_header(token.macaroon, INVOICE)
+    expected = (token.macaroon, INVOICE)
+    # the current spec's parameters are there: version "0" and the macaroon as `token`
+    params = dict(re.findall(r'(\w+)="([^"]*)"', header))
+    assert params["version"] == "0" and params["token"] == token.macaroon
+    # l402-requests 0.9.0, run: it reads a challenge only when `macaroon=` follows "L402 "
+    theirs = third_party_parse_challenge(header)
+    assert (theirs.macaroon, theirs.invoice) == expected
+    assert lnget_reads(header) == expected
+    assert alby_reads(header) == expected
+    # a client that needs `version` and `macaroon` (both present) and ours
+    assert "macaroon" in params and "version" in params
+    ours = parse_challenge(header)
+    assert (ours.macaroon, ours.invoice, ours.scheme) == (*expected, "L402")
+    # the spec's own order, and the old scheme, still parse here
+    assert (
+        parse_challenge(f'L402 version="0", token="{token.macaroon}", invoice="{INVOICE}"').macaroon == token.macaroon
+    )
+    assert parse_challenge(f'LSAT macaroon="{token.macaroon}", invoice="{INVOICE}"').scheme == "LSAT"
+
+
+def test_a_challenge_naming_two_different_tokens_is_refused() -> None:
+    with pytest.raises(MalformedChallenge, match="two different tokens"):
+        parse_challenge('L402 macaroon="MAC=", invoice="lnbc1", version="0", token="OTHER="')
 
 
 def test_parse_authorization_forms(preimage: bytes) -> None:
