@@ -177,9 +177,13 @@ def build_core(
     )
 
 
-def advertised_models(core: Core) -> list[str]:
-    """The models this worker can run: every one whose weights it has and that loads."""
-    return [row.entry.name for row in core.service.engines.listing() if row.error is None]
+def cluster_worker(core: Core) -> ClusterWorker:
+    """This process as a worker of the cluster, advertising every model whose weights it has and
+    that loads, in the pool and with the concurrency the settings name."""
+    if core.queue is None or core.roster is None:
+        raise ValueError("a worker needs SATSCALE_STORE_URL (the PostgreSQL database the API nodes use)")
+    models = [row.entry.name for row in core.service.engines.listing() if row.error is None]
+    return ClusterWorker(core.queue, core.roster, models, core.settings.worker_queue, core.settings.worker_concurrency)
 
 
 def create_app(
@@ -228,9 +232,7 @@ def create_app(
         coordinator = Coordinator(AdvisoryLock(settings.store_url), service, core.queue, duties)
         tasks = [asyncio.create_task(coordinator.run(), name="satscale-coordinator")]
         if settings.role == "all":  # this node runs jobs too
-            worker = ClusterWorker(
-                core.queue, core.roster, advertised_models(core), settings.worker_queue, settings.worker_concurrency
-            )
+            worker = cluster_worker(core)
             tasks.append(asyncio.create_task(worker.run(), name="satscale-cluster-worker"))
         return tasks
 
@@ -300,11 +302,7 @@ def main(**overrides: object) -> None:
 async def run_worker(settings: Settings, registry: ModelRegistry | None = None) -> None:
     """A cluster worker (`satscale worker`): runs jobs from the queue until cancelled or signalled."""
     core = build_core(settings, registry)
-    if core.queue is None or core.roster is None:
-        raise ValueError("a worker needs SATSCALE_STORE_URL (the PostgreSQL database the API nodes use)")
-    worker = ClusterWorker(
-        core.queue, core.roster, advertised_models(core), settings.worker_queue, settings.worker_concurrency
-    )
+    worker = cluster_worker(core)
     await core.service.start()
     task = asyncio.create_task(worker.run(), name="satscale-cluster-worker")
     stopping = asyncio.Event()

@@ -87,13 +87,11 @@ class PostgresJobStore(SqlJobStore):
         self.url = url
         self._lock = threading.RLock()
         self._raw: psycopg.Connection | None = None
-        with self._lock, self._connection().raw.transaction():
-            db = self._connection()
-            db.execute("SELECT pg_advisory_xact_lock(?)", (SCHEMA_LOCK,))
-            for statement in postgres_ddl(SCHEMA):
-                db.execute(statement)
-            for name, definition in _ADDED_COLUMNS:  # a database made by an older release
-                db.execute(f"ALTER TABLE jobs ADD COLUMN IF NOT EXISTS {name} {postgres_ddl(definition)[0]}")
+        added = [  # a database made by an older release
+            f"ALTER TABLE jobs ADD COLUMN IF NOT EXISTS {name} {postgres_ddl(definition)[0]}"
+            for name, definition in _ADDED_COLUMNS
+        ]
+        self._create([*postgres_ddl(SCHEMA), *added])
 
     def _connection(self) -> _Connection:
         if self._raw is None or self._raw.closed or self._raw.broken:
@@ -128,7 +126,11 @@ class PostgresJobStore(SqlJobStore):
                     conn.execute("SELECT pg_advisory_unlock(%s)", (key,))
 
     def create_tables(self, schema: str) -> None:
+        self._create(postgres_ddl(schema))
+
+    def _create(self, statements: list[str]) -> None:
+        """DDL under the schema lock: several processes may start at the same moment."""
         with self._transaction() as db:
             db.execute("SELECT pg_advisory_xact_lock(?)", (SCHEMA_LOCK,))
-            for statement in postgres_ddl(schema):
+            for statement in statements:
                 db.execute(statement)

@@ -118,11 +118,6 @@ class JobRunner:
 
     # ------------------------------------------------------------ what others ask
 
-    def progress(self, job_id: str) -> float | None:
-        """A running job's progress, whichever node runs it (None unless it is running)."""
-        job = self.store.get(job_id)
-        return job.progress if job is not None and job.state is JobState.PROCESSING else None
-
     def running(self, job_id: str) -> bool:
         """Whether this process is running the job's engine now."""
         return job_id in self._stops

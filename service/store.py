@@ -14,11 +14,14 @@ import json
 import sqlite3
 import threading
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Protocol
+
+import psycopg
 
 from .jobs import ChainStatus, InvoiceStatus, Job, JobState, check_transition
 
@@ -122,10 +125,6 @@ def store_unavailable(exc: BaseException) -> bool:
     connection dropped; SQLite locked past its timeout), not a mistake in a statement."""
     if isinstance(exc, sqlite3.OperationalError):
         return "locked" in str(exc) or "unable to open" in str(exc)
-    try:
-        import psycopg
-    except ImportError:  # pragma: no cover - psycopg is a dependency
-        return False
     return isinstance(exc, psycopg.OperationalError)
 
 
@@ -240,23 +239,21 @@ def _to_sql(value: Any) -> Any:
     return value
 
 
-class SqlJobStore:
+class SqlJobStore(ABC):
     """The job store's statements, shared by SQLite and PostgreSQL. A subclass gives `_lock`
     (one statement or transaction at a time on its connection), `_execute` for a read outside
     a transaction and `_transaction` (a write transaction yielding something with `execute`)."""
 
     _lock: threading.RLock
 
-    def _execute(self, query: str, args: Sequence[Any] = ()) -> Any:
-        raise NotImplementedError
+    @abstractmethod
+    def _execute(self, query: str, args: Sequence[Any] = ()) -> Any: ...
 
-    @contextmanager
-    def _transaction(self) -> Iterator[Any]:
-        raise NotImplementedError
-        yield
+    @abstractmethod
+    def _transaction(self) -> AbstractContextManager[Any]: ...
 
-    def close(self) -> None:
-        raise NotImplementedError
+    @abstractmethod
+    def close(self) -> None: ...
 
     @contextmanager
     def transaction(self) -> Iterator[Any]:

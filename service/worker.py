@@ -110,8 +110,5 @@ class JobService:
         await self.settlement.stop()
         await self.backend.close()
 
-    def progress(self, job_id: str) -> float | None:
-        return self.runner.progress(job_id)
-
     async def fail(self, job_id: str, reason: str) -> Job | None:
         return await self.runner.fail(job_id, reason)

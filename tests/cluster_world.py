@@ -181,14 +181,3 @@ def pay(node: Node, job: dict) -> None:
 
 def status(node: Node, job_id: str) -> dict:
     return httpx.get(f"{node.url}/v1/upscales/{job_id}", timeout=30).json()
-
-
-def wait_for(node: Node, job_id: str, check, timeout: float = 240) -> dict:
-    deadline = time.monotonic() + timeout
-    body: dict = {}
-    while time.monotonic() < deadline:
-        body = status(node, job_id)
-        if check(body):
-            return body
-        time.sleep(0.1)
-    raise AssertionError(f"{job_id} never got there; last {body}")

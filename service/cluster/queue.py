@@ -10,6 +10,7 @@ ticket that runs twice, late, or after the job ended does nothing.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from typing import Any
@@ -63,11 +64,9 @@ class ProcrastinateQueue:
 
     def enqueue(self, job_id: str) -> None:
         with self.store.transaction() as db:
-            row = db.execute("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()
-            if row is not None and row["state"] == JobState.PAYMENT_HELD.value:
-                job = self.store.get(job_id)
-                if job is not None:
-                    self._ticket(db, job)
+            job = self.store.get(job_id)  # read in the transaction: it holds the store's connection
+            if job is not None and job.state is JobState.PAYMENT_HELD:
+                self._ticket(db, job)
 
     def orphaned(self, job: Job) -> bool:
         # a run that died with its worker is found by its ticket's stalled heartbeat (the coordinator)
@@ -87,15 +86,13 @@ class ProcrastinateQueue:
         """Write the job's ticket in the caller's transaction (nothing if one is already waiting).
         It calls procrastinate's own versioned SQL function, as its `defer` does: the library's
         Python defer runs on its own connection (or, in an event loop, cannot take ours)."""
-        try:
-            with db.raw.transaction():  # a savepoint: a ticket already waiting is not an error
-                db.execute(
-                    "SELECT unnest(procrastinate_defer_jobs_v1(ARRAY[ROW(?, ?, 0, ?, ?, ?::jsonb, NULL)"
-                    "::procrastinate_job_to_defer_v1])) AS id",
-                    (self.roster.route(db, job), TASK, job.id, job.id, json.dumps({"job_id": job.id})),
-                )
-        except psycopg.errors.UniqueViolation:
-            pass
+        # a savepoint: a ticket already waiting (its queueing lock) is not an error
+        with contextlib.suppress(psycopg.errors.UniqueViolation), db.raw.transaction():
+            db.execute(
+                "SELECT unnest(procrastinate_defer_jobs_v1(ARRAY[ROW(?, ?, 0, ?, ?, ?::jsonb, NULL)"
+                "::procrastinate_job_to_defer_v1])) AS id",
+                (self.roster.route(db, job), TASK, job.id, job.id, json.dumps({"job_id": job.id})),
+            )
 
     async def _run(self, context: procrastinate.JobContext, job_id: str) -> None:
         worker = f"{context.worker_name}/{context.job.id}"
