@@ -38,6 +38,7 @@ from service.cluster.worker import ClusterWorker
 from service.collections.api import collections_router
 from service.collections.compose import compose as compose_collections
 from service.config import Settings
+from service.credentials import ChainIdentity, OutputCredentials, signing_identity, trust_anchors
 from service.frontdoor import FrontDoor
 from service.gateway import gateway_router
 from service.openapi import install_contract
@@ -111,6 +112,17 @@ def chain_connector(settings: Settings, store: SqlJobStore) -> Callable[[], Prov
     return connect
 
 
+def chain_identity(sender: ChainSender) -> Callable[[], ChainIdentity | None]:
+    """The registry and chain id a job's record goes to, for its Content Credentials (a worker
+    that never connected connects here: blocking, from the engine's thread)."""
+
+    def identity() -> ChainIdentity:
+        chain = sender.chain
+        return ChainIdentity(registry=chain.address, chain_id=chain.chain_id)
+
+    return identity
+
+
 @dataclass
 class Core:
     """Everything but the doors: what an API node and a worker both need."""
@@ -122,6 +134,7 @@ class Core:
     sender: ChainSender
     pinner: RemotePinner
     provenance: Provenance
+    credentials: OutputCredentials
     service: JobService
     #: a cluster's (PostgreSQL) queue and roster; None on the embedded single box
     queue: ProcrastinateQueue | None = None
@@ -153,6 +166,9 @@ def build_core(
         pinner.wake()
 
     provenance = Provenance(ipfs, private_ipfs, settings.ipfs_cid_version, remote=pinner.enabled)
+    credentials = OutputCredentials(
+        signing_identity(settings), chain_identity(sender), settings.ipfs_cid_version, trust_anchors(settings)
+    )
     roster = Roster(store) if isinstance(store, PostgresJobStore) else None
     queues: list[ProcrastinateQueue] = []
 
@@ -171,9 +187,20 @@ def build_core(
         queue=cluster_queue if roster is not None else None,
         sole=roster is None,
         workers=roster.capacity if roster is not None else None,
+        credentials=credentials,
     )
     return Core(
-        settings, store, backend, ipfs, sender, pinner, provenance, service, queues[0] if queues else None, roster
+        settings,
+        store,
+        backend,
+        ipfs,
+        sender,
+        pinner,
+        provenance,
+        credentials,
+        service,
+        queues[0] if queues else None,
+        roster,
     )
 
 

@@ -1,4 +1,4 @@
-"""Typed errors of the IPFS side of provenance: CIDs, the local store, Kubo RPC and pinning services."""
+"""Typed errors of provenance: CIDs, the local store, Kubo RPC, pinning services, Content Credentials."""
 
 from __future__ import annotations
 
@@ -159,3 +159,11 @@ class PinTimeout(IpfsError, TimeoutError):
         super().__init__(f"pin request {requestid} still {status} after {timeout:g} s")
         self.requestid = requestid
         self.status = status
+
+
+class ContentCredentialsError(Exception):
+    """Content Credentials (C2PA) could not be signed into a file or read from it."""
+
+
+class SigningIdentityError(ContentCredentialsError):
+    """The configured signing certificate or key cannot sign Content Credentials (says why)."""

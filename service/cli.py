@@ -7,14 +7,24 @@ import json
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
+from importlib.metadata import version
 from pathlib import Path
 
+from provenance.content_credentials import Credentials, read_credentials
 from sr_core import kinds
 from sr_core.device import Precision
 from sr_core.engines import spell_scales
 from sr_core.errors import ParameterError, SatscaleError
 from sr_core.fidelity import Fidelity, figure_text
-from sr_core.imageio import FORMAT_EXTENSIONS, OUTPUT_EXTENSIONS, ImageLimits, OutputOptions, output_format
+from sr_core.imageio import (
+    FORMAT_EXTENSIONS,
+    OUTPUT_EXTENSIONS,
+    ImageLimits,
+    OutputOptions,
+    output_format,
+    sniff_format,
+)
+from sr_core.metadata import MetadataPolicy, MetadataRule, StageParameters, parameters_xmp
 from sr_core.pipeline import PipelineResult, Stage, check_face_stages, run_pipeline
 from sr_core.registry import ModelRegistry
 from sr_core.upscale import UpscaleOptions
@@ -191,6 +201,29 @@ def _figure(fidelity: Fidelity | None) -> str:
     return "" if fidelity is None else f", {figure_text(fidelity.to_dict())} against the input"
 
 
+#: --metadata: what a local output keeps of its input's metadata (sr_core.metadata)
+CLI_METADATA = {
+    "keep": (MetadataPolicy.KEEP, False),
+    "no-location": (MetadataPolicy.AUTO, True),  # as a published job's output: no GPS
+    "strip": (MetadataPolicy.STRIP, False),
+}
+
+
+def cli_metadata_rule(choice: str, names: Sequence[str], stages: Sequence[Stage]) -> MetadataRule:
+    policy, public = CLI_METADATA[choice]
+    described = [
+        StageParameters(
+            str(name),
+            stage.options.scale or stage.engine.info.native_scale,
+            stage.engine.info.weights_sha256,
+            dict(stage.options.engine_options or {}),
+        )
+        for name, stage in zip(names, stages, strict=True)
+    ]
+    xmp = None if policy is MetadataPolicy.STRIP else parameters_xmp(f"Satscale {version('satscale')}", described)
+    return MetadataRule(policy, public, xmp)
+
+
 def cmd_upscale(args: argparse.Namespace) -> int:
     stages = _stages(args)
     scale = 1
@@ -199,6 +232,8 @@ def cmd_upscale(args: argparse.Namespace) -> int:
     jobs = plan_jobs([Path(p) for p in args.inputs], Path(args.output) if args.output else None, scale, args.format)
     output_options = OutputOptions(format=args.format, quality=args.quality, lossless=args.lossless)
     limits = ImageLimits(max_pixels=int(args.max_megapixels * 1_000_000))
+    names = [sent.model for sent in _sent_with_faces(args)]
+    metadata = cli_metadata_rule(args.metadata, names, stages)
     failures = skipped = 0
     for position, job in enumerate(jobs, start=1):
         if job.target.exists() and not args.overwrite:
@@ -216,6 +251,7 @@ def cmd_upscale(args: argparse.Namespace) -> int:
                 update,
                 keep=args.keep_intermediates,
                 fidelity=not args.no_fidelity,
+                metadata=metadata,
             )
         except SatscaleError as exc:
             failures += 1
@@ -352,17 +388,55 @@ def cmd_dev_pay(args: argparse.Namespace) -> int:
     return 0
 
 
+def print_credentials(found: Credentials) -> None:
+    """A file's Content Credentials as `verify` prints them."""
+    if not found.present:
+        print("  no Content Credentials in this file")
+        return
+    signer = found.signer
+    if found.intact:
+        trust = "a trusted authority" if found.state == "trusted" else "not an authority you listed as trusted"
+        print(f"  Content Credentials intact: signed by {signer.get('common_name')} ({signer.get('issuer')}; {trust})")
+    else:
+        print("  Content Credentials DO NOT VALIDATE: the file changed after it was signed, or the manifest is damaged")
+        for code, text in found.failures:
+            print(f"    {code}: {text}")
+    steps = [
+        str(a["action"]).removeprefix("c2pa.")
+        + (f" by {a['model']} (weights {a['weights_sha256']})" if a.get("model") else "")
+        for a in found.actions
+    ]
+    print(f"  actions  {' -> '.join(steps)}")
+    if found.ingredient:
+        print(f"  parent   {found.ingredient.get('title')} sha256 {found.ingredient.get('sha256')}")
+    if found.record:
+        record = found.record
+        print(f"  claims   the record of payment {record.get('payment_hash')}, input {record.get('input_cid')}")
+        print(f"           registry {record.get('registry')} on chain {record.get('chain_id')}")
+
+
 def cmd_verify(args: argparse.Namespace) -> int:
-    """Ask a Satscale server for an image's chain of custody; a local file is hashed here."""
+    """Ask a Satscale server for an image's chain of custody; a local file is hashed here, and its
+    Content Credentials are read and validated here."""
     import hashlib
 
     target = Path(args.image)
+    local: Credentials | None = None
     if target.is_file():
-        query = hashlib.sha256(target.read_bytes()).hexdigest()
-        print(f"{target}: sha256 {query}")
+        data = target.read_bytes()
+        query = hashlib.sha256(data).hexdigest()
+        anchors = [Path(anchor).read_bytes() for anchor in args.trust_anchor or ()]
+        local = read_credentials(data, sniff_format(data[:16]) or "", anchors)
+        if not args.json:
+            print(f"{target}: sha256 {query}")
+            print_credentials(local)
     else:
         query = args.image
+    sys.stdout.flush()  # what the file says comes first, even when the server knows no record
     body = server_call("GET", f"{args.server.rstrip('/')}/v1/provenance/{query}", timeout=120)
+    if local is not None and local.present:
+        body["file_credentials"] = local.to_dict()
+        body["verified"] = body["verified"] and local.intact
     if args.json:
         print(json.dumps(body, indent=2))
         return 0 if body["verified"] else 1
@@ -407,6 +481,13 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("-q", "--quality", type=int, default=95, help="JPEG/WebP quality (default 95)")
     up.add_argument("--lossless", action="store_true", help="lossless WebP")
     up.add_argument("--overwrite", action="store_true", help="redo outputs that already exist")
+    up.add_argument(
+        "--metadata",
+        choices=list(CLI_METADATA),
+        default="keep",
+        help="keep the input's EXIF (default), drop its location (GPS), or strip EXIF and XMP; all but strip "
+        "write the upscale's parameters as XMP (the ICC profile always stays)",
+    )
     up.add_argument("--max-megapixels", type=float, default=64.0, help="refuse larger inputs (default 64)")
     up.add_argument(
         "--then",
@@ -461,6 +542,12 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("image", metavar="IMAGE_OR_CID", help="an image file, its sha256, or a CID")
     verify.add_argument("--server", default="http://127.0.0.1:7860", help="the Satscale server")
     verify.add_argument("--json", action="store_true", help="the full report as JSON")
+    verify.add_argument(
+        "--trust-anchor",
+        action="append",
+        metavar="CA.pem",
+        help="a CA certificate whose Content Credentials signers count as trusted (repeatable)",
+    )
     verify.set_defaults(func=cmd_verify)
 
     compare = commands.add_parser("compare", help="PSNR and SSIM of two images, e.g. two models' outputs")

@@ -117,6 +117,18 @@ class Settings(BaseSettings):
     #: metadata on the public IPFS gateway (anyone holding the input finds the upscale); False
     #: records only the hashes on chain and serves the files only with the job's credential
     publish_default: bool = False
+    #: what an output keeps of its input's metadata (sr_core.metadata): "auto" keeps EXIF and ICC
+    #: and drops the location (GPS) of a published output; "keep" keeps all, location included;
+    #: "strip" writes no EXIF and no XMP (the ICC profile stays). All but "strip" write the job's
+    #: parameters (pipeline, models, weights sha256, version) as XMP
+    metadata_policy: Literal["auto", "keep", "strip"] = "auto"
+    #: Content Credentials (C2PA) are signed into every output with this PEM certificate chain
+    #: (signing certificate first) and its PEM EC key; none: a local CA and signer made at first
+    #: start under data_dir/signing (validators call it untrusted, which it is)
+    signing_certificate: Path | None = None
+    signing_key: Path | None = None
+    #: PEM CA certificates whose signers this server's verifier reports as trusted
+    trust_anchors: list[Path] = Field(default_factory=list)
     #: dev backend only, for a private test server: list each settled payment's preimage in
     #: GET /v1/dev/payments (with a job's macaroon, that is the credential for its result)
     dev_wallet_lists_preimages: bool = False

@@ -238,6 +238,7 @@ class FrontDoor:
             self.provenance.private,
             self.service.store,
             self.service.engines.weights,
+            self.service.runner.credentials.read if self.service.runner.credentials else None,
         )
 
     async def verify(self, query: str, proof: Proof | None = None) -> Report:

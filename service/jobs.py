@@ -154,10 +154,17 @@ class Job:
     collection_run: str | None = None
     #: the worker running (or that last ran) the job's engine: which one a takeover fences off
     worker: str | None = None
+    #: the Content Credentials signed into the output as JSON, read back from it once signed
+    #: (provenance.content_credentials.Credentials.to_dict)
+    credentials: str | None = None
 
     @property
     def stages(self) -> tuple[StageRequest, ...]:
         return decode(self.pipeline, self.model, self.scale, self.tile, self.precision)
+
+    @property
+    def content_credentials(self) -> dict | None:
+        return json.loads(self.credentials) if self.credentials else None
 
     @property
     def kept_intermediates(self) -> list[dict]:

@@ -26,11 +26,13 @@ from pathlib import Path
 
 from sr_core.errors import Cancelled, SatscaleError
 from sr_core.imageio import FORMAT_EXTENSIONS, ImageLimits, OutputOptions
+from sr_core.metadata import MetadataPolicy, StageParameters
 from sr_core.pipeline import PlannedStage, Stage, remove_intermediates, run_pipeline
 from sr_core.upscale import UpscaleOptions
 from sr_core.weights import sha256_file
 
 from .capacity import ThroughputMeter
+from .credentials import OutputCredentials, metadata_rule
 from .engines import Engines
 from .inputs import Inputs
 from .jobs import ChainStatus, InvoiceStatus, Job, JobState
@@ -63,6 +65,8 @@ class EngineRun:
     intermediates: list[dict]
     #: each stage's engine options in force: the request's over the server's defaults
     settings: list[dict]
+    #: the Content Credentials signed into the output, as read back from it (None: not signed)
+    credentials: dict | None = None
 
     def remove(self) -> None:
         self.path.unlink(missing_ok=True)
@@ -83,9 +87,13 @@ class JobRunner:
         clock: Callable[[], float],
         provenance: Provenance | None = None,
         on_record: Callable[[], None] | None = None,
+        credentials: OutputCredentials | None = None,
+        metadata_policy: MetadataPolicy = MetadataPolicy.AUTO,
     ) -> None:
         """`on_record` is told when a chain record was queued (the chain sender wakes up);
-        `on_final` (set by whoever composes the service) of every job that ended, as it ended."""
+        `on_final` (set by whoever composes the service) of every job that ended, as it ended.
+        `credentials` signs Content Credentials into every output; `metadata_policy`: what an
+        output keeps of its input's metadata (sr_core.metadata)."""
         self.store = store
         self.engines = engines
         self.meter = meter
@@ -96,6 +104,8 @@ class JobRunner:
         self.clock = clock
         self.provenance = provenance
         self.on_record = on_record
+        self.credentials = credentials
+        self.metadata_policy = metadata_policy
         self.on_final: Callable[[Job], None] | None = None
         self._stops: dict[str, threading.Event] = {}
         self._sole = True
@@ -282,6 +292,7 @@ class JobRunner:
             output_height=run.height,
             fidelity=json.dumps(run.fidelity, sort_keys=True),
             intermediates=json.dumps(run.intermediates) if run.intermediates else None,
+            credentials=json.dumps(run.credentials, sort_keys=True) if run.credentials else None,
             finished_at=self.clock(),
             progress=1.0,
             **provenance,
@@ -348,6 +359,14 @@ class JobRunner:
             Stage(engine, UpscaleOptions(scale=stage.scale, tile=stage.tile, engine_options=stage.engine_options))
             for engine, stage in zip(engines, stages, strict=True)
         ]
+        settings = [
+            {o.name: stage.engine_options.get(o.name, o.default) for o in engine.info.job_options}
+            for engine, stage in zip(engines, stages, strict=True)
+        ]
+        described = [
+            StageParameters(stage.model, stage.scale, engine.info.weights_sha256, used)
+            for engine, stage, used in zip(engines, stages, settings, strict=True)
+        ]
         result = run_pipeline(
             runs,
             Path(job.input_path),
@@ -360,7 +379,17 @@ class JobRunner:
             weigh=weigh,
             keep=len(stages) > 1,
             figure_timings=self.meter.record_figure,
+            metadata=metadata_rule(self.metadata_policy, job, described),
         )
+        credentials = None
+        if self.credentials is not None:  # before hashing: the sha256, CID and record are of the signed file
+            try:
+                signed = self.credentials.sign(job, target, job.output_format, described)
+            except BaseException:
+                target.unlink(missing_ok=True)
+                remove_intermediates(target)
+                raise
+            credentials = signed.to_dict()
         figures = [
             {"stage": r.index, "model": s.model} | (r.fidelity.to_dict() if r.fidelity else {}) | dict(r.outcome)
             for r, s in zip(result.stages, stages, strict=True)
@@ -378,10 +407,8 @@ class JobRunner:
             tuple(engine.info.weights_sha256 for engine in engines),
             {"overall": result.fidelity.to_dict() if result.fidelity else None, "stages": figures},
             intermediates,
-            [
-                {o.name: stage.engine_options.get(o.name, o.default) for o in engine.info.job_options}
-                for engine, stage in zip(engines, stages, strict=True)
-            ],
+            settings,
+            credentials,
         )
 
     def _reason(self, exc: Exception, job: Job) -> str:

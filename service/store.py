@@ -80,7 +80,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     fidelity TEXT,
     intermediates TEXT,
     collection_run TEXT,
-    worker TEXT
+    worker TEXT,
+    credentials TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state);
 CREATE INDEX IF NOT EXISTS jobs_input ON jobs(input_sha256);
@@ -145,6 +146,7 @@ _ADDED_COLUMNS = (
     ("intermediates", "TEXT"),
     ("collection_run", "TEXT"),
     ("worker", "TEXT"),
+    ("credentials", "TEXT"),
 )
 #: an outbox entry's status as the job shows it (held: a collection token's record, waiting for
 #: its batch to be paid before it may go on chain)

@@ -20,12 +20,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from provenance.chain import OnChainRecord, ProvenanceChain
+from provenance.chain import OnChainRecord, ProvenanceChain, RecordFields
 from provenance.cid import Cid, hash_bytes
+from provenance.content_credentials import Credentials
 from provenance.errors import IpfsError
 from provenance.ipfs import LocalIpfsStore
 from provenance.metadata import params_hash
 from sr_core.errors import SatscaleError
+from sr_core.imageio import sniff_format
 
 from .jobs import Job
 from .provenance import pipeline_parameters
@@ -59,6 +61,8 @@ class RecordReport:
     checks: list[Check] = field(default_factory=list)
     #: the job's output was not published: this report leaves it out
     withheld: bool = False
+    #: the Content Credentials inside the output (Credentials.to_dict; None: none, or withheld)
+    credentials: dict | None = None
 
     @property
     def verified(self) -> bool:
@@ -96,11 +100,14 @@ def _content(stores: tuple[LocalIpfsStore, ...], cid: str) -> bytes | None:
     return None
 
 
-def _check_content(stores: tuple[LocalIpfsStore, ...], label: str, cid: str, sha256: str) -> list[Check]:
-    """The bytes behind `cid` hash to `sha256`, and rebuilding the CID from them gives `cid`."""
+def _check_content(
+    stores: tuple[LocalIpfsStore, ...], label: str, cid: str, sha256: str
+) -> tuple[list[Check], bytes | None]:
+    """The bytes behind `cid` hash to `sha256`, and rebuilding the CID from them gives `cid`
+    (with the bytes, for the checks that read them)."""
     data = _content(stores, cid)
     if data is None:
-        return [Check(f"{label} content", False, f"{cid} is not held by this node (or a block is corrupt)")]
+        return [Check(f"{label} content", False, f"{cid} is not held by this node (or a block is corrupt)")], None
     actual = hashlib.sha256(data).hexdigest()
     checks = [
         Check(
@@ -118,10 +125,76 @@ def _check_content(stores: tuple[LocalIpfsStore, ...], label: str, cid: str, sha
             f"rebuilding the CID from the bytes gives {rebuilt}" + ("" if rebuilt == str(parsed) else f", not {cid}"),
         )
     )
-    return checks
+    return checks, data
 
 
 Disclose = Callable[[str], bool]
+ReadCredentials = Callable[[bytes, str], Credentials]
+
+
+def _format_of(data: bytes, job: Job | None) -> str:
+    return sniff_format(data[:16]) or (job.output_format if job is not None else "png")
+
+
+def credential_checks(
+    judged: Credentials, fields: RecordFields, chain: ProvenanceChain, job: Job | None
+) -> list[Check]:
+    """The output's Content Credentials: intact, and saying what the chain record says (the
+    payment, the input, the registry and chain, the models and their weights)."""
+    if not judged.present:
+        if job is not None and job.credentials:
+            return [Check("content credentials", False, "the output was signed, but this file carries no manifest")]
+        return []  # made before outputs carried Content Credentials
+    signer = judged.signer.get("common_name") or "an unnamed signer"
+    trust = (
+        "a signer this server trusts"
+        if judged.state == "trusted"
+        else f"{signer} (issued by {judged.signer.get('issuer')}), not an authority this server trusts"
+    )
+    if judged.intact:
+        intact = Check(
+            "content credentials", True, f"the manifest is intact and bound to these bytes; signed by {trust}"
+        )
+    else:
+        failed = "; ".join(f"{code}: {text}" for code, text in judged.failures) or "the manifest does not validate"
+        intact = Check("content credentials", False, f"the manifest does not validate ({failed})")
+    claimed = judged.record or {}
+    expected = {
+        "payment_hash": fields.payment_hash,
+        "input_cid": fields.input_cid,
+        "input_sha256": fields.input_sha256,
+        "registry": chain.address,
+        "chain_id": chain.chain_id,
+    }
+    ingredient = judged.ingredient or {}
+    wrong = [f"{key} {claimed.get(key)!r}, the record's is {want!r}" for key, want in expected.items()
+             if str(claimed.get(key)).lower() != str(want).lower()]  # fmt: skip
+    if ingredient.get("sha256") != fields.input_sha256:
+        wrong.append(f"the parent ingredient is {ingredient.get('sha256')!r}, the record's input {fields.input_sha256}")
+    agrees = Check(
+        "credentials match the record",
+        not wrong,
+        "the manifest names this record's payment, input, registry and chain" if not wrong else "; ".join(wrong),
+    )
+    stages = [a for a in judged.actions if a.get("model")]
+    signed = [str(a.get("weights_sha256")) for a in stages]
+    requests = job.stages if job is not None else ()
+    if requests and len(requests) == len(stages):
+        digest = weights_digest(requests, signed)
+    else:
+        digest = signed[0] if len(signed) == 1 else ""
+    models = ", ".join(str(a["model"]) for a in stages) or "none"
+    actions = Check(
+        "credentials name the models",
+        digest == fields.weights_sha256,
+        f"the manifest's actions ran {models}"
+        + (
+            ""
+            if digest == fields.weights_sha256
+            else f": their weights do not digest to the record's {fields.weights_sha256}"
+        ),
+    )
+    return [intact, agrees, actions]
 
 
 def _stage_shown(stage: StageRequest, disclosed: bool) -> dict:
@@ -136,8 +209,12 @@ class Verifier:
         private: LocalIpfsStore,
         jobs: JobStore,
         weights: Callable[[str], tuple[Path, str]],
+        credentials: ReadCredentials | None = None,
     ) -> None:
-        """`weights(model)`: the file this server runs for a model and its sha256."""
+        """`weights(model)`: the file this server runs for a model and its sha256;
+        `credentials(data, format)`: the Content Credentials inside an image, judged against this
+        server's trust anchors."""
+        self.credentials = credentials
         self.chain = chain
         self.public = public
         self.stores = (public, private)
@@ -183,9 +260,11 @@ class Verifier:
         """`disclosed`: the job is published or the caller holds it, so its stages' own options (a
         prompt describes the image) may be shown; otherwise each stage's model and scale only."""
         fields = record.fields
-        checks = _check_content(self.stores, "input", fields.input_cid, fields.input_sha256)
+        checks, _ = _check_content(self.stores, "input", fields.input_cid, fields.input_sha256)
+        output: bytes | None = None
         if not withheld:
-            checks += _check_content(self.stores, "output", fields.output_cid, fields.output_sha256)
+            found, output = _check_content(self.stores, "output", fields.output_cid, fields.output_sha256)
+            checks += found
         stages = job.stages if job is not None else ()
         several = bool(stages) and not trivial(stages)
         if several:
@@ -213,6 +292,11 @@ class Verifier:
                     f"{named} was paid over Lightning (invoice {job.invoice_status.value})",
                 )
             )
+        credentials = None
+        if output is not None and self.credentials is not None:
+            judged = self.credentials(output, _format_of(output, job))
+            credentials = judged.to_dict() if judged.present else None
+            checks += credential_checks(judged, fields, self.chain, job)
         tx = self.chain.find_record_tx(fields.payment_hash)
         chain = {
             "chain_id": self.chain.chain_id,
@@ -232,7 +316,9 @@ class Verifier:
         if withheld:  # the transaction's calldata names the output; the payment hash is the holder's
             chain.pop("tx", None)
             chain.pop("block", None)
-        return RecordReport(None if withheld else fields.payment_hash, role, custody, chain, checks, withheld)
+        return RecordReport(
+            None if withheld else fields.payment_hash, role, custody, chain, checks, withheld, credentials
+        )
 
     def _stage_weights(self, stages: Sequence[StageRequest]) -> list[str]:
         found = []

@@ -88,6 +88,8 @@ class JobView:
     fidelity: dict[str, Any] | None = None
     #: a multi-stage job's intermediate images: OWNER, with the output
     intermediates: tuple[IntermediateView, ...] = ()
+    #: the Content Credentials signed into the output (signer, actions, ingredient): OWNER, with it
+    content_credentials: dict[str, Any] | None = None
 
     @property
     def releasable(self) -> bool:
@@ -124,6 +126,7 @@ def view(grant: Grant, progress: float | None) -> JobView:
         stages=tuple(s.to_dict() if holder else {"model": s.model, "scale": s.scale} for s in job.stages),
         fidelity=json.loads(job.fidelity) if owner and job.releasable and job.fidelity else None,
         intermediates=_intermediates(job) if owner and job.releasable else (),
+        content_credentials=job.content_credentials if owner and job.releasable else None,
     )
 
 
@@ -197,6 +200,8 @@ def job_document(job_view: JobView, base_url: str = "", chain: dict[str, Any] | 
         document["links"]["result"] = f"{link}/result"
     if v.fidelity is not None:
         document["fidelity"] = v.fidelity
+    if v.content_credentials is not None:
+        document["content_credentials"] = v.content_credentials
     if v.intermediates:
         document["intermediates"] = [{**asdict(i), "url": f"{link}/stages/{i.stage}"} for i in v.intermediates]
     if v.provenance is not None:

@@ -18,11 +18,13 @@ import time
 from collections.abc import Callable
 
 from payments.backend import LightningBackend, PaymentError
+from sr_core.metadata import MetadataPolicy
 from sr_core.registry import ModelRegistry
 
 from .capacity import ThroughputMeter
 from .checkout import Checkout
 from .config import Settings
+from .credentials import OutputCredentials
 from .engines import Engines
 from .inputs import Inputs
 from .intake import Intake, upload_limits
@@ -48,13 +50,15 @@ class JobService:
         queue: Callable[[JobRunner], JobQueue] | None = None,
         sole: bool = True,
         workers: Callable[[set[str]], int] | None = None,
+        credentials: OutputCredentials | None = None,
     ) -> None:
         """`provenance` pins each finished job and queues its chain record; `on_record` is
         told when a record was queued (the chain sender wakes up). `queue` makes the job queue
         around the runner (default: this process's own). `sole`: this is the only node, so it
         also keeps the clocks and reconciles at start (in a cluster one node at a time does,
         service.cluster.coordinator). `workers(models)`: how many jobs needing these models can
-        run at once (a cluster's live workers; one here)."""
+        run at once (a cluster's live workers; one here). `credentials` signs Content Credentials into
+        every output (service.credentials)."""
         self.settings = settings
         self.store = store
         self.backend = backend
@@ -76,6 +80,8 @@ class JobService:
             clock,
             provenance,
             on_record,
+            credentials,
+            MetadataPolicy(settings.metadata_policy),
         )
         self.queue: JobQueue = (queue or (lambda runner: EmbeddedQueue(store, runner)))(self.runner)
         self.watcher = PaymentWatcher(

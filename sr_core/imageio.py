@@ -300,6 +300,7 @@ class OutputSpec:
     icc_profile: bytes | None = None
     exif: bytes | None = None
     resolution: tuple[float, float] | None = None  # pixels per mm, as libvips counts
+    xmp: bytes | None = None  # an XMP packet (sr_core.metadata)
 
 
 def check_output(spec: OutputSpec, fmt: str, path: Path) -> None:
@@ -386,6 +387,8 @@ class StreamingWriter:
             image.set_type(pyvips.GValue.blob_type, "exif-data", spec.exif)
             # pixels are upright now; libvips rewrites the EXIF tag from this field on save
             image.set_type(pyvips.GValue.gint_type, "orientation", 1)
+        if spec.xmp:
+            image.set_type(pyvips.GValue.blob_type, "xmp-data", spec.xmp)
         return image
 
     def _save(self, image: pyvips.Image, target: Path) -> None:

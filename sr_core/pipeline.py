@@ -21,6 +21,7 @@ from .engines import Engine, EngineInfo, Faces
 from .errors import ParameterError
 from .fidelity import Fidelity, compared_pixels, consistency
 from .imageio import ImageInfo, ImageLimits, ImageReader, OutputOptions, RawTiffReader, StreamingWriter
+from .metadata import MetadataRule
 from .plans import StopCheck, UpscaleOptions, UpscalePlan
 from .upscale import output_spec
 
@@ -145,12 +146,14 @@ def run_pipeline(
     keep: bool = False,
     fidelity: bool = True,
     figure_timings: Callable[[int, float], None] | None = None,
+    metadata: MetadataRule | None = None,
 ) -> PipelineResult:
     """Run the stages in order; the last one writes `output`. `weigh`: a stage's share of the
     progress (e.g. its estimated seconds; default: its work units). `keep`: leave the
     intermediates (intermediate_path) beside the output. `fidelity`: measure each stage's and
     the whole pipeline's consistency with its input (`figure_timings` is told the compared
-    pixels and seconds of each figure)."""
+    pixels and seconds of each figure). `metadata`: what the output keeps of the input's EXIF and
+    which XMP it carries (default: EXIF kept, no XMP)."""
 
     def figure(reference: Path | bytes, made: Path, width: int, height: int, scale: int) -> Fidelity:
         started = time.perf_counter()
@@ -161,6 +164,7 @@ def run_pipeline(
 
     started = time.perf_counter()
     reader = ImageReader(source, limits, source=str(source) if isinstance(source, Path) else "image")
+    carried = (metadata or MetadataRule()).apply(reader.exif)
     planned = plan_pipeline(stages, reader.info)
     shares = [weigh(p) if weigh else float(p.plan.work_pixels) for p in planned]
     total = sum(shares) or 1.0
@@ -174,7 +178,13 @@ def run_pipeline(
             last = index == len(planned)
             target = output if last else intermediate_path(output, index)
             stage_started = time.perf_counter()
-            spec = output_spec(current_reader.info, step.plan.scale, reader.exif if last else None, reader.resolution)
+            spec = output_spec(
+                current_reader.info,
+                step.plan.scale,
+                carried.exif if last else None,
+                reader.resolution,
+                carried.xmp if last else None,
+            )
 
             def report(done: int, count: int, share: float = shares[index - 1], before: float = done_share) -> None:
                 if progress:

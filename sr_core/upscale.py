@@ -33,7 +33,11 @@ class UpscaleResult:
 
 
 def output_spec(
-    image: ImageInfo, scale: int, exif: bytes | None = None, resolution: tuple[float, float] | None = None
+    image: ImageInfo,
+    scale: int,
+    exif: bytes | None = None,
+    resolution: tuple[float, float] | None = None,
+    xmp: bytes | None = None,
 ) -> OutputSpec:
     return OutputSpec(
         width=image.width * scale,
@@ -43,6 +47,7 @@ def output_spec(
         icc_profile=image.icc_profile,
         exif=exif,
         resolution=resolution,
+        xmp=xmp,
     )
 
 

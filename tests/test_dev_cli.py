@@ -92,6 +92,10 @@ def test_verify_from_the_command_line(tmp_path: Path, registry, form: dict) -> N
         ok = subprocess.run([SATSCALE, "verify", str(downloaded), "--server", url], capture_output=True, text=True)
         assert ok.returncode == 0, ok.stderr
         assert "VERIFIED" in ok.stdout and "this image is the output" in ok.stdout and "MISMATCH" not in ok.stdout
+        # the file's own Content Credentials, read here, and the server's cross-check of them
+        assert "Content Credentials intact: signed by Satscale content credentials" in ok.stdout
+        assert f"claims   the record of payment {body['payment_hash']}" in ok.stdout
+        assert "[ok] credentials match the record" in ok.stdout
         if "pipeline" in form:  # every stage is named, and its weights checked
             assert "stage 2  realesr-animevideov3 x2" in ok.stdout and "2 stages on this server" in ok.stdout
 
@@ -99,3 +103,7 @@ def test_verify_from_the_command_line(tmp_path: Path, registry, form: dict) -> N
         altered.write_bytes(result.content[:-1] + bytes([result.content[-1] ^ 1]))
         unknown = subprocess.run([SATSCALE, "verify", str(altered), "--server", url], capture_output=True, text=True)
         assert unknown.returncode == 2 and "no provenance record" in unknown.stderr
+        # the edited file still names its record, and fails the hard binding to its bytes
+        assert "Content Credentials DO NOT VALIDATE" in unknown.stdout
+        assert "assertion.dataHash.mismatch" in unknown.stdout
+        assert f"claims   the record of payment {body['payment_hash']}" in unknown.stdout

@@ -117,6 +117,12 @@ def test_upload_quote_pay_result_and_provenance(browser: Browser, server, photo:
     served = httpx.get(f"{url}{gateway}", timeout=30).content
     assert hashlib.sha256(served).hexdigest() == job.output_sha256
     expect(page.locator("#metadata")).to_contain_text(f"ipfs://{job.output_cid}")
+    # the Content Credentials inside the downloaded file: signer, actions, the input as ingredient
+    credentials = page.locator("#provenance .satscale-credentials")
+    expect(credentials).to_contain_text("Satscale content credentials")
+    expect(credentials.locator("[data-credentials-state=valid]")).to_be_visible()
+    expect(credentials.locator("[data-action='c2pa.resized']")).to_contain_text("realesr-animevideov3")
+    expect(credentials.locator("[data-ingredient]")).to_have_text(job.input_sha256)
     page.click("#verify")
     expect(page.locator("#verify-result")).to_contain_text("Verified")
     ARTIFACTS.mkdir(exist_ok=True)

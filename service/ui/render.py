@@ -185,7 +185,48 @@ def provenance_html(job: JobView, chain: dict | None) -> str:
     if p.chain_error:
         rows.append(("Chain note", html.escape(p.chain_error)))
     items = "".join(f"<dt>{label}</dt><dd>{value}</dd>" for label, value in rows)
-    return f'<dl class="satscale-provenance">{items}</dl>' + fidelity_html(job)
+    return f'<dl class="satscale-provenance">{items}</dl>' + credentials_html(job) + fidelity_html(job)
+
+
+STATE_NOTE = {
+    "trusted": "intact; the signer chains to an authority this server trusts",
+    "valid": "intact; the signer is not an authority validators know (this server's own certificate)",
+    "invalid": "does not validate",
+}
+
+
+def credentials_html(job: JobView) -> str:
+    """The Content Credentials (C2PA) inside the output: who signed, what was done, from what."""
+    found = job.content_credentials
+    if not found:
+        return ""
+    e = html.escape
+    signer = found.get("signer") or {}
+    state = str(found.get("state"))
+    rows = [
+        ("Signed by", f"{e(str(signer.get('common_name')))}, issued by {e(str(signer.get('issuer')))}"),
+        ("Validation", f'<span data-credentials-state="{e(state)}">{e(STATE_NOTE.get(state, state))}</span>'),
+    ]
+    steps = []
+    for action in found.get("actions") or []:
+        name = e(str(action.get("action", "")).removeprefix("c2pa."))
+        if action.get("model"):
+            weights = str(action.get("weights_sha256") or "")[:12]
+            name += f" by <code>{e(str(action['model']))}</code> (weights {e(weights)}…)"
+        steps.append(f'<span data-action="{e(str(action.get("action")))}">{name}</span>')
+    rows.append(("Actions", " → ".join(steps)))
+    ingredient = found.get("ingredient")
+    if ingredient:
+        own = "with its own Content Credentials" if ingredient.get("has_credentials") else "no credentials of its own"
+        rows.append(
+            (
+                "Ingredient",
+                f"{e(str(ingredient.get('title')))} (parent), sha256 <code data-ingredient>"
+                f"{e(str(ingredient.get('sha256')))}</code>, {own}",
+            )
+        )
+    items = "".join(f"<dt>{label}</dt><dd>{value}</dd>" for label, value in rows)
+    return f'<dl class="satscale-credentials" data-heading="Content Credentials (C2PA) in the file">{items}</dl>'
 
 
 def verification_text(report: Report) -> str:
@@ -218,12 +259,14 @@ CSS = """
 .satscale-download { display: inline-block; padding: .55rem 1rem; border-radius: var(--button-large-radius, 8px);
   background: var(--button-secondary-background-fill); color: var(--button-secondary-text-color);
   border: 1px solid var(--button-secondary-border-color); text-decoration: none; font-weight: 600; }
-.satscale-provenance, .satscale-fidelity {
+.satscale-provenance, .satscale-fidelity, .satscale-credentials {
   display: grid; grid-template-columns: max-content 1fr; gap: .3rem .9rem; margin: 0;
 }
-.satscale-provenance dt, .satscale-fidelity dt { font-weight: 600; }
-.satscale-provenance dd, .satscale-fidelity dd { margin: 0; overflow-wrap: anywhere; }
-.satscale-fidelity { margin-top: .8rem; }
-.satscale-fidelity::before { content: attr(data-heading); grid-column: 1 / -1; font-weight: 600; }
+.satscale-provenance dt, .satscale-fidelity dt, .satscale-credentials dt { font-weight: 600; }
+.satscale-provenance dd, .satscale-fidelity dd, .satscale-credentials dd { margin: 0; overflow-wrap: anywhere; }
+.satscale-fidelity, .satscale-credentials { margin-top: .8rem; }
+.satscale-fidelity::before, .satscale-credentials::before {
+  content: attr(data-heading); grid-column: 1 / -1; font-weight: 600;
+}
 .satscale-jobs { width: 100%; } .satscale-jobs td { padding: .2rem .5rem; overflow-wrap: anywhere; }
 """

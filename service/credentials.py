@@ -1,0 +1,128 @@
+"""What a job's output says about itself: its metadata (the policy, the parameters as XMP) and its
+signed Content Credentials, which point at the on-chain record.
+
+The runner asks for the metadata rule before the engine runs (the final stage writes it) and
+signs the finished file right after, before it is hashed and pinned: the output's sha256, its
+CID and the chain record are all of the signed file.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from importlib.metadata import version
+from pathlib import Path
+
+from provenance.cid import hash_file
+from provenance.content_credentials import (
+    Claim,
+    ContentCredentialsSigner,
+    Credentials,
+    RecordKey,
+    StageAction,
+    read_credentials,
+)
+from provenance.errors import SigningIdentityError
+from provenance.signing_identity import SigningIdentity, load_identity, local_identity
+from sr_core.imageio import sniff_format
+from sr_core.metadata import MetadataPolicy, MetadataRule, StageParameters, parameters_xmp
+
+from .config import Settings
+from .jobs import Job
+
+log = logging.getLogger("satscale.credentials")
+
+#: where a server without an operator's certificate keeps its local signer
+SIGNING_DIR = "signing"
+
+
+def software() -> tuple[str, str]:
+    """("Satscale 0.12.0", "0.12.0")."""
+    release = version("satscale")
+    return f"Satscale {release}", release
+
+
+@dataclass(frozen=True)
+class ChainIdentity:
+    registry: str
+    chain_id: int
+
+
+def signing_identity(settings: Settings) -> SigningIdentity:
+    """The operator's certificate and key when both are set, else this server's local signer."""
+    if (settings.signing_certificate is None) != (settings.signing_key is None):
+        raise SigningIdentityError("set both SATSCALE_SIGNING_CERTIFICATE and SATSCALE_SIGNING_KEY, or neither")
+    if settings.signing_certificate is not None and settings.signing_key is not None:
+        return load_identity(settings.signing_certificate, settings.signing_key)
+    return local_identity(settings.data_dir / SIGNING_DIR)
+
+
+def trust_anchors(settings: Settings) -> list[bytes]:
+    """The PEM CA certificates a verifier on this server counts as trusted."""
+    anchors = []
+    for path in settings.trust_anchors:
+        try:
+            anchors.append(path.read_bytes())
+        except OSError as exc:
+            raise SigningIdentityError(f"trust anchor {path}: {exc.strerror or exc}") from None
+    return anchors
+
+
+def metadata_rule(policy: MetadataPolicy, job: Job, stages: Sequence[StageParameters]) -> MetadataRule:
+    """How the job's output keeps its input's metadata: a published job's output is public."""
+    xmp = None if policy is MetadataPolicy.STRIP else parameters_xmp(software()[0], stages)
+    return MetadataRule(policy=policy, public=job.publish, xmp=xmp)
+
+
+class OutputCredentials:
+    def __init__(
+        self,
+        identity: SigningIdentity,
+        chain: Callable[[], ChainIdentity | None],
+        cid_version: int = 1,
+        anchors: Sequence[bytes] = (),
+    ) -> None:
+        """`chain()`: the registry and chain id records go to (None while unknown: the
+        assertion then leaves them out, and a verifier says so)."""
+        self.signer = ContentCredentialsSigner(identity)
+        self.identity = identity
+        self.chain = chain
+        self.cid_version = cid_version
+        self.anchors = list(anchors)
+
+    def sign(self, job: Job, output: Path, fmt: str, stages: Sequence[StageParameters]) -> Credentials:
+        """Sign the job's finished output in place; returns the credentials read back from it
+        (blocking: in the engine's thread). Raises ContentCredentialsError."""
+        where = self._chain()
+        name, release = software()
+        input_path = Path(job.input_path)
+        with input_path.open("rb") as handle:
+            input_format = sniff_format(handle.read(16)) or "png"  # (inputs were validated: never None)
+        claim = Claim(
+            software=name,
+            version=release,
+            title=output.name,
+            input_title=input_path.name,
+            stages=tuple(StageAction(s.model, s.weights_sha256, s.scale) for s in stages),
+            record=RecordKey(
+                payment_hash=job.payment_hash,
+                input_cid=hash_file(input_path, cid_version=self.cid_version).cid,
+                input_sha256=job.input_sha256,
+                registry=where.registry if where else None,
+                chain_id=where.chain_id if where else None,
+                job_id=job.id,
+            ),
+        )
+        self.signer.sign(output, fmt, claim, input_path, input_format)
+        return self.read(output, fmt)
+
+    def read(self, data: bytes | Path, fmt: str) -> Credentials:
+        return read_credentials(data, fmt, self.anchors)
+
+    def _chain(self) -> ChainIdentity | None:
+        try:
+            return self.chain()
+        except Exception as exc:  # the chain is briefly unreachable: the record key still holds
+            log.warning("the chain's identity is unknown (%s); the credentials name the payment hash only", exc)
+            return None
