@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 import tempfile
 from collections.abc import Sequence
@@ -30,16 +31,19 @@ from typing import Any
 
 import c2pa
 
-from .errors import ContentCredentialsError
+from .errors import ContentCredentialsError, SigningIdentityError
 from .signing_identity import SigningIdentity
+
+log = logging.getLogger("satscale.content_credentials")
 
 #: the label of Satscale's own assertion
 SATSCALE_ASSERTION = "org.satscale.provenance"
 #: IPTC's term for what an AI model made (the C2PA actions' digitalSourceType)
 TRAINED_ALGORITHMIC_MEDIA = "http://cv.iptc.org/newscodes/digitalsourcetype/trainedAlgorithmicMedia"
 MIME_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp", "tiff": "image/tiff"}
-#: validation codes that say the signer is not known, not that anything was altered
-UNTRUSTED_CODES = frozenset({"signingCredential.untrusted"})
+#: validation codes about the signer (not known, or its certificate ran out since), not about
+#: whether anything was altered
+SIGNER_CODES = frozenset({"signingCredential.untrusted", "signingCredential.expired"})
 _INGREDIENT_LABEL = "input"
 
 
@@ -65,7 +69,6 @@ class RecordKey:
     input_sha256: str
     registry: str | None
     chain_id: int | None
-    job_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -124,7 +127,7 @@ class ContentCredentialsSigner:
         )
         return c2pa.Signer.from_info(info)
 
-    def manifest(self, claim: Claim, mime: str) -> dict:
+    def manifest(self, claim: Claim, mime: str, ingredient: dict | None = None) -> dict:
         actions: list[dict[str, Any]] = [
             {"action": "c2pa.opened", "parameters": {"ingredientIds": [_INGREDIENT_LABEL]}},
         ]
@@ -142,30 +145,71 @@ class ContentCredentialsSigner:
             "claim_generator_info": [{"name": "Satscale", "version": claim.version}],
             "title": claim.title,
             "format": mime,
+            **({"ingredients": [ingredient]} if ingredient else {}),
             "assertions": [
                 {"label": "c2pa.actions.v2", "data": {"actions": actions}},
                 {"label": SATSCALE_ASSERTION, "data": {k: v for k, v in asdict(claim.record).items() if v is not None}},
             ],
         }
 
-    def sign(self, path: Path, fmt: str, claim: Claim, input_path: Path, input_format: str) -> None:
+    def check(self) -> None:
+        """Sign a tiny image in memory: a certificate c2pa would refuse is found at start, not
+        after a paid job's engine ran. Raises SigningIdentityError."""
+        import pyvips
+
+        image = (pyvips.Image.black(2, 2) + 128).cast("uchar").pngsave_buffer()
+        claim = Claim("Satscale", "0", "check.png", "check.png", (), RecordKey("00" * 32, "", "00" * 32, None, None))
+        try:
+            with _context({"builder": {"thumbnail": {"enabled": False}}}) as context:
+                builder = c2pa.Builder(self.manifest(claim, "image/png", self._ingredient(claim, "image/png")), context)
+                with self._signer() as signer:
+                    builder.sign(signer, "image/png", io.BytesIO(image), io.BytesIO())
+                builder.close()
+        except c2pa.C2paError as exc:
+            raise SigningIdentityError(f"this certificate cannot sign Content Credentials: {exc}") from None
+
+    @staticmethod
+    def _ingredient(claim: Claim, mime: str | None = None) -> dict:
+        """The input as parent ingredient; `mime`: described here (no stream: its own manifest,
+        if any, is not carried)."""
+        described = {
+            "title": claim.input_title,
+            "relationship": "parentOf",
+            "label": _INGREDIENT_LABEL,
+            "instance_id": f"satscale:sha256:{claim.record.input_sha256}",
+            "metadata": {"satscale:sha256": claim.record.input_sha256, "satscale:cid": claim.record.input_cid},
+        }
+        return described | ({"format": mime} if mime else {})
+
+    def _builder(
+        self, claim: Claim, mime: str, input_path: Path, input_format: str, carry: bool, context: c2pa.Context
+    ) -> c2pa.Builder:
+        input_mime = MIME_TYPES[input_format]
+        if carry:  # the input's own manifest travels (a chain of edits), read from its bytes
+            builder = c2pa.Builder(self.manifest(claim, mime), context)
+            try:
+                with input_path.open("rb") as source:
+                    builder.add_ingredient(self._ingredient(claim), input_mime, source)
+                return builder
+            except c2pa.C2paError as exc:  # a damaged manifest in an upload: described without it
+                log.warning("the input's own Content Credentials cannot be read (%s); not carried", exc)
+                builder.close()
+        return c2pa.Builder(self.manifest(claim, mime, self._ingredient(claim, input_mime)), context)
+
+    def sign(
+        self, path: Path, fmt: str, claim: Claim, input_path: Path, input_format: str, carry_input: bool = True
+    ) -> None:
         """Sign `path` in place (atomically: a reader sees the unsigned or the signed file, never a
-        half-written one; a failure leaves the unsigned file and raises ContentCredentialsError)."""
+        half-written one; a failure leaves the unsigned file and raises ContentCredentialsError).
+        `carry_input`: the input's own manifest, if it has one, goes into the ingredient (off
+        where the metadata policy drops the input's metadata: a camera's manifest may hold a
+        location)."""
         mime = MIME_TYPES[fmt]
         fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
         os.close(fd)
         try:
             with _context({"builder": {"thumbnail": {"enabled": False}}}) as context:
-                builder = c2pa.Builder(self.manifest(claim, mime), context)
-                ingredient = {
-                    "title": claim.input_title,
-                    "relationship": "parentOf",
-                    "label": _INGREDIENT_LABEL,
-                    "instance_id": f"satscale:sha256:{claim.record.input_sha256}",
-                    "metadata": {"satscale:sha256": claim.record.input_sha256, "satscale:cid": claim.record.input_cid},
-                }
-                with input_path.open("rb") as source:
-                    builder.add_ingredient(ingredient, MIME_TYPES[input_format], source)
+                builder = self._builder(claim, mime, input_path, input_format, carry_input, context)
                 with self._signer() as signer, path.open("rb") as source, open(temp, "wb") as target:
                     builder.sign(signer, mime, source, target)
                     target.flush()
@@ -195,15 +239,16 @@ def read_credentials(data: bytes | Path, fmt: str, trust_anchors: Sequence[bytes
     stream = io.BytesIO(data) if isinstance(data, bytes) else data.open("rb")
     try:
         with _context(_trust_settings(trust_anchors)) as context:
-            try:
-                reader = c2pa.Reader(mime, stream, context=context)
-            except c2pa.C2paError as exc:
-                if "ManifestNotFound" in type(exc).__name__ or "no JUMBF" in str(exc):
-                    return Credentials("none")
-                return Credentials("invalid", failures=(("manifest.unreadable", str(exc)[:300]),))
+            reader = c2pa.Reader(mime, stream, context=context)
             with reader:
                 document = json.loads(reader.json())
                 state = (reader.get_validation_state() or "Invalid").lower()
+    except c2pa.C2paError as exc:
+        if "ManifestNotFound" in type(exc).__name__ or "no JUMBF" in str(exc):
+            return Credentials("none")
+        return Credentials("invalid", failures=(("manifest.unreadable", str(exc)[:300]),))
+    except (ValueError, UnicodeError) as exc:  # a manifest c2pa read but whose JSON we cannot
+        return Credentials("invalid", failures=(("manifest.unreadable", str(exc)[:300]),))
     finally:
         stream.close()
     return _judged(document, state)
@@ -215,16 +260,22 @@ def _judged(document: dict, state: str) -> Credentials:
     failures = tuple(
         (item.get("code", ""), item.get("explanation", ""))
         for item in results.get("failure", [])
-        if item.get("code") not in UNTRUSTED_CODES
+        if item.get("code") not in SIGNER_CODES
     )
-    if failures and state != "invalid":
+    signer_notes = tuple(
+        item.get("code", "") for item in results.get("failure", []) if item.get("code") in SIGNER_CODES
+    )
+    if failures:
         state = "invalid"
+    elif state == "invalid":  # only the signer's certificate is in question: the bytes are intact
+        state = "valid"
     signature = active.get("signature_info") or {}
     signer = {
         "issuer": signature.get("issuer"),
         "common_name": signature.get("common_name"),
         "serial": signature.get("cert_serial_number"),
         "time": signature.get("time"),
+        "notes": list(signer_notes),
     }
     actions: list[dict] = []
     record = None

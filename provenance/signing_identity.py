@@ -15,12 +15,14 @@ issued by a CA (not self-signed), KeyUsage digitalSignature, an extended key usa
 from __future__ import annotations
 
 import datetime as dt
+import fcntl
 import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -89,7 +91,7 @@ def load_identity(certificate_chain: Path, private_key: Path) -> SigningIdentity
     try:
         certs = x509.load_pem_x509_certificates(chain_pem)
         key = serialization.load_pem_private_key(key_pem, password=None)
-    except ValueError as exc:
+    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:  # (TypeError: an encrypted key)
         where = f"{certificate_chain} / {private_key}"
         raise SigningIdentityError(f"{where}: not a PEM certificate chain and key: {exc}") from None
     alg = _algorithm(key, str(private_key))
@@ -185,17 +187,34 @@ def make_local_identity(directory: Path, server_name: str = "Satscale") -> Signi
 
 
 def local_identity(directory: Path, server_name: str = "Satscale") -> SigningIdentity:
-    """This server's local signer: the one made at first start, or a new one if there is none
-    yet (or it ran out, or its files are damaged)."""
-    try:
-        chain = (directory / LOCAL_CERTS).read_bytes()
-        key = (directory / LOCAL_KEY).read_bytes()
-        ca = (directory / LOCAL_CA).read_bytes()
-        certs = x509.load_pem_x509_certificates(chain)
-        loaded = serialization.load_pem_private_key(key, password=None)
-    except (OSError, ValueError):
-        return make_local_identity(directory, server_name)
-    fresh = certs[0].not_valid_after_utc > dt.datetime.now(dt.UTC) + dt.timedelta(days=1)
-    if not fresh or certs[0].public_key().public_numbers() != loaded.public_key().public_numbers():  # type: ignore[union-attr]
-        return make_local_identity(directory, server_name)
-    return SigningIdentity(chain, key, _algorithm(loaded, str(directory / LOCAL_KEY)), local=True, local_ca=ca)
+    """This server's local signer: the one made at first start, or a new one if there is none yet
+    (or it ran out: the old one moves to expired-<date>/, so files it signed can still be checked
+    against its CA). Files that exist but cannot be used are an error, never overwritten (the
+    key is the only copy). Processes sharing the data folder make one signer, not two."""
+    directory.mkdir(parents=True, exist_ok=True)
+    directory.chmod(0o700)  # the key's folder: this user's only
+    with (directory / ".lock").open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        names = (LOCAL_CERTS, LOCAL_KEY, LOCAL_CA)
+        if not (directory / LOCAL_CERTS).exists():
+            # none yet (a key alone, from a first start cut short, never signed anything)
+            return make_local_identity(directory, server_name)
+        try:
+            chain, key = (directory / LOCAL_CERTS).read_bytes(), (directory / LOCAL_KEY).read_bytes()
+            certs = x509.load_pem_x509_certificates(chain)
+            ca = certs[-1].public_bytes(serialization.Encoding.PEM)  # (ca.pem is a copy of it)
+            loaded = serialization.load_pem_private_key(key, password=None)
+        except (OSError, ValueError, TypeError) as exc:
+            raise SigningIdentityError(
+                f"the local signer in {directory} cannot be read ({exc}); move the folder away to make a new one"
+            ) from None
+        if certs[0].public_key().public_numbers() != loaded.public_key().public_numbers():  # type: ignore[union-attr]
+            raise SigningIdentityError(f"{directory / LOCAL_KEY} is not the key of {directory / LOCAL_CERTS}")
+        if certs[0].not_valid_after_utc <= dt.datetime.now(dt.UTC) + dt.timedelta(days=1):
+            retired = directory / f"expired-{certs[0].not_valid_after_utc:%Y%m%d}"
+            retired.mkdir(exist_ok=True)
+            for name in names:
+                if (directory / name).exists():
+                    os.replace(directory / name, retired / name)
+            return make_local_identity(directory, server_name)
+        return SigningIdentity(chain, key, _algorithm(loaded, str(directory / LOCAL_KEY)), local=True, local_ca=ca)

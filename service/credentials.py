@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
 
+from cryptography import x509
+
 from provenance.cid import hash_file
 from provenance.content_credentials import (
     Claim,
@@ -54,7 +56,9 @@ def signing_identity(settings: Settings) -> SigningIdentity:
     if (settings.signing_certificate is None) != (settings.signing_key is None):
         raise SigningIdentityError("set both SATSCALE_SIGNING_CERTIFICATE and SATSCALE_SIGNING_KEY, or neither")
     if settings.signing_certificate is not None and settings.signing_key is not None:
-        return load_identity(settings.signing_certificate, settings.signing_key)
+        identity = load_identity(settings.signing_certificate, settings.signing_key)
+        ContentCredentialsSigner(identity).check()  # refused now, not after a paid job ran
+        return identity
     return local_identity(settings.data_dir / SIGNING_DIR)
 
 
@@ -63,16 +67,22 @@ def trust_anchors(settings: Settings) -> list[bytes]:
     anchors = []
     for path in settings.trust_anchors:
         try:
-            anchors.append(path.read_bytes())
+            pem = path.read_bytes()
+            x509.load_pem_x509_certificates(pem)
+            pem.decode("ascii")
         except OSError as exc:
             raise SigningIdentityError(f"trust anchor {path}: {exc.strerror or exc}") from None
+        except ValueError as exc:  # (UnicodeDecodeError is one)
+            raise SigningIdentityError(f"trust anchor {path}: not PEM CA certificates: {exc}") from None
+        anchors.append(pem)
     return anchors
 
 
 def metadata_rule(policy: MetadataPolicy, job: Job, stages: Sequence[StageParameters]) -> MetadataRule:
-    """How the job's output keeps its input's metadata: a published job's output is public."""
+    """How the job's output keeps its input's metadata: a published job's output is public, and
+    so is a collection token's (its run publishes it once the batch is paid)."""
     xmp = None if policy is MetadataPolicy.STRIP else parameters_xmp(software()[0], stages)
-    return MetadataRule(policy=policy, public=job.publish, xmp=xmp)
+    return MetadataRule(policy=policy, public=job.publish or job.collection_run is not None, xmp=xmp)
 
 
 class OutputCredentials:
@@ -91,9 +101,12 @@ class OutputCredentials:
         self.cid_version = cid_version
         self.anchors = list(anchors)
 
-    def sign(self, job: Job, output: Path, fmt: str, stages: Sequence[StageParameters]) -> Credentials:
+    def sign(
+        self, job: Job, output: Path, fmt: str, stages: Sequence[StageParameters], rule: MetadataRule
+    ) -> Credentials:
         """Sign the job's finished output in place; returns the credentials read back from it
-        (blocking: in the engine's thread). Raises ContentCredentialsError."""
+        (blocking: in the engine's thread). `rule`: the output's metadata rule, which decides
+        whether the input's own manifest travels. Raises ContentCredentialsError."""
         where = self._chain()
         name, release = software()
         input_path = Path(job.input_path)
@@ -111,10 +124,9 @@ class OutputCredentials:
                 input_sha256=job.input_sha256,
                 registry=where.registry if where else None,
                 chain_id=where.chain_id if where else None,
-                job_id=job.id,
-            ),
+            ),  # (no job id: an unpublished job's output found by its hash must not name its job)
         )
-        self.signer.sign(output, fmt, claim, input_path, input_format)
+        self.signer.sign(output, fmt, claim, input_path, input_format, carry_input=rule.keeps_input_metadata)
         return self.read(output, fmt)
 
     def read(self, data: bytes | Path, fmt: str) -> Credentials:

@@ -367,6 +367,7 @@ class JobRunner:
             StageParameters(stage.model, stage.scale, engine.info.weights_sha256, used)
             for engine, stage, used in zip(engines, stages, settings, strict=True)
         ]
+        rule = metadata_rule(self.metadata_policy, job, described)
         result = run_pipeline(
             runs,
             Path(job.input_path),
@@ -379,12 +380,12 @@ class JobRunner:
             weigh=weigh,
             keep=len(stages) > 1,
             figure_timings=self.meter.record_figure,
-            metadata=metadata_rule(self.metadata_policy, job, described),
+            metadata=rule,
         )
         credentials = None
         if self.credentials is not None:  # before hashing: the sha256, CID and record are of the signed file
             try:
-                signed = self.credentials.sign(job, target, job.output_format, described)
+                signed = self.credentials.sign(job, target, job.output_format, described, rule)
             except BaseException:
                 target.unlink(missing_ok=True)
                 remove_intermediates(target)

@@ -151,6 +151,8 @@ def credential_checks(
         if judged.state == "trusted"
         else f"{signer} (issued by {judged.signer.get('issuer')}), not an authority this server trusts"
     )
+    if "signingCredential.expired" in judged.signer.get("notes", ()):
+        trust += " (its certificate has expired since; the file carries no timestamp)"
     if judged.intact:
         intact = Check(
             "content credentials", True, f"the manifest is intact and bound to these bytes; signed by {trust}"
@@ -167,15 +169,19 @@ def credential_checks(
         "chain_id": chain.chain_id,
     }
     ingredient = judged.ingredient or {}
-    wrong = [f"{key} {claimed.get(key)!r}, the record's is {want!r}" for key, want in expected.items()
-             if str(claimed.get(key)).lower() != str(want).lower()]  # fmt: skip
+    wrong = [f"{key} {claimed[key]!r}, the record's is {want!r}" for key, want in expected.items()
+             if key in claimed and str(claimed[key]).lower() != str(want).lower()]  # fmt: skip
+    for key in ("payment_hash", "input_sha256"):  # the record's key: a manifest must name it
+        if key not in claimed:
+            wrong.append(f"the manifest names no {key}")
     if ingredient.get("sha256") != fields.input_sha256:
         wrong.append(f"the parent ingredient is {ingredient.get('sha256')!r}, the record's input {fields.input_sha256}")
-    agrees = Check(
-        "credentials match the record",
-        not wrong,
-        "the manifest names this record's payment, input, registry and chain" if not wrong else "; ".join(wrong),
+    # the chain was unreachable when the file was signed: it names the record, not where it went
+    unnamed = [key for key in ("registry", "chain_id") if key not in claimed]
+    detail = "the manifest names this record's payment, input" + (
+        ", registry and chain" if not unnamed else f" (not the {' or '.join(unnamed)}: unknown when it was signed)"
     )
+    agrees = Check("credentials match the record", not wrong, detail if not wrong else "; ".join(wrong))
     stages = [a for a in judged.actions if a.get("model")]
     signed = [str(a.get("weights_sha256")) for a in stages]
     requests = job.stages if job is not None else ()

@@ -21,6 +21,7 @@ from __future__ import annotations
 import io
 import logging
 import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -67,6 +68,11 @@ class MetadataRule:
     public: bool = False
     xmp: bytes | None = None
 
+    @property
+    def keeps_input_metadata(self) -> bool:
+        """Whether everything the input carried may travel (its location included)."""
+        return self.policy is MetadataPolicy.KEEP or (self.policy is MetadataPolicy.AUTO and not self.public)
+
     def apply(self, source_exif: bytes | None) -> OutputMetadata:
         if self.policy is MetadataPolicy.STRIP:
             return OutputMetadata()
@@ -96,6 +102,15 @@ def without_location(exif: bytes) -> bytes | None:
     return rewritten if rewritten.startswith(b"Exif\x00\x00") else b"Exif\x00\x00" + rewritten
 
 
+#: what XML 1.0 cannot hold (control characters, lone surrogates): replaced, so a request's text
+#: can never make the packet malformed or fail to encode
+_NOT_XML = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+
+
+def _text(value: object) -> str:
+    return escape(_NOT_XML.sub("\ufffd", str(value)))
+
+
 def parameters_xmp(software: str, stages: Sequence[StageParameters]) -> bytes:
     """An XMP packet naming the tool and every stage: model, scale, weights sha256, settings."""
     buffer = io.StringIO()
@@ -104,20 +119,20 @@ def parameters_xmp(software: str, stages: Sequence[StageParameters]) -> bytes:
     buffer.write('<rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">\n')
     buffer.write(
         f'<rdf:Description rdf:about="" xmlns:xmp="http://ns.adobe.com/xap/1.0/" '
-        f'xmlns:satscale="{XMP_NAMESPACE}" xmp:CreatorTool={quoteattr(software)} '
+        f'xmlns:satscale="{XMP_NAMESPACE}" xmp:CreatorTool={quoteattr(_NOT_XML.sub("", software))} '
         f"satscale:Scale={quoteattr(str(math.prod(stage.scale for stage in stages)))}>\n"
     )
     buffer.write("<satscale:Pipeline><rdf:Seq>\n")
     for stage in stages:
         buffer.write('<rdf:li rdf:parseType="Resource">')
-        buffer.write(f"<satscale:Model>{escape(stage.model)}</satscale:Model>")
+        buffer.write(f"<satscale:Model>{_text(stage.model)}</satscale:Model>")
         buffer.write(f"<satscale:StageScale>{stage.scale}</satscale:StageScale>")
-        buffer.write(f"<satscale:WeightsSHA256>{escape(stage.weights_sha256)}</satscale:WeightsSHA256>")
+        buffer.write(f"<satscale:WeightsSHA256>{_text(stage.weights_sha256)}</satscale:WeightsSHA256>")
         for name, value in sorted(stage.settings.items()):
             if value is not None:
                 buffer.write(
-                    f'<satscale:Setting rdf:parseType="Resource"><satscale:Name>{escape(str(name))}</satscale:Name>'
-                    f"<satscale:Value>{escape(str(value))}</satscale:Value></satscale:Setting>"
+                    f'<satscale:Setting rdf:parseType="Resource"><satscale:Name>{_text(name)}</satscale:Name>'
+                    f"<satscale:Value>{_text(value)}</satscale:Value></satscale:Setting>"
                 )
         buffer.write("</rdf:li>\n")
     buffer.write("</rdf:Seq></satscale:Pipeline>\n</rdf:Description>\n</rdf:RDF>\n</x:xmpmeta>\n")

@@ -10,6 +10,7 @@ import io
 import json
 import stat
 import time
+import zlib
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -65,36 +66,59 @@ def test_a_local_signer_is_made_once_private_and_issued_by_its_own_ca(tmp_path: 
     again = local_identity(tmp_path / "signing")
     assert again.certificate_chain == first.certificate_chain and again.private_key == first.private_key
     assert first.local and first.algorithm == "es256"
-    for path in (tmp_path / "signing").iterdir():
+    assert stat.S_IMODE((tmp_path / "signing").stat().st_mode) == 0o700
+    for path in (tmp_path / "signing").glob("*.pem"):
         assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
     leaf, ca = x509.load_pem_x509_certificates(first.certificate_chain)
     assert leaf.issuer == ca.subject and leaf.subject != leaf.issuer  # not self-signed: C2PA refuses those
     assert leaf.extensions.get_extension_for_class(x509.KeyUsage).value.digital_signature
     assert "not a trusted authority" in first.describe()["issuer"]
-    # a damaged key file: a fresh signer, not a crash at start
+    # a damaged key file is an error that says what to do; the files are never overwritten
     (tmp_path / "signing" / LOCAL_KEY).write_text("damaged")
-    assert local_identity(tmp_path / "signing").certificate_chain != first.certificate_chain
+    with pytest.raises(SigningIdentityError, match="move the folder away"):
+        local_identity(tmp_path / "signing")
+    assert (tmp_path / "signing" / LOCAL_KEY).read_text() == "damaged"
 
 
-def _operator_certificate(folder: Path, key: object, ca_key: ec.EllipticCurvePrivateKey) -> Path:
+def test_a_local_signer_that_runs_out_is_retired_and_replaced(tmp_path: Path, monkeypatch) -> None:
+    import provenance.signing_identity as signing
+
+    monkeypatch.setattr(signing, "LOCAL_VALIDITY", dt.timedelta(hours=1))
+    old = local_identity(tmp_path / "signing")
+    monkeypatch.undo()
+    new = local_identity(tmp_path / "signing")
+    assert new.certificate_chain != old.certificate_chain
+    (retired,) = (tmp_path / "signing").glob("expired-*")
+    assert (retired / "ca.pem").read_bytes() == old.local_ca  # files it signed can still be checked
+    assert local_identity(tmp_path / "signing").certificate_chain == new.certificate_chain
+
+
+def _operator_certificate(
+    folder: Path, key: object, ca_key: ec.EllipticCurvePrivateKey, usage: bool = True, name: str = "chain.pem"
+) -> Path:
     now = dt.datetime.now(dt.UTC)
-    name = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "Operator Studio")])
+    subject = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "Operator Studio")])
     ca_name = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "Operator CA")])
-    leaf = (
+    builder = (
         x509.CertificateBuilder()
-        .subject_name(name)
+        .subject_name(subject)
         .issuer_name(ca_name)
         .public_key(key.public_key())  # type: ignore[attr-defined]
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - dt.timedelta(days=1))
         .not_valid_after(now + dt.timedelta(days=30))
         .add_extension(x509.KeyUsage(True, False, False, False, False, False, False, False, False), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([x509.ExtendedKeyUsageOID.EMAIL_PROTECTION]), critical=False)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)  # type: ignore[attr-defined]
+    )
+    if usage:  # the extended key usage C2PA requires of a signer
+        builder = builder.add_extension(
+            x509.ExtendedKeyUsage([x509.ExtendedKeyUsageOID.EMAIL_PROTECTION]), critical=False
+        )
+    leaf = (
+        builder.add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)  # type: ignore[attr-defined]
         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
         .sign(ca_key, hashes.SHA256())
     )
-    path = folder / "chain.pem"
+    path = folder / name
     path.write_bytes(leaf.public_bytes(serialization.Encoding.PEM))
     return path
 
@@ -115,6 +139,7 @@ def test_an_operator_certificate_is_checked_before_anything_is_signed(tmp_path: 
     chain = _operator_certificate(tmp_path, key, ca_key)
     identity = load_identity(chain, _key_file(tmp_path, key, "key.pem"))
     assert identity.algorithm == "es384" and not identity.local
+    ContentCredentialsSigner(identity).check()  # a CA-issued certificate with the right usages signs
     assert identity.describe()["subject"] == "CN=Operator Studio"
     other = _key_file(tmp_path, ec.generate_private_key(ec.SECP256R1()), "other.pem")
     with pytest.raises(SigningIdentityError, match="is not the key of the first certificate"):
@@ -124,9 +149,16 @@ def test_an_operator_certificate_is_checked_before_anything_is_signed(tmp_path: 
         load_identity(_operator_certificate(tmp_path, rsa_key, ca_key), _key_file(tmp_path, rsa_key, "rsa.pem"))
     with pytest.raises(SigningIdentityError, match="cannot read"):
         load_identity(tmp_path / "missing.pem", other)
-    # only one of the two settings: refused at start, with what to do
+    # only one of the two settings, or a trust anchor that is no certificate: refused at start
     with pytest.raises(SigningIdentityError, match="set both"):
         create_app(Settings(data_dir=tmp_path / "data", signing_certificate=chain))
+    (tmp_path / "anchor.pem").write_bytes(b"\xff not a certificate")
+    with pytest.raises(SigningIdentityError, match="not PEM CA certificates"):
+        create_app(Settings(data_dir=tmp_path / "data", trust_anchors=[tmp_path / "anchor.pem"]))
+    # a certificate c2pa refuses (no extended key usage) is refused at start too
+    unusable = _operator_certificate(tmp_path, key, ca_key, usage=False, name="no-eku.pem")
+    with pytest.raises(SigningIdentityError, match="cannot sign Content Credentials"):
+        create_app(Settings(data_dir=tmp_path / "data", signing_certificate=unusable, signing_key=tmp_path / "key.pem"))
 
 
 # ------------------------------------------------------------------ signing and reading
@@ -250,8 +282,7 @@ def test_a_paid_output_carries_credentials_that_point_at_its_record(tmp_path: Pa
             "input_sha256": hashlib.sha256(image).hexdigest(),
             "registry": chain["registry"],
             "chain_id": chain["chain_id"],
-            "job_id": body["job_id"],
-        }
+        }  # (no job id: an unpublished job found by its output's hash must not name its job)
         # the job document shows the same, read back from the file when it was signed
         assert job["content_credentials"]["record"] == found.record
         assert job["content_credentials"]["signer"]["common_name"] == "Satscale content credentials"
@@ -289,7 +320,7 @@ def test_an_upscale_of_a_signed_output_keeps_the_chain_of_edits(tmp_path: Path, 
     with TestClient(create_app(Settings(data_dir=tmp_path / "data"), registry)) as client:
         body, credential = paid_job(client, png(4))
         first = result_of(client, wait_confirmed(client, body["job_id"], credential), credential)
-        again, credential2 = paid_job(client, first)
+        again, credential2 = paid_job(client, first, publish=False)  # private: everything travels
         second = result_of(client, wait_confirmed(client, again["job_id"], credential2), credential2)
     found = read_credentials(second, "png")
     assert found.intact and found.ingredient is not None
@@ -317,10 +348,13 @@ def test_a_pipeline_names_every_stage(tmp_path: Path, registry) -> None:
 
 
 def test_a_signing_failure_fails_the_job_and_returns_the_payment(tmp_path: Path, registry, monkeypatch) -> None:
-    def refuse(*_args, **_kwargs):
-        raise ContentCredentialsError("signing Content Credentials failed: the HSM is unplugged")
+    import c2pa
 
-    monkeypatch.setattr(ContentCredentialsSigner, "sign", refuse)
+    def half_written(self, signer, mime, source, target):  # c2pa fails with its output half written
+        target.write(source.read(100))
+        raise c2pa.C2paError("the HSM is unplugged")
+
+    monkeypatch.setattr(c2pa.Builder, "sign", half_written)
     data = tmp_path / "data"
     with TestClient(create_app(Settings(data_dir=data), registry)) as client:
         body = client.post(
@@ -358,3 +392,44 @@ def test_a_published_photo_loses_its_location_and_a_private_one_keeps_it(tmp_pat
         assert exif.get(0x010F) == "SatscaleCam"  # the camera stays either way
         assert (exif.get_ifd(IFD.GPSInfo) == {}) is publish
         assert read_credentials(data, "jpeg").intact
+
+
+def _with_damaged_manifest(signed: bytes) -> bytes:
+    """The PNG with its C2PA chunk (caBX) cut short, CRC fixed: a valid PNG a decoder accepts."""
+    at = signed.find(b"caBX") - 4
+    length = int.from_bytes(signed[at : at + 4], "big")
+    data = signed[at + 8 : at + 8 + length][:200]
+    chunk = len(data).to_bytes(4, "big") + b"caBX" + data + zlib.crc32(b"caBX" + data).to_bytes(4, "big")
+    return signed[:at] + chunk + signed[at + 12 + length :]
+
+
+def test_an_input_with_a_damaged_manifest_is_upscaled_and_signed(tmp_path: Path, registry) -> None:
+    """An upload's own manifest cannot be read: the output describes the input without it (the job
+    does not fail after its engine ran)."""
+    identity = make_local_identity(tmp_path / "id")
+    signed = tmp_path / "signed.png"
+    signed.write_bytes(png(7))
+    (tmp_path / "in.png").write_bytes(png(8))
+    ContentCredentialsSigner(identity).sign(signed, "png", _claim(), tmp_path / "in.png", "png")
+    damaged = _with_damaged_manifest(signed.read_bytes())
+    assert read_credentials(damaged, "png").state == "invalid"
+    with TestClient(create_app(Settings(data_dir=tmp_path / "data"), registry)) as client:
+        body, credential = paid_job(client, damaged)
+        job = wait_confirmed(client, body["job_id"], credential)
+        found = read_credentials(result_of(client, job, credential), "png")
+    assert found.intact and found.ingredient is not None
+    assert found.ingredient["sha256"] == hashlib.sha256(damaged).hexdigest()
+    assert not found.ingredient["has_credentials"]
+
+
+def test_a_published_output_does_not_carry_the_inputs_own_manifest(tmp_path: Path, registry) -> None:
+    """A camera's manifest may hold a location: under `auto` a public output describes its input
+    without it (a private one keeps the chain of edits, tested above)."""
+    with TestClient(create_app(Settings(data_dir=tmp_path / "data"), registry)) as client:
+        body, credential = paid_job(client, png(9))
+        first = result_of(client, wait_confirmed(client, body["job_id"], credential), credential)
+        again, credential2 = paid_job(client, first, publish=True)
+        second = read_credentials(
+            result_of(client, wait_confirmed(client, again["job_id"], credential2), credential2), "png"
+        )
+    assert second.intact and second.ingredient is not None and not second.ingredient["has_credentials"]

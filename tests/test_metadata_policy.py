@@ -152,6 +152,24 @@ def test_the_xmp_packet_escapes_what_a_request_chose(compact) -> None:
     import xml.dom.minidom
 
     xml.dom.minidom.parseString(packet.split("?>", 1)[1].rsplit("<?xpacket", 1)[0])  # well-formed
+    # characters XML cannot hold (controls, a lone surrogate from JSON "\\ud800") are replaced
+    odd = parameters_xmp("Satscale", [StageParameters("m", 2, "ab" * 32, {"prompt": "a\x01b\x1bc\ud800d"})])
+    body = odd.decode("utf-8")
+    assert "a\ufffdb\ufffdc\ufffdd" in body
+    xml.dom.minidom.parseString(body.split("?>", 1)[1].rsplit("<?xpacket", 1)[0])
+
+
+def test_a_collection_tokens_output_counts_as_public() -> None:
+    """A collection run publishes its tokens' outputs once the batch is paid: no location in them."""
+    from types import SimpleNamespace
+
+    from service.credentials import metadata_rule
+
+    token = SimpleNamespace(publish=False, collection_run="run_1")
+    assert metadata_rule(MetadataPolicy.AUTO, token, []).public  # type: ignore[arg-type]
+    private = SimpleNamespace(publish=False, collection_run=None)
+    rule = metadata_rule(MetadataPolicy.AUTO, private, [])  # type: ignore[arg-type]
+    assert not rule.public and rule.keeps_input_metadata
 
 
 def test_the_command_line_keeps_exif_writes_xmp_and_strips_on_request(tmp_path: Path, weights_folder: Path) -> None:
