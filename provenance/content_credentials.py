@@ -243,11 +243,9 @@ def read_credentials(data: bytes | Path, fmt: str, trust_anchors: Sequence[bytes
             with reader:
                 document = json.loads(reader.json())
                 state = (reader.get_validation_state() or "Invalid").lower()
-    except c2pa.C2paError as exc:
+    except (c2pa.C2paError, ValueError) as exc:  # (ValueError: JSON we cannot parse, UnicodeError too)
         if "ManifestNotFound" in type(exc).__name__ or "no JUMBF" in str(exc):
             return Credentials("none")
-        return Credentials("invalid", failures=(("manifest.unreadable", str(exc)[:300]),))
-    except (ValueError, UnicodeError) as exc:  # a manifest c2pa read but whose JSON we cannot
         return Credentials("invalid", failures=(("manifest.unreadable", str(exc)[:300]),))
     finally:
         stream.close()
@@ -257,14 +255,15 @@ def read_credentials(data: bytes | Path, fmt: str, trust_anchors: Sequence[bytes
 def _judged(document: dict, state: str) -> Credentials:
     active = document.get("manifests", {}).get(document.get("active_manifest") or "", {})
     results = document.get("validation_results", {}).get("activeManifest", {})
-    failures = tuple(
-        (item.get("code", ""), item.get("explanation", ""))
-        for item in results.get("failure", [])
-        if item.get("code") not in SIGNER_CODES
-    )
-    signer_notes = tuple(
-        item.get("code", "") for item in results.get("failure", []) if item.get("code") in SIGNER_CODES
-    )
+    failed: list[tuple[str, str]] = []
+    signer_notes: list[str] = []  # about the signer, not the bytes
+    for item in results.get("failure", []):
+        code = item.get("code", "")
+        if code in SIGNER_CODES:
+            signer_notes.append(code)
+        else:
+            failed.append((code, item.get("explanation", "")))
+    failures = tuple(failed)
     if failures:
         state = "invalid"
     elif state == "invalid":  # only the signer's certificate is in question: the bytes are intact
@@ -275,7 +274,7 @@ def _judged(document: dict, state: str) -> Credentials:
         "common_name": signature.get("common_name"),
         "serial": signature.get("cert_serial_number"),
         "time": signature.get("time"),
-        "notes": list(signer_notes),
+        "notes": signer_notes,
     }
     actions: list[dict] = []
     record = None

@@ -17,7 +17,6 @@ from __future__ import annotations
 import datetime as dt
 import fcntl
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +27,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from .errors import SigningIdentityError
+from .ipfs import atomic_write_chunks
 
 #: signing algorithms by key type (what c2pa calls them)
 ALGORITHMS = {"secp256r1": "es256", "secp384r1": "es384", "secp521r1": "es512"}
@@ -114,18 +114,8 @@ def _check_usable(cert: x509.Certificate, source: str) -> None:
 
 
 def _write_private(path: Path, data: bytes) -> None:
-    """Atomically, readable by this user only."""
-    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
+    """Atomically, readable by this user only (mkstemp makes the temporary 0600; the rename keeps it)."""
+    atomic_write_chunks(path, [data])
 
 
 def _name(common_name: str) -> x509.Name:

@@ -7,7 +7,6 @@ import json
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
-from importlib.metadata import version
 from pathlib import Path
 
 from provenance.content_credentials import Credentials, read_credentials
@@ -24,7 +23,7 @@ from sr_core.imageio import (
     output_format,
     sniff_format,
 )
-from sr_core.metadata import MetadataPolicy, MetadataRule, StageParameters, parameters_xmp
+from sr_core.metadata import MetadataPolicy, MetadataRule, StageParameters
 from sr_core.pipeline import PipelineResult, Stage, check_face_stages, run_pipeline
 from sr_core.registry import ModelRegistry
 from sr_core.upscale import UpscaleOptions
@@ -32,6 +31,7 @@ from sr_core.weights import weights_dir
 
 from .client import server_call
 from .collections.cli import add_collection_commands
+from .credentials import software
 from .engines import DEFAULT_MODEL
 from .stages import StageOptions, check_stage_model, face_stage, parse_pipeline, parse_then
 
@@ -220,8 +220,7 @@ def cli_metadata_rule(choice: str, names: Sequence[str], stages: Sequence[Stage]
         )
         for name, stage in zip(names, stages, strict=True)
     ]
-    xmp = None if policy is MetadataPolicy.STRIP else parameters_xmp(f"Satscale {version('satscale')}", described)
-    return MetadataRule(policy, public, xmp)
+    return MetadataRule.writing(policy, public, software()[0], described)
 
 
 def cmd_upscale(args: argparse.Namespace) -> int:

@@ -28,7 +28,7 @@ from provenance.content_credentials import (
 from provenance.errors import SigningIdentityError
 from provenance.signing_identity import SigningIdentity, load_identity, local_identity
 from sr_core.imageio import sniff_format
-from sr_core.metadata import MetadataPolicy, MetadataRule, StageParameters, parameters_xmp
+from sr_core.metadata import MetadataPolicy, MetadataRule, StageParameters
 
 from .config import Settings
 from .jobs import Job
@@ -81,8 +81,7 @@ def trust_anchors(settings: Settings) -> list[bytes]:
 def metadata_rule(policy: MetadataPolicy, job: Job, stages: Sequence[StageParameters]) -> MetadataRule:
     """How the job's output keeps its input's metadata: a published job's output is public, and
     so is a collection token's (its run publishes it once the batch is paid)."""
-    xmp = None if policy is MetadataPolicy.STRIP else parameters_xmp(software()[0], stages)
-    return MetadataRule(policy=policy, public=job.publish or job.collection_run is not None, xmp=xmp)
+    return MetadataRule.writing(policy, job.publish or job.collection_run is not None, software()[0], stages)
 
 
 class OutputCredentials:

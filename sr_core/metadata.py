@@ -68,6 +68,13 @@ class MetadataRule:
     public: bool = False
     xmp: bytes | None = None
 
+    @classmethod
+    def writing(
+        cls, policy: MetadataPolicy, public: bool, software: str, stages: Sequence[StageParameters]
+    ) -> MetadataRule:
+        """The rule with the parameters packet every policy but `strip` writes."""
+        return cls(policy, public, None if policy is MetadataPolicy.STRIP else parameters_xmp(software, stages))
+
     @property
     def keeps_input_metadata(self) -> bool:
         """Whether everything the input carried may travel (its location included)."""
