@@ -297,6 +297,11 @@ def test_a_paid_output_carries_credentials_that_point_at_its_record(tmp_path: Pa
         )
         assert checks["credentials match the record"]["ok"] and checks["credentials name the models"]["ok"]
         assert record["credentials"]["state"] == "valid"
+        # a stranger with the job id (no credential, or a forged one) sees no credentials
+        stranger = client.get(f"/v1/upscales/{body['job_id']}").json()
+        assert "content_credentials" not in stranger and "output" not in stranger
+        forged = client.get(f"/v1/upscales/{body['job_id']}", headers={"Authorization": credential[:-4] + "0000"})
+        assert "content_credentials" not in forged.json()
         # metadata in the file: the parameters as XMP
         xmp = bytes(pyvips.Image.new_from_buffer(result, "").get("xmp-data"))
         assert f"<satscale:WeightsSHA256>{weights_sha256}</satscale:WeightsSHA256>".encode() in xmp
@@ -314,6 +319,18 @@ def test_with_its_ca_as_a_trust_anchor_the_server_reports_trusted(tmp_path: Path
         report = client.get(f"/v1/provenance/{job['output']['sha256']}").json()
         check = next(c for c in report["records"][0]["checks"] if c["name"] == "content credentials")
         assert check["ok"] and "a signer this server trusts" in check["detail"]
+
+
+def test_an_unpublished_jobs_credentials_stay_with_its_owner(tmp_path: Path, registry) -> None:
+    """Found by its input's hash, an unpublished job's record is withheld: no manifest, no output."""
+    image = png(10)
+    with TestClient(create_app(Settings(data_dir=tmp_path / "data"), registry)) as client:
+        body, credential = paid_job(client, image, publish=False)
+        wait_confirmed(client, body["job_id"], credential)
+        report = client.get(f"/v1/provenance/{hashlib.sha256(image).hexdigest()}").json()
+    (record,) = report["records"]
+    assert record["withheld"] and record["credentials"] is None
+    assert not any(check["name"].startswith("credentials") for check in record["checks"])
 
 
 def test_an_upscale_of_a_signed_output_keeps_the_chain_of_edits(tmp_path: Path, registry) -> None:
